@@ -1,0 +1,1 @@
+"""nn.Modules only: no Lightning, no Hydra, no tasks."""

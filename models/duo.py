@@ -1,0 +1,129 @@
+"""DuoAttention gates: attach, train by distillation, deploy as retrieval/streaming head roles.
+
+One gate alpha per layer and KV head, init 1.0, clamped to [0, 1]; the ``duo`` attention pattern
+mixes alpha * full + (1 - alpha) * sink_window per head. Only the gates train: the student
+(pattern ``duo``) is distilled against the frozen model's full attention on the final hidden
+states. The ``duo_gates`` stage is then, per batch::
+
+    h_full, h_mix = duo_hidden_pair(model, batch["input_ids"])
+    loss = duo_distill_loss(h_full, h_mix, batch["labels"] != -100, model.duo_gates)
+    ...  # AdamW(lr=0.02, weight_decay=0) on [model.duo_gates]; clamp_gates_(model.duo_gates) each step
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules that read ``duo_gate``, in layer order."""
+    mods = [m for m in model.modules() if hasattr(m, "duo_gate") and hasattr(m, "layer_idx")]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def attach_duo_gates(model: nn.Module) -> nn.Parameter:
+    """Freeze ``model``, give it ``model.duo_gates`` (n_layers, n_kv_heads) = 1, and return them.
+
+    Each attention layer reads its row as ``duo_gate`` (Hkv,); the row is re-taken in a forward
+    pre-hook, so every forward builds a fresh autograd view of the parameter.
+    """
+    layers = _attention_modules(model)
+    if not layers:
+        raise ValueError("attach_duo_gates: the model has no attention layer with a duo_gate slot")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n_kv = layers[0].n_kv
+    gates = nn.Parameter(torch.ones(len(layers), n_kv, device=next(model.parameters()).device))
+    model.duo_gates = gates  # registered: in state_dict and model.parameters(), the only trainable one
+    for attn in layers:
+        object.__setattr__(attn, "_duo_gates", gates)  # unregistered reference; deepcopy keeps it paired
+        attn.duo_gate = gates[attn.layer_idx]
+        attn.register_forward_pre_hook(_refresh_gate)
+    return gates
+
+
+def _refresh_gate(module: nn.Module, _args: object) -> None:
+    module.duo_gate = module._duo_gates[module.layer_idx]  # (Hkv,) a fresh view each forward
+
+
+@torch.no_grad()
+def clamp_gates_(gates: torch.Tensor) -> torch.Tensor:
+    """In place to [0, 1] (DuoAttention clamps before every step)."""
+    return gates.clamp_(0.0, 1.0)
+
+
+@contextmanager
+def attention_pattern(model: nn.Module, pattern: str) -> Iterator[None]:
+    """Run ``model`` with ``pattern`` for training and evaluation alike, then restore."""
+    cfg = model.cfg.attention
+    saved = (cfg.train, cfg.eval)
+    cfg.train = cfg.eval = pattern
+    try:
+        yield
+    finally:
+        cfg.train, cfg.eval = saved
+
+
+def duo_hidden_pair(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states (B, T, d) of the full-attention teacher (no grad) and the gated student."""
+    with torch.no_grad(), attention_pattern(model, "full"):
+        h_full = model.hidden_states(input_ids)
+    with attention_pattern(model, "duo"):
+        h_mix = model.hidden_states(input_ids)
+    return h_full, h_mix
+
+
+def duo_distill_loss(h_full: torch.Tensor, h_mix: torch.Tensor, mask: torch.Tensor, gates: torch.Tensor,
+                     lam: float = 0.05, n_supervised: float | None = None) -> torch.Tensor:
+    """sum over supervised tokens of mean_d (h_full - h_mix)^2 / count + lam * mean|alpha|.
+
+    h_* (B, T, d); mask (B, T) bool, True where supervised. ``n_supervised`` overrides the local
+    count (DuoAttention divides by the global count across data-parallel ranks).
+    """
+    per_token = (h_full.detach() - h_mix).pow(2).mean(dim=-1)  # (B, T)
+    count = mask.sum().clamp(min=1) if n_supervised is None else n_supervised
+    distill = (per_token * mask).sum() / count
+    return distill + lam * gates.abs().mean()
+
+
+def deploy_gates(gates: torch.Tensor, sparsity: float | None = None,
+                 threshold: float | None = None) -> torch.Tensor:
+    """Gates (n_layers, n_kv_heads) -> bool, True = retrieval head (full KV).
+
+    ``sparsity`` s: one global cut over all layers x heads; as DuoAttention's quantile threshold
+    (alpha >= quantile_s is retrieval) the ceil(s * (N - 1)) lowest gates become streaming. Ties
+    are broken deterministically by (layer, head) order instead of the reference's 1e-6 noise.
+    ``threshold``: retrieval iff alpha >= threshold. Exactly one must be given.
+    """
+    if (sparsity is None) == (threshold is None):
+        raise ValueError(f"deploy_gates needs exactly one of sparsity, threshold; got {sparsity}, "
+                         f"{threshold}")
+    alpha = gates.detach().float().clamp(0.0, 1.0).cpu()
+    if threshold is not None:
+        return alpha >= threshold
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity={sparsity} must be in [0, 1]")
+    n = alpha.numel()
+    n_streaming = min(n, math.ceil(sparsity * (n - 1) - 1e-9)) if n > 1 else round(sparsity)
+    order = torch.sort(alpha.flatten(), stable=True).indices  # ascending; ties in index order
+    retrieval = torch.ones(n, dtype=torch.bool)
+    retrieval[order[:n_streaming]] = False
+    return retrieval.view_as(alpha)
+
+
+def save_gates(gates: torch.Tensor, path: str) -> None:
+    """torch.save the clamped gates (n_layers, n_kv_heads) as a plain CPU float tensor."""
+    torch.save(gates.detach().float().clamp(0.0, 1.0).cpu(), path)
+
+
+def load_gates(path: str) -> torch.Tensor:
+    """The (n_layers, n_kv_heads) gates saved by ``save_gates``, clamped to [0, 1]."""
+    gates = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(gates, torch.Tensor) or gates.dim() != 2:
+        raise ValueError(f"{path!r} must hold a (n_layers, n_kv_heads) tensor, got {type(gates).__name__}")
+    return gates.float().clamp(0.0, 1.0)

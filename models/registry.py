@@ -1,0 +1,24 @@
+"""Model families by name: config dataclass and module. A new family registers one entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from models.transformer import Transformer, TransformerConfig
+
+FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
+    "transformer": (TransformerConfig, Transformer),
+}
+
+
+def config_class(family: str) -> type:
+    if family not in FAMILIES:
+        raise ValueError(f"model.family={family!r} is not a known family; allowed: {sorted(FAMILIES)}")
+    return FAMILIES[family][0]
+
+
+def build_model(cfg: Any) -> nn.Module:
+    """Instantiate the module for a validated family config dataclass."""
+    return FAMILIES[cfg.family][1](cfg)

@@ -1,0 +1,131 @@
+"""The selective scan (Mamba's SSM) in pure PyTorch: chunked, parallel over the sequence.
+
+``selective_scan`` takes the argument layout of ``mamba_ssm``'s ``selective_scan_fn`` so the CUDA
+kernel and this reference are interchangeable (models/mamba.py picks one):
+
+    delta = softplus(delta + delta_bias)                       (if delta_softplus)
+    h_t   = exp(delta_t A) * h_{t-1} + delta_t B_t u_t         h: (B, D, N), h_{-1} = initial_state
+    y_t   = C_t . h_t + D u_t,  then  y * silu(z)
+
+The recurrence h_t = a_t h_{t-1} + x_t is solved by ``linear_scan``, a two-level chunked scan:
+split the L steps into ~sqrt(L) chunks of ~sqrt(L) steps; scan inside every chunk at once (one
+vectorised step per position within a chunk), carry the chunk-final states across chunks, then add
+each carry times the cumulative decay inside its chunk. That is O(sqrt(L)) vectorised steps instead
+of L, and it only ever multiplies by decays a <= 1 (no exp of positive cumulative sums, so nothing
+can overflow however large delta * |A| gets). Its backward is the same scan run in reverse, so
+autograd stores a and h only, not one graph node per step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+
+def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
+                  chunk_size: Optional[int] = None) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + x_t along dim 1 of a, x: (B, L, M); h0: (B, M) or None -> h (B, L, M)."""
+    Bsz, L, M = x.shape
+    Q = chunk_size or max(1, math.isqrt(L - 1) + 1)  # ~sqrt(L): balances the two loops
+    nc = -(-L // Q)
+    pad = nc * Q - L
+    if pad:  # padded steps (a=1, x=0) come after the real ones and are cut off below
+        a = F.pad(a, (0, 0, 0, pad), value=1.0)
+        x = F.pad(x, (0, 0, 0, pad))
+    a = a.reshape(Bsz, nc, Q, M)  # (B, chunk, step-in-chunk, M)
+    x = x.reshape(Bsz, nc, Q, M)
+    # 1) every chunk scanned from a zero state, all chunks at once
+    h = torch.empty_like(x)
+    h[:, :, 0] = x[:, :, 0]
+    for j in range(1, Q):
+        torch.addcmul(x[:, :, j], a[:, :, j], h[:, :, j - 1], out=h[:, :, j])
+    # 2) carry states across chunks: state entering chunk c (small (B, M) tensors)
+    decay = torch.cumprod(a, dim=2)  # (B, nc, Q, M): prod of a from the chunk start, <= 1
+    carry = h0 if h0 is not None else torch.zeros_like(x[:, 0, 0])
+    entering = []
+    for c in range(nc):
+        entering.append(carry)
+        carry = h[:, c, -1] + decay[:, c, -1] * carry
+    # 3) every position gets its chunk's entering state, decayed to it
+    h.addcmul_(decay, torch.stack(entering, dim=1)[:, :, None])  # (B, nc, 1, M) broadcast over steps
+    return h.reshape(Bsz, nc * Q, M)[:, :L]
+
+
+class _LinearScan(torch.autograd.Function):
+    """Autograd for h_t = a_t h_{t-1} + x_t with a hand-written backward (a reverse scan)."""
+
+    @staticmethod
+    def forward(ctx, a, x, h0, chunk_size):  # noqa: D401 (autograd signature)
+        h = _chunked_scan(a, x, h0, chunk_size)
+        ctx.save_for_backward(a, h, h0)
+        ctx.chunk_size = chunk_size
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        a, h, h0 = ctx.saved_tensors
+        # g_t = dL/dh_t (total) = grad_h_t + a_{t+1} g_{t+1}: the same scan, reversed in time
+        a_next = torch.cat((a[:, 1:], torch.zeros_like(a[:, :1])), dim=1)  # (B, L, M)
+        g = _chunked_scan(a_next.flip(1), grad_h.flip(1), None, ctx.chunk_size).flip(1)
+        h_prev = torch.cat(((h0 if h0 is not None else torch.zeros_like(h[:, 0]))[:, None], h[:, :-1]), dim=1)
+        grad_a = g * h_prev
+        grad_h0 = a[:, 0] * g[:, 0] if h0 is not None and ctx.needs_input_grad[2] else None
+        return grad_a, g, grad_h0, None
+
+
+def linear_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor] = None,
+                chunk_size: Optional[int] = None) -> torch.Tensor:
+    """All states of h_t = a_t * h_{t-1} + x_t. a, x: (B, L, M); h0: (B, M) or None (zeros).
+
+    ``chunk_size`` None picks ~sqrt(L). Returns h: (B, L, M).
+    """
+    return _LinearScan.apply(a.contiguous(), x.contiguous(), h0, chunk_size)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: Optional[torch.Tensor] = None,
+    chunk_size: Optional[int] = None,
+) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Selective scan in ``selective_scan_fn``'s layout (plus ``initial_state``, which it lacks).
+
+    u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,);
+    initial_state: (B, D, N). Computes in at least float32 (float64 stays float64).
+    Returns y (B, D, L) in u's dtype, and the last state (B, D, N) if ``return_last_state``.
+    """
+    dtype_in = u.dtype
+    dt = torch.promote_types(dtype_in, torch.float32)
+    Bsz, Dn, L = u.shape
+    N = A.shape[1]
+    u, delta = u.to(dt), delta.to(dt)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dt)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    delta_t = delta.transpose(1, 2)  # (B, L, D)
+    decay = torch.exp(delta_t[..., None] * A.to(dt))  # (B, L, D, N): exp(delta A) in (0, 1]
+    B_t = B.to(dt).transpose(1, 2)  # (B, L, N)
+    C_t = C.to(dt).transpose(1, 2)  # (B, L, N)
+    drive = (delta_t * u.transpose(1, 2))[..., None] * B_t[:, :, None, :]  # (B, L, D, N)
+    h0 = None if initial_state is None else initial_state.to(dt).reshape(Bsz, Dn * N)
+    h = linear_scan(decay.reshape(Bsz, L, Dn * N), drive.reshape(Bsz, L, Dn * N), h0, chunk_size)
+    h = h.view(Bsz, L, Dn, N)  # (B, L, D, N)
+    y = torch.einsum("bldn,bln->bdl", h, C_t)  # (B, D, L)
+    if D is not None:
+        y = y + D.to(dt)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(dt))
+    y = y.to(dtype_in)
+    return (y, h[:, -1]) if return_last_state else y

@@ -1,0 +1,1 @@
+"""Training and evaluation: LightningModule, evaluation grid, memory probes, results rows."""

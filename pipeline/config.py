@@ -1,0 +1,235 @@
+"""From a composed Hydra config to validated, typed objects — before any data or step.
+
+Every group becomes its dataclass through ``OmegaConf.structured``, so an unknown key or a wrong
+type is an error; then each dataclass's ``__post_init__`` checks values, and ``validate`` checks
+the combinations (eval lengths vs the model, vocabulary vs the task, stage vs init_from). Every
+message names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from models.cache import CacheConfig
+from models.registry import config_class
+from tasks.base import Task
+from tasks.registry import TASKS
+from tasks.vocab import Vocab
+
+STAGES = ("pretrain", "extend", "duo_gates")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names field, value and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    n_train: int = 20000
+    n_val: int = 256
+    batch_size: int = 32
+    num_workers: int = 0
+    cache_dir: Optional[str] = None  # None: generate in memory, no cache
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr={self.lr} must be > 0")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas} must be two numbers in [0, 1)")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+
+@dataclass
+class EvalConfig:
+    lengths: list[int] = field(default_factory=lambda: [128, 256])
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    n_examples: int = 64
+    batch_size: int = 32
+    decode: bool = True  # also prefill + greedy decode through the cache (the reported accuracy)
+    teacher_forced: bool = True
+    tasks: Optional[list[str]] = None  # None: the training task; else names of conf/task entries
+    prefix_cache: bool = False
+    n_questions: int = 4  # prefix_cache: questions asked of one context
+
+    def __post_init__(self) -> None:
+        if not self.lengths:
+            raise ConfigError("eval.lengths=[] must list at least one length")
+        for length in self.lengths:
+            if length < 2:
+                raise ConfigError(f"eval.lengths contains {length}; every length must be >= 2")
+        for depth in self.depths:
+            if not 0.0 <= depth <= 1.0:
+                raise ConfigError(f"eval.depths contains {depth}; every depth must be in [0, 1]")
+        if self.n_examples < 1 or self.batch_size < 1 or self.n_questions < 1:
+            raise ConfigError(
+                f"eval.n_examples={self.n_examples}, eval.batch_size={self.batch_size} and "
+                f"eval.n_questions={self.n_questions} must be >= 1")
+        if not (self.decode or self.teacher_forced):
+            raise ConfigError("eval.decode=false and eval.teacher_forced=false: nothing to evaluate")
+
+
+def to_dataclass(cls: type, node: Any, prefix: str) -> Any:
+    """Merge ``node`` into the schema of ``cls`` and instantiate it, with errors that name fields."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    node = dict(node or {})
+    schema = OmegaConf.structured(cls)
+    try:
+        merged = OmegaConf.merge(schema, node)
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as err:
+        key = getattr(err, "key", None) or str(err).split("'")[1]
+        allowed = sorted(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(f"{prefix}.{key} is not a field of {prefix} ({cls.__name__}); allowed: {allowed}") from None
+    except ValidationError as err:
+        key = getattr(err, "full_key", None) or "?"
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        top = str(key).split(".")[0]
+        raise ConfigError(
+            f"{prefix}.{key}={getattr(err, 'value', None)!r} has the wrong type; expected {types.get(top, '?')}"
+        ) from None
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def build_task(node: Any, prefix: str = "task") -> Task:
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    name = node.pop("name", None)
+    if name not in TASKS:
+        raise ConfigError(f"{prefix}.name={name!r} is not a known task; allowed: {sorted(TASKS)}")
+    return to_dataclass(TASKS[name], node, prefix)
+
+
+def build_model_config(node: Any) -> Any:
+    family = node.get("family") if node is not None else None
+    try:
+        cls = config_class(family)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return to_dataclass(cls, node, "model")
+
+
+@dataclass
+class Resolved:
+    """Everything a run needs, validated."""
+
+    model: Any
+    task: Task
+    vocab: Vocab
+    cache: CacheConfig
+    data: DataConfig
+    optim: OptimConfig
+    eval: EvalConfig
+    eval_tasks: list[Task]
+    config_hash: str
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def task_nodes_from_conf() -> dict[str, Any]:
+    """Every conf/task/NAME.yaml by NAME (for ``eval.tasks``)."""
+    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / "task").glob("*.yaml"))}
+
+
+def trainer_kwargs(node: Any) -> dict[str, Any]:
+    """Lightning Trainer arguments, each name checked against the Trainer's signature."""
+    import lightning as L
+
+    kwargs = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in kwargs:
+        if key not in allowed:
+            raise ConfigError(f"trainer.{key} is not a Lightning Trainer argument; allowed: {sorted(allowed)}")
+    steps = kwargs.get("max_steps", -1)
+    if steps is not None and steps != -1 and steps < 1:
+        raise ConfigError(f"trainer.max_steps={steps} must be >= 1 (or -1 for epochs)")
+    return kwargs
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of the resolved config minus run-location keys, so equal experiments hash equal."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    for volatile in ("hydra", "paths", "run_dir"):
+        container.pop(volatile, None)
+    return hashlib.md5(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> Resolved:
+    """Check the whole config; raise ConfigError before anything is generated or trained."""
+    stage = cfg.get("stage", "pretrain")
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r}; allowed: {STAGES}")
+    if stage != "pretrain" and not cfg.get("init_from"):
+        raise ConfigError(f"stage={stage!r} needs init_from=PATH of a checkpoint to start from")
+    try:
+        vocab = Vocab(int(cfg.vocab_size))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    model = build_model_config(cfg.model)
+    if model.vocab_size < vocab.size:
+        raise ConfigError(f"model.vocab_size={model.vocab_size} is smaller than vocab_size={vocab.size}")
+    task = build_task(cfg.task)
+    eval_cfg = to_dataclass(EvalConfig, cfg.eval, "eval")
+    cache = to_dataclass(CacheConfig, cfg.cache, "cache")
+    data = to_dataclass(DataConfig, cfg.data, "data")
+    optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+    eval_tasks = [task]
+    if eval_cfg.tasks:
+        nodes = eval_task_nodes if eval_task_nodes is not None else task_nodes_from_conf()
+        missing = [name for name in eval_cfg.tasks if name not in nodes]
+        if missing:
+            raise ConfigError(f"eval.tasks names unknown task configs {missing}; allowed: {sorted(nodes)}")
+        eval_tasks = [build_task(nodes[name], f"eval.tasks[{name}]") for name in eval_cfg.tasks]
+    for t in eval_tasks + [task]:
+        try:
+            t.check_vocab(vocab)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    max_len = model.max_seq_len
+    if task.train_len > max_len:
+        raise ConfigError(f"task.train_len={task.train_len} exceeds model.max_seq_len={max_len}")
+    for length in eval_cfg.lengths:
+        if length > max_len:
+            raise ConfigError(f"eval.lengths contains {length} > model.max_seq_len={max_len}; "
+                              f"allowed: lengths <= {max_len} (raise model.max_seq_len)")
+        for t in eval_tasks:
+            try:
+                t.check_length(length, "eval.lengths")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+    if "trainer" in cfg:
+        trainer_kwargs(cfg.trainer)
+    return Resolved(model, task, vocab, cache, data, optim, eval_cfg, eval_tasks, config_hash(cfg))

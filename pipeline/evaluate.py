@@ -1,0 +1,180 @@
+"""The evaluation grid: tasks x eval lengths x depths under one cache policy -> results rows.
+
+Each cell generates held-out (test-seed) examples, predicts teacher-forced and by prefill + decode,
+measures peak memory (first batch) and throughput, and appends one row per slice group. A cell
+that runs out of memory becomes a ``status=oom`` row and the grid goes on; any other failure
+becomes a ``status=error`` row with the message.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from models.cache import CacheConfig
+from pipeline.decode import decode_predictions, teacher_forced_predictions
+from pipeline.memory import measure_peak
+from pipeline.rows import append_row, make_row
+from tasks.base import Task, TaskArrays
+from tasks.dataset import generate
+from tasks.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+
+def is_oom(err: BaseException) -> bool:
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+@dataclass
+class CellResult:
+    preds: np.ndarray  # (n, L) predictions used for the reported accuracy
+    tf_preds: np.ndarray | None
+    peak_mem_bytes: int
+    cache_bytes: int  # per sequence
+    tokens_per_s: float
+    decode_tokens_per_s: float | None
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def run_cell(model: nn.Module, arrays: TaskArrays, policy: CacheConfig, batch_size: int,
+             decode: bool, teacher_forced: bool, device: torch.device) -> CellResult:
+    tokens = torch.from_numpy(arrays.tokens).to(device)
+    mask = torch.from_numpy(arrays.answer_mask).to(device)
+    n, L = tokens.shape
+    tf_preds, preds, peak, cache_bytes = [], [], 0, 0
+    tf_time = dec_time = 0.0
+    for i, sl in enumerate(_batches(n, batch_size)):
+        if teacher_forced:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            if i == 0 and not decode:
+                with measure_peak(model, device) as m:
+                    tf_preds.append(teacher_forced_predictions(model, tokens[sl]))
+                peak = m.peak_bytes
+            else:
+                tf_preds.append(teacher_forced_predictions(model, tokens[sl]))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tf_time += time.perf_counter() - t0
+        if decode:
+            t0 = time.perf_counter()
+            if i == 0:  # memory on the first batch only: the tracker slows every op
+                with measure_peak(model, device) as m:
+                    p, cb = decode_predictions(model, tokens[sl], mask[sl], policy)
+                peak = m.peak_bytes
+            else:
+                p, cb = decode_predictions(model, tokens[sl], mask[sl], policy)
+            dec_time += time.perf_counter() - t0
+            preds.append(p)
+            cache_bytes = max(cache_bytes, cb // (sl.stop - sl.start))
+    tf = torch.cat(tf_preds).cpu().numpy() if tf_preds else None
+    dec = torch.cat(preds).cpu().numpy() if preds else None
+    tps = n * (L - 1) / tf_time if tf_time > 0 else float("nan")
+    dtps = n * L / dec_time if dec_time > 0 else None
+    return CellResult(dec if dec is not None else tf, tf, peak, cache_bytes, tps, dtps)
+
+
+def score(arrays: TaskArrays, preds: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
+    """Exact match (all answer tokens right) and token accuracy over the examples ``rows``."""
+    mask = arrays.answer_mask[rows]
+    right = (preds[rows] == arrays.tokens[rows]) | ~mask
+    exact = right.all(axis=1).mean()
+    token = (right & mask).sum() / max(1, mask.sum())
+    return float(exact), float(token)
+
+
+def slice_groups(arrays: TaskArrays) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Examples grouped by their slice values (one results row per group)."""
+    n = arrays.tokens.shape[0]
+    if not arrays.slices:
+        return [({}, np.arange(n))]
+    keys = sorted(arrays.slices)
+    table = np.stack([np.asarray(arrays.slices[k], dtype=object) for k in keys], axis=1)
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(table):
+        groups.setdefault(tuple(row.tolist()), []).append(i)
+    return [({f"slice_{k}": v for k, v in zip(keys, combo)}, np.array(idx)) for combo, idx in groups.items()]
+
+
+def evaluate_grid(
+    model: nn.Module,
+    tasks: list[Task],
+    vocab: Vocab,
+    lengths: list[int],
+    depths: list[float],
+    n_examples: int,
+    batch_size: int,
+    policy: CacheConfig,
+    seed: int,
+    row_base: dict[str, Any],
+    rows_path: str | Path | None,
+    decode: bool = True,
+    teacher_forced: bool = True,
+    device: torch.device | str = "cpu",
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    cell_runner: Callable[..., CellResult] = run_cell,
+) -> list[dict[str, Any]]:
+    """Evaluate every (task, length, depth) cell; rows are appended to ``rows_path`` as they come."""
+    device = torch.device(device)
+    model.eval()
+    cells = [(t, L, d) for t in tasks for L in lengths for d in (depths if t.has_depth else [None])]
+    out: list[dict[str, Any]] = []
+    with Progress(transient=True) as progress:
+        bar = progress.add_task("evaluating", total=len(cells))
+        for task, length, depth in cells:
+            progress.update(bar, description=f"{task.name} L={length} depth={depth}")
+            base = dict(row_base, task=task.name, eval_len=length, depth=depth, seed=seed,
+                        cache=policy.label, prefill=policy.prefill)
+            try:
+                arrays = generate(task, vocab, "test", n_examples, length, seed, depth)
+                res = cell_runner(model, arrays, policy, batch_size, decode, teacher_forced, device)
+                rows = []
+                for slices, idx in slice_groups(arrays):
+                    acc, tok = score(arrays, res.preds, idx)
+                    extra: dict[str, Any] = {}
+                    if res.tf_preds is not None:
+                        extra["tf_accuracy"], extra["tf_token_accuracy"] = score(arrays, res.tf_preds, idx)
+                        if decode:
+                            mask = arrays.answer_mask[idx]
+                            extra["decode_tf_agreement"] = float(
+                                ((res.preds[idx] == res.tf_preds[idx]) | ~mask).all(axis=1).mean())
+                    sub = TaskArrays(arrays.tokens[idx], arrays.answer_mask[idx], arrays.depth[idx],
+                                     {k: np.asarray(v)[idx] for k, v in arrays.slices.items()})
+                    extra.update(task.extra_metrics(vocab, sub, res.preds[idx]))
+                    rows.append(make_row(**base, **slices, **extra, n_examples=len(idx), accuracy=acc,
+                                         token_accuracy=tok, peak_mem_bytes=res.peak_mem_bytes,
+                                         cache_bytes=res.cache_bytes, tokens_per_s=res.tokens_per_s,
+                                         decode_tokens_per_s=res.decode_tokens_per_s, status="ok"))
+            except Exception as err:  # one bad cell never stops the grid
+                status = "oom" if is_oom(err) else "error"
+                if status == "error":
+                    log.error("cell %s L=%s depth=%s failed:\n%s", task.name, length, depth, traceback.format_exc())
+                rows = [make_row(**base, status=status, error=f"{type(err).__name__}: {err}"[:2000])]
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            for row in rows:
+                if rows_path is not None:
+                    append_row(rows_path, row)
+                if on_row is not None:
+                    on_row(row)
+                out.append(row)
+            progress.advance(bar)
+    return out

@@ -1,0 +1,93 @@
+"""Peak-memory probes: CUDA allocator statistics on GPU, a tensor-allocation tracker on CPU.
+
+Process RSS is useless for a tiny model (allocator caching, the Python heap), so on CPU we count
+bytes of tensor storages created inside the measured region and still alive, through a
+``TorchDispatchMode``: every op's outputs are recorded once per storage and released by a weakref
+finalizer when the storage dies. Peak = bytes held by the module (parameters, buffers) + peak of
+live storages allocated inside the region.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class AllocationTracker(TorchDispatchMode):
+    """Tracks live bytes of tensor storages produced by ops run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = storage._cdata  # identity of the underlying StorageImpl
+        if key in self.live or t.device.type == "meta":
+            return
+        nbytes = storage.nbytes()
+        self.live[key] = nbytes
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._free, key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+
+@dataclass
+class MemoryReading:
+    peak_bytes: int = 0  # module bytes + peak live bytes inside the region
+    region_peak_bytes: int = 0  # peak live bytes allocated inside the region only
+    seconds: float = 0.0
+
+
+def module_bytes(module: torch.nn.Module | None) -> int:
+    if module is None:
+        return 0
+    tensors = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@contextmanager
+def measure_peak(module: torch.nn.Module | None = None, device: torch.device | str = "cpu") -> Iterator[MemoryReading]:
+    """``with measure_peak(model, device) as m: ...`` then read ``m.peak_bytes``."""
+    reading = MemoryReading()
+    device = torch.device(device)
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            yield reading
+        finally:
+            torch.cuda.synchronize(device)
+            reading.peak_bytes = torch.cuda.max_memory_allocated(device)
+            reading.region_peak_bytes = reading.peak_bytes - base
+            reading.seconds = time.perf_counter() - start
+        return
+    tracker = AllocationTracker()
+    try:
+        with tracker:
+            yield reading
+    finally:
+        reading.region_peak_bytes = tracker.peak
+        reading.peak_bytes = module_bytes(module) + tracker.peak
+        reading.seconds = time.perf_counter() - start

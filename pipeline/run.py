@@ -1,0 +1,140 @@
+"""The two jobs behind train.py and eval.py: build from a validated config, fit, evaluate, write rows."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from models.registry import build_model
+from pipeline.checkpoint import load_weights, model_state, read_checkpoint
+from pipeline.config import Resolved, trainer_kwargs, validate
+from pipeline.evaluate import evaluate_grid
+from pipeline.module import LitLM
+from pipeline.summary import print_summary
+from tasks.datamodule import TaskDataModule
+
+log = logging.getLogger(__name__)
+ROWS_FILE = "results.jsonl"
+
+
+def describe(model_cfg: Any) -> dict[str, Any]:
+    """Row identifiers of an architecture: family, positional rule, attention pattern."""
+    pos = getattr(model_cfg, "pos", None)
+    attn = getattr(model_cfg, "attention", None)
+    attention = None
+    if attn is not None:
+        attention = attn.eval if attn.train == attn.eval else f"{attn.train}->{attn.eval}"
+    layers = getattr(model_cfg, "layers", None)
+    if isinstance(layers, str):  # hybrid schedule
+        attention = f"{layers}:{attention}" if attention else layers
+    return {"model": model_cfg.family, "pos": pos.name if pos is not None else None,
+            "attention": attention or model_cfg.family}
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    path = Path(cfg.run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    accel = str(cfg.get("trainer", {}).get("accelerator", "cpu"))
+    if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    node = cfg.get("logger")
+    if not node:
+        return []
+    return [instantiate(v, save_dir=str(run_dir)) for v in node.values() if v and "_target_" in v]
+
+
+def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
+    return dict(run_id=run_id, **describe(res.model), train_len=res.task.train_len,
+                train_task=res.task.name, stage=cfg.get("stage", "pretrain"), config_hash=res.config_hash)
+
+
+def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Path, run_id: str,
+             device: torch.device) -> list[dict[str, Any]]:
+    model.to(device)
+    rows = evaluate_grid(
+        model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
+        res.eval.batch_size, res.cache, int(cfg.seed), row_base(cfg, res, run_id), run_dir / ROWS_FILE,
+        decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device)
+    print_summary(rows, title=f"{run_id}: {describe(res.model)}")
+    return rows
+
+
+def train(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Fit the model of ``cfg`` on its task, save checkpoints, evaluate the grid, write rows."""
+    res = validate(cfg)  # every config error surfaces here, before data or steps
+    run_dir = run_dir_of(cfg)
+    run_id = cfg.get("run_id") or f"{res.model.family}-{res.task.name}-{uuid.uuid4().hex[:6]}"
+    L.seed_everything(int(cfg.seed), workers=True)
+    model = build_model(res.model)
+    if cfg.get("init_from"):
+        ckpt = read_checkpoint(cfg.init_from)
+        load_weights(model, model_state(ckpt), source=f"init_from={cfg.init_from}")
+    lit = LitLM(model, res.optim, config=OmegaConf.to_container(cfg, resolve=True))
+    data = TaskDataModule(res.task, res.vocab, res.data.n_train, res.data.n_val, res.data.batch_size,
+                          int(cfg.seed), res.data.cache_dir, res.data.num_workers)
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                 every_n_train_steps=int(cfg.get("checkpoint_every", 200)))
+    trainer = L.Trainer(**trainer_kwargs(cfg.trainer), default_root_dir=str(run_dir),
+                        logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint])
+    resume = ckpt_dir / "last.ckpt"
+    trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None)
+    if trainer.global_rank != 0:
+        return []
+    if not trainer.fast_dev_run:
+        trainer.save_checkpoint(resume)
+    if not cfg.get("evaluate", True):
+        return []
+    return evaluate(model, cfg, res, run_dir, run_id, device_of(cfg))
+
+
+def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The checkpoint's config, with only what the user overrode for this evaluation.
+
+    ``model.pos.rule=yarn`` changes one field; ``task=mqar`` swaps the task group; ``cache``,
+    ``eval`` and ``seed`` always come from the evaluation config.
+    """
+    out = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
+    OmegaConf.set_struct(out, False)
+    for key in ("cache", "eval", "seed", "run_dir", "logger"):
+        if key in cfg:
+            out[key] = cfg[key]
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        root = key.split(".")[0]
+        if root in ("model", "task", "vocab_size"):
+            OmegaConf.update(out, key, OmegaConf.select(cfg, key), merge=False)
+    return out
+
+
+def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
+    """eval.py: load a checkpoint, apply overrides, evaluate the grid under a cache policy."""
+    ckpt = read_checkpoint(cfg.ckpt)
+    saved = OmegaConf.create(ckpt.get("config") or {})
+    if "model" not in saved:
+        raise ValueError(f"ckpt={cfg.ckpt!r} carries no config; it was not written by train.py")
+    run_cfg = apply_eval_overrides(saved, cfg, overrides)
+    res = validate(run_cfg)
+    model = build_model(res.model)
+    load_weights(model, model_state(ckpt), source=f"ckpt={cfg.ckpt}")
+    run_dir = run_dir_of(cfg)
+    run_id = cfg.get("run_id") or f"eval-{Path(str(cfg.ckpt)).parent.parent.name}-{uuid.uuid4().hex[:6]}"
+    os.makedirs(run_dir, exist_ok=True)
+    return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))

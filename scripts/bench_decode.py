@@ -1,0 +1,180 @@
+"""Decode throughput and memory per KV-cache policy and context length (tiny model, CPU by default).
+
+For each policy (full, sink_window, duo with 50% retrieval heads, quest) and context length:
+prefill the prompt densely, then decode N tokens one at a time. Reports decode tokens/s, the
+measured peak memory of the decode loop (``pipeline.memory.measure_peak``: parameters + tensors
+allocated inside the loop, the re-allocated cache included), the cache's reported bytes and its
+analytic closed form. The model's fixed cost is the parameter bytes plus a per-step activation
+constant measured, per policy, at the shortest length; the check is whether measured peak is
+within 10% of fixed cost + analytic cache bytes. Growing caches (full, quest) re-allocate one
+layer's K or V with torch.cat each step, a transient that grows with length; it is printed too.
+
+    python scripts/bench_decode.py --quick --json results/bench_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from models.cache import CacheConfig  # noqa: E402
+from models.duo import deploy_gates, save_gates  # noqa: E402
+from models.transformer import Transformer, TransformerConfig  # noqa: E402
+from pipeline.memory import measure_peak, module_bytes  # noqa: E402
+
+SINK, WINDOW, BUDGET, PAGE = 4, 256, 512, 16
+
+
+def policies(gates_path: str) -> dict[str, CacheConfig]:
+    return {
+        "full": CacheConfig(policy="full"),
+        "sink_window": CacheConfig(policy="sink_window", sink=SINK, window=WINDOW),
+        "duo": CacheConfig(policy="duo", gates_path=gates_path, sparsity=0.5, sink=SINK, window=WINDOW),
+        # a 2-layer model: keep only layer 0 dense (Quest keeps layers 0-1 of 32 dense)
+        "quest": CacheConfig(policy="quest", budget=BUDGET, page_size=PAGE, dense_layers=1),
+    }
+
+
+def analytic_cache_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, retrieval: int) -> int:
+    """Closed-form bytes (fp32) held after n tokens; ``retrieval``: duo retrieval heads, all layers."""
+    per_token_head = 2 * batch * cfg.head_dim * 4  # K and V of one token in one KV head
+    heads = cfg.n_layers * cfg.n_kv_heads
+    if name == "full":
+        return heads * n * per_token_head
+    if name == "sink_window":
+        return heads * min(n, SINK + WINDOW) * per_token_head
+    if name == "duo":
+        return (retrieval * n + (heads - retrieval) * min(n, SINK + WINDOW)) * per_token_head
+    if name == "quest":
+        sparse_heads = (cfg.n_layers - 1) * cfg.n_kv_heads
+        return heads * n * per_token_head + sparse_heads * math.ceil(n / PAGE) * per_token_head
+    raise ValueError(name)
+
+
+def cat_transient_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, layer_retrieval: int) -> int:
+    """A growing cache re-allocates one layer's K (then V) per step: old and new live together."""
+    per_head = batch * n * cfg.head_dim * 4
+    if name in ("full", "quest"):
+        return cfg.n_kv_heads * per_head
+    if name == "duo":  # the layer with the most retrieval heads (gates are cut globally)
+        return layer_retrieval * per_head
+    return 0
+
+
+def run_one(model: Transformer, policy: CacheConfig, prompt: torch.Tensor, steps: int,
+            repeats: int) -> dict:
+    with torch.no_grad():
+        cache = model.new_cache(prompt.shape[0], policy)
+        logits = model(prompt, cache)
+        nxt = logits[:, -1:].argmax(-1)
+        seconds = float("inf")
+        for _ in range(repeats):  # throughput on a copy, untracked; best of ``repeats``
+            timed, tok = cache.clone(), nxt
+            start = time.perf_counter()
+            for _ in range(steps):
+                tok = model(tok, timed)[:, -1:].argmax(-1)
+            seconds = min(seconds, time.perf_counter() - start)
+            del timed
+        tok = nxt
+        with measure_peak(model) as reading:  # memory, same tokens on the other copy
+            for _ in range(steps):
+                tok = model(tok, cache)[:, -1:].argmax(-1)
+    return {"tok_s": steps * prompt.shape[0] / seconds, "peak": reading.peak_bytes,
+            "cache": cache.nbytes(), "seen": cache.seen}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="lengths 1k..4k, fewer decode steps")
+    ap.add_argument("--json", default=None, help="write [{name, baseline, value, ratio, unit}] here")
+    ap.add_argument("--steps", type=int, default=None, help="decode steps (default 64, quick 32)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed decode loops per cell (best kept)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared CPU)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    lengths = [1024, 2048, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
+    steps = args.steps or (32 if args.quick else 64)
+    cfg = TransformerConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
+                            max_seq_len=max(lengths) + steps)
+    model = Transformer(cfg).eval()
+    params = module_bytes(model)
+    gates = torch.rand(cfg.n_layers, cfg.n_kv_heads)
+    roles = deploy_gates(gates, sparsity=0.5)  # as the duo cache will deploy them
+    retrieval, layer_retrieval = int(roles.sum()), int(roles.sum(dim=1).max())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "gates.pt")
+        save_gates(gates, path)
+        pols = policies(path)
+        with torch.no_grad():  # warm-up: first calls pay for allocator and kernel set-up
+            for pol in pols.values():
+                run_one(model, pol, torch.randint(0, cfg.vocab_size, (1, 300)), 8, 1)
+        rows = []
+        for L in lengths:
+            prompt = torch.randint(0, cfg.vocab_size, (1, L))
+            for name, pol in pols.items():
+                r = run_one(model, pol, prompt, steps, args.repeats)
+                r.update(name=name, L=L, analytic=analytic_cache_bytes(name, cfg, L + steps, 1, retrieval),
+                         transient=cat_transient_bytes(name, cfg, L + steps, 1, layer_retrieval))
+                rows.append(r)
+                print(f"  {name:12s} L={L:6d} {r['tok_s']:8.1f} tok/s", flush=True)
+
+    # per-step activation constant at the shortest length (with and without the cat transient)
+    act = {r["name"]: r["peak"] - params - r["analytic"] for r in rows if r["L"] == lengths[0]}
+    act_t = {r["name"]: act[r["name"]] - r["transient"] for r in rows if r["L"] == lengths[0]}
+    full_tok = {r["L"]: r["tok_s"] for r in rows if r["name"] == "full"}
+    records = []
+    print(f"\nparams {params} B; decode {steps} tokens, batch 1, threads {args.threads}; "
+          f"sink+window {SINK}+{WINDOW}, quest budget {BUDGET} page {PAGE}, duo 50% retrieval heads")
+    print(f"{'policy':12s} {'L':>6s} {'tok/s':>8s} {'x full':>7s} {'cache B':>11s} {'analytic B':>11s} "
+          f"{'peak B':>11s} {'fixed+cache':>11s} {'err':>7s} {'<=10%':>6s} "
+          f"{'+transient':>11s} {'err':>7s} {'<=10%':>6s}")
+    for r in rows:
+        predicted = params + act[r["name"]] + r["analytic"]
+        err = r["peak"] / predicted - 1
+        with_t = params + act_t[r["name"]] + r["analytic"] + r["transient"]
+        err_t = r["peak"] / with_t - 1
+        print(f"{r['name']:12s} {r['L']:6d} {r['tok_s']:8.1f} {r['tok_s'] / full_tok[r['L']]:7.2f} "
+              f"{r['cache']:11d} {r['analytic']:11d} {r['peak']:11d} {predicted:11d} {err:+7.1%} "
+              f"{'yes' if abs(err) <= 0.10 else 'NO':>6s} {with_t:11d} {err_t:+7.1%} "
+              f"{'yes' if abs(err_t) <= 0.10 else 'NO':>6s}")
+        tag = f"{r['name']}/L={r['L']}"
+        records += [
+            {"name": f"decode_tok_s/{tag}", "baseline": full_tok[r["L"]], "value": r["tok_s"],
+             "ratio": r["tok_s"] / full_tok[r["L"]], "unit": "tok/s"},
+            {"name": f"cache_bytes/{tag}", "baseline": r["analytic"], "value": r["cache"],
+             "ratio": r["cache"] / r["analytic"], "unit": "bytes"},
+            {"name": f"peak_decode_bytes/{tag}", "baseline": predicted, "value": r["peak"],
+             "ratio": r["peak"] / predicted, "unit": "bytes"},
+            {"name": f"peak_decode_bytes_with_transient/{tag}", "baseline": with_t, "value": r["peak"],
+             "ratio": r["peak"] / with_t, "unit": "bytes"},
+        ]
+    print()
+    ends = lambda name: [r for r in rows if r["name"] == name and r["L"] in (lengths[0], lengths[-1])]
+    full_first, full_last = ends("full")
+    for name in pols:
+        first, last = ends(name)
+        growth = last["peak"] / first["peak"]
+        slope = (last["cache"] - first["cache"]) / (full_last["cache"] - full_first["cache"])
+        flat = "flat" if growth < 1.10 else "grows"
+        print(f"{name:12s} peak {first['peak']} -> {last['peak']} B from {lengths[0]} to {lengths[-1]} "
+              f"tokens: x{growth:.2f} ({flat}); cache bytes per token = {slope:.3f} x full's")
+        records.append({"name": f"peak_growth/{name}", "baseline": first["peak"], "value": last["peak"],
+                        "ratio": growth, "unit": "bytes"})
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Collect a sweep: every results.jsonl under a directory into one tidy table (Parquet + CSV).
+
+    python scripts/collect.py multirun/2026-11-26/12-00-00 [--out PREFIX]
+
+Writes PREFIX.parquet and PREFIX.csv (default: SWEEP_DIR/collected) and prints a report: jobs
+with no results file (missing, with the last line of their train.log), rows with status oom/error
+(failed), unreadable lines (a torn last line is skipped, but reported and counted), then a summary
+table of the sweep. Every readable row is kept, failed ones included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for p in (ROOT, HERE):  # pipeline.rows (schema) and the figures package
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import pandas as pd  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from figures.results import RESULTS_FILE, find_jobs, load_results, make_palette, weighted_mean  # noqa: E402
+
+
+@dataclass
+class Report:
+    table: pd.DataFrame
+    missing: list[Path] = field(default_factory=list)  # job dirs without results.jsonl
+    failed: pd.DataFrame = field(default_factory=pd.DataFrame)  # rows with status oom / error
+    bad_lines: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)  # files written
+
+
+def _overrides(job: Path) -> str:
+    f = job / ".hydra" / "overrides.yaml"
+    if not f.exists():
+        return ""
+    import yaml
+
+    items = yaml.safe_load(f.read_text()) or []
+    return " ".join(map(str, items))
+
+
+def _last_log_line(job: Path) -> str:
+    f = job / "train.log"
+    if not f.exists():
+        return ""
+    lines = [s for s in f.read_text(errors="replace").splitlines() if s.strip()]
+    return lines[-1][-120:] if lines else ""
+
+
+def collect(sweep: str | Path, out: str | Path | None = None) -> Report:
+    """Gather, write PREFIX.parquet / PREFIX.csv, and find missing jobs and failed rows."""
+    sweep = Path(sweep)
+    if not sweep.is_dir():
+        raise NotADirectoryError(f"SWEEP_DIR={sweep} is not a directory")
+    df = load_results([sweep])
+    jobs = find_jobs(sweep)
+    # A job counts as done if a results file sits in it or below it (eval runs nest run dirs).
+    done = {Path(f).resolve().parent for f in df.attrs.get("files", [])}
+    missing = [j for j in jobs if not any(d == j.resolve() or j.resolve() in d.parents for d in done)]
+    if not df.empty:
+        df["overrides"] = [_overrides(Path(d)) if d else "" for d in df["run_dir"]]
+    failed = df[df["status"].isin(["oom", "error"])] if not df.empty else df
+    prefix = Path(out) if out else sweep / "collected"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = [prefix.with_name(prefix.name + ".parquet"), prefix.with_name(prefix.name + ".csv")]
+    df.to_parquet(paths[0], index=False)
+    df.to_csv(paths[1], index=False)
+    return Report(df, missing, failed, df.attrs.get("bad_lines", []), paths)
+
+
+def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
+    """One line per (label, stage, task): cells by status, accuracy overall / at train_len / longest."""
+    table = Table(title=title)
+    for col in ("label", "stage", "task", "runs", "ok", "oom", "err", "acc", "acc@train", "acc@max L",
+                "max L", "peak MiB", "cache MiB/seq"):
+        table.add_column(col, justify="left" if col in ("label", "stage", "task") else "right")
+    if df.empty:
+        return table
+    palette = make_palette(df)
+    stage = df["stage"].astype(str) if "stage" in df.columns else pd.Series("-", index=df.index)
+    keys = df.assign(_stage=stage).groupby(["label", "_stage", "task"], dropna=False)
+
+    def fmt(v: float, spec: str = ".3f") -> str:
+        return "-" if v is None or pd.isna(v) else format(v, spec)
+
+    for (label, st, task), g in sorted(keys, key=lambda kv: (palette.rank(kv[0][0]), str(kv[0][1]),
+                                                             str(kv[0][2]))):
+        ok = g[g["status"] == "ok"]
+        counts = g["status"].value_counts()
+        max_len = ok["eval_len"].max() if not ok.empty else None
+        at_train = ok[ok["eval_len"] == ok["train_len"]]
+        at_max = ok[ok["eval_len"] == max_len]
+        table.add_row(
+            str(label), str(st), str(task), str(g["run_id"].nunique() or g["run_dir"].nunique()),
+            str(counts.get("ok", 0)), str(counts.get("oom", 0)), str(counts.get("error", 0)),
+            fmt(weighted_mean(ok["accuracy"], ok["n_examples"]) if not ok.empty else None),
+            fmt(weighted_mean(at_train["accuracy"], at_train["n_examples"]) if not at_train.empty else None),
+            fmt(weighted_mean(at_max["accuracy"], at_max["n_examples"]) if not at_max.empty else None),
+            fmt(max_len, ".0f"), fmt(ok["peak_mem_bytes"].max() / 2**20, ".2f"),
+            fmt(ok["cache_bytes"].max() / 2**20, ".3f"),
+        )
+    return table
+
+
+def print_report(rep: Report, sweep: str | Path, console: Console | None = None) -> None:
+    console = console or Console(width=max(150, Console().width))
+    df = rep.table
+    n_files = len(df.attrs.get("files", []))
+    console.print(f"[bold]{sweep}[/]: {len(df)} rows from {n_files} {RESULTS_FILE} file(s); "
+                  f"{len(rep.missing)} job(s) missing, {len(rep.failed)} failed row(s), "
+                  f"{len(rep.bad_lines)} unreadable line(s)")
+    if rep.missing:
+        t = Table(title=f"missing: {len(rep.missing)} job(s) without {RESULTS_FILE}")
+        for col in ("job", "overrides", "last train.log line"):
+            t.add_column(col, overflow="fold")
+        for job in rep.missing:
+            t.add_row(str(job), _overrides(job), _last_log_line(job))
+        console.print(t)
+    if not rep.failed.empty:
+        t = Table(title=f"failed: {len(rep.failed)} row(s) with status oom/error")
+        for col in ("job", "label", "task", "eval_len", "depth", "status", "error"):
+            t.add_column(col, overflow="fold")
+        for r in rep.failed.itertuples(index=False):
+            t.add_row(str(Path(r.run_dir).name if r.run_dir else "?"), str(r.label), str(r.task),
+                      str(r.eval_len), str(r.depth), str(r.status), str(r.error or "")[:100])
+        console.print(t)
+    for b in rep.bad_lines:
+        kind = "torn last line" if b["last"] else "corrupt line"
+        console.print(f"[yellow]unreadable[/] {b['path']}:{b['line']} ({kind}, skipped): {b['text']!r}")
+    if not df.empty:
+        console.print(summary_table(df, title=f"sweep summary: {sweep}"))
+    console.print("written: " + ", ".join(str(p) for p in rep.paths))
+
+
+def main(argv: list[str] | None = None) -> Report:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweep", help="a sweep directory (multirun/<date>/<time>) or outputs/")
+    ap.add_argument("--out", default=None, help="output prefix (default: SWEEP_DIR/collected)")
+    args = ap.parse_args(argv)
+    rep = collect(args.sweep, args.out)
+    print_report(rep, args.sweep)
+    return rep
+
+
+if __name__ == "__main__":
+    main()

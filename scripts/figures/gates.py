@@ -1,0 +1,49 @@
+"""DuoAttention gate map: the learned gate of every (layer, KV head), saved as ``gates.pt``.
+
+A gate near 1 marks a retrieval head (full cache), near 0 a streaming head (sink + window); the
+same red -> green colormap as the NIAH heatmap, fixed to 0..1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .style import NIAH_CMAP, SINGLE_COL, paper_style, save
+
+
+def load_gates(path: str | Path) -> np.ndarray:
+    """The (n_layers, n_kv_heads) gates of ``models.duo.save_gates`` as a float array."""
+    import torch  # only when a gates file exists: importing torch costs seconds
+
+    g = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(g, dict):  # tolerate {"gates": tensor}
+        g = g.get("gates", next(iter(g.values())))
+    arr = np.asarray(g.detach().float().cpu().numpy() if hasattr(g, "detach") else g, dtype=float)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: gates of shape {arr.shape}; expected (n_layers, n_kv_heads)")
+    return arr
+
+
+def plot_gates(gates: np.ndarray, out: Path, name: str, title: str = "") -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    n_layers, n_heads = gates.shape
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(SINGLE_COL, min(4.0, 0.8 + 0.18 * n_layers)))
+        im = ax.imshow(gates, cmap=NIAH_CMAP, vmin=0.0, vmax=1.0, aspect="auto", origin="upper",
+                       interpolation="nearest")
+        ax.grid(False)
+        ax.set_xticks(range(n_heads))
+        ax.set_yticks(range(n_layers))
+        ax.set_xlabel("KV head")
+        ax.set_ylabel("layer")
+        if n_heads * n_layers <= 16 * 16:
+            for (i, j), v in np.ndenumerate(gates):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5)
+        share = float((gates >= 0.5).mean())
+        ax.set_title(f"{title}  ({100 * share:.0f}% retrieval heads)".strip())
+        cbar = fig.colorbar(im, ax=ax, pad=0.02, fraction=0.06)
+        cbar.set_label("gate (1 = full cache)")
+        return save(fig, out, name)

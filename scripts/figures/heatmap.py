@@ -1,0 +1,98 @@
+"""NIAH-style heatmap: accuracy by eval length (x, ascending) x depth (y, 0 at the top).
+
+Follows gkamradt/LLMTest_NeedleInAHaystack's visualisation (colormap #F0496E -> #EBB839 -> #0CD79F),
+with exact match on a fixed 0..1 scale, the value in each cell, and a vertical line at the training
+length. A cell with no ok row but an oom/error row is drawn grey and marked, never as accuracy 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .results import accuracy_by
+from .style import NIAH_CMAP, SINGLE_COL, Palette, paper_style, save
+
+MAX_TEXT_COLS = 12  # beyond this the cell numbers no longer fit a column-width figure
+
+
+def heatmap_pivot(df: pd.DataFrame) -> pd.DataFrame:
+    """Depth (rows, ascending: 0 first = top) x eval length (columns, ascending) of mean accuracy."""
+    rows = df[df["depth"].notna()]
+    acc = accuracy_by(rows, ["depth", "eval_len"])
+    grid = acc.pivot(index="depth", columns="eval_len", values="accuracy") if not acc.empty else None
+    depths = sorted(rows["depth"].astype(float).unique())
+    lengths = sorted(rows["eval_len"].dropna().astype(int).unique())
+    if grid is None:
+        return pd.DataFrame(np.nan, index=depths, columns=lengths)
+    grid.columns = grid.columns.astype(int)
+    return grid.reindex(index=depths, columns=lengths).astype(float)
+
+
+def _failed_cells(df: pd.DataFrame, pivot: pd.DataFrame) -> dict[tuple[int, int], str]:
+    """(row, col) -> "OOM"/"ERR" for cells whose every row failed."""
+    out = {}
+    bad = df[df["depth"].notna() & (df["status"] != "ok")]
+    for (depth, length), g in bad.groupby(["depth", "eval_len"]):
+        i, j = pivot.index.get_loc(float(depth)), pivot.columns.get_loc(int(length))
+        if np.isnan(pivot.iat[i, j]):
+            out[(i, j)] = "OOM" if (g["status"] == "oom").any() else "ERR"
+    return out
+
+
+def train_line_x(lengths: list[int], train_len: float | None) -> float | None:
+    """x of the boundary between lengths <= train_len and longer ones (categorical axis)."""
+    if not lengths or train_len is None or np.isnan(train_len):
+        return None
+    return sum(1 for L in lengths if L <= train_len) - 0.5
+
+
+def heatmap_figure(df: pd.DataFrame, title: str = "") -> tuple[Figure, pd.DataFrame]:
+    """The heatmap of one (label, task) slice of the table, and the pivot it shows."""
+    import matplotlib.pyplot as plt
+
+    pivot = heatmap_pivot(df)
+    n_d, n_l = pivot.shape
+    height = min(3.2, 0.9 + 0.2 * n_d)
+    fig, ax = plt.subplots(figsize=(SINGLE_COL, height))
+    # origin="upper": pivot row 0 (depth 0) is drawn at the top, as in the reference figure.
+    im = ax.imshow(np.ma.masked_invalid(pivot.to_numpy()), cmap=NIAH_CMAP, vmin=0.0, vmax=1.0,
+                   aspect="auto", origin="upper", interpolation="nearest")
+    ax.set_facecolor("#DDDDDD")  # cells without rows (missing) show as light grey
+    ax.grid(False)
+    ax.set_xticks(range(n_l), [str(L) for L in pivot.columns], rotation=45 if n_l > 6 else 0)
+    ax.set_yticks(range(n_d), [f"{100 * d:.0f}" for d in pivot.index])
+    ax.set_xlabel("eval length (tokens)")
+    ax.set_ylabel("depth (%)")
+    if n_l <= MAX_TEXT_COLS:
+        for (i, j), v in np.ndenumerate(pivot.to_numpy()):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="black")
+    for (i, j), text in _failed_cells(df, pivot).items():
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#BBBBBB", hatch="///",
+                                   edgecolor="white", linewidth=0))
+        ax.text(j, i, text, ha="center", va="center", fontsize=5.5, color="black")
+    for t in sorted(df["train_len"].dropna().unique()):
+        x = train_line_x(list(pivot.columns), float(t))
+        if x is not None:
+            ax.axvline(x, color="black", linestyle="--", linewidth=1.0)
+    cbar = fig.colorbar(im, ax=ax, pad=0.02, fraction=0.06)
+    cbar.set_label("exact match")
+    cbar.ax.tick_params(labelsize=6)
+    if title:
+        ax.set_title(title)
+    return fig, pivot
+
+
+def plot_heatmaps(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
+    """One heatmap per (label, task) among tasks with depths."""
+    paths: list[Path] = []
+    with_depth = df[df["depth"].notna()]
+    for (label, task), g in with_depth.groupby(["label", "task"], sort=False):
+        with paper_style():
+            fig, _ = heatmap_figure(g, title=f"{task}: {label}")
+            paths += save(fig, out, f"heatmap_{task}_{label}")
+    return paths

@@ -1,0 +1,216 @@
+"""Read results rows into one tidy table: ``load_results(paths) -> pd.DataFrame``.
+
+Accepts run directories, sweep directories (every ``results.jsonl`` below), ``results.jsonl`` files
+and tables written by ``scripts/collect.py`` (``.parquet`` / ``.csv``). Nothing is dropped quietly:
+a line that is not JSON (a torn last line after a crash) is skipped, but listed in
+``df.attrs["bad_lines"]`` and logged, so the caller can report and count it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.rows import ROW_FIELDS
+
+from .style import Palette, cache_policy, label_sort_key
+
+log = logging.getLogger(__name__)
+RESULTS_FILE = "results.jsonl"
+TABLE_SUFFIXES = (".parquet", ".csv")
+# Columns added here (not by the pipeline): where each row came from, and the plotting label.
+PROVENANCE = ("source", "line", "run_dir")
+
+
+@dataclass
+class BadLine:
+    path: str
+    line: int  # 1-based
+    last: bool  # the file's last line: a torn write, not corruption in the middle
+    text: str  # the first characters, for the report
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[BadLine]]:
+    """Every row of one results file with its ``source`` and ``line``, and the lines that failed."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    last = max((i for i, s in enumerate(lines) if s.strip()), default=-1)
+    rows, bad = [], []
+    for i, text in enumerate(lines):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            bad.append(BadLine(str(path), i + 1, i == last, text[:80]))
+            continue
+        row.update(source=str(path), line=i + 1, run_dir=str(path.parent))
+        rows.append(row)
+    return rows, bad
+
+
+def find_results(paths: Iterable[str | Path]) -> list[Path]:
+    """The results files named by ``paths``: directories are searched recursively."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(p.rglob(RESULTS_FILE))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such results file or directory: {p}")
+    seen: set[Path] = set()
+    return [f for f in found if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def find_files(paths: Iterable[str | Path], name: str) -> list[Path]:
+    """Files called ``name`` (e.g. metrics.csv, gates.pt) under the directories among ``paths``."""
+    out: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.update(f.resolve() for f in p.rglob(name))
+    return sorted(out)
+
+
+def find_jobs(root: str | Path) -> list[Path]:
+    """Job directories below ``root`` (Hydra wrote ``.hydra/`` or a ``train.log`` there)."""
+    root = Path(root)
+    jobs = {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    jobs |= {p.parent for p in root.rglob("train.log")}
+    return sorted(jobs)
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory holding a file written somewhere inside it (logs/version_0/metrics.csv)."""
+    path = Path(path).resolve()
+    for parent in path.parents:
+        if (parent / RESULTS_FILE).exists() or (parent / ".hydra").is_dir() or (parent / "train.log").exists():
+            return parent
+    return path.parent
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Every schema column present; numeric columns numeric; mixed columns as strings (Parquet-safe)."""
+    df = df.copy()
+    for col in ROW_FIELDS + PROVENANCE:
+        if col not in df.columns:
+            df[col] = None
+    for col in df.columns:
+        if df[col].dtype != object:
+            continue
+        values = [v for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if values and all(_is_number(v) for v in values):
+            df[col] = pd.to_numeric(df[col])
+        elif values and all(isinstance(v, bool) for v in values):
+            df[col] = df[col].astype("boolean")
+        elif values and not all(isinstance(v, str) for v in values):
+            df[col] = df[col].map(lambda v: None if v is None else v if isinstance(v, str) else
+                                  json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
+    # Pipeline columns first, in schema order; extras after, sorted, so tables diff cleanly.
+    first = [c for c in ROW_FIELDS + PROVENANCE if c in df.columns]
+    return df[first + sorted(c for c in df.columns if c not in first)]
+
+
+def _present(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v) not in ("", "nan", "None")
+
+
+def base_label(model: Any, pos: Any, attention: Any, cache: Any) -> str:
+    """``model/pos/attention/cache``; an attention equal to the family (mamba) is not repeated."""
+    parts = [model, pos, None if str(attention) == str(model) else attention, cache]
+    return "/".join(str(p) for p in parts if _present(p)) or "?"
+
+
+def add_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """A ``label`` column (one legend entry); ``@L=<train_len>`` only where a label has several."""
+    df = df.copy()
+    if df.empty:
+        df["label"] = pd.Series(dtype=str)
+        return df
+    base = [base_label(*r) for r in df[["model", "pos", "attention", "cache"]].itertuples(index=False)]
+    df["label"] = base
+    lens = df.groupby("label")["train_len"].nunique()
+    several = set(lens[lens > 1].index)
+    if several:
+        df["label"] = [f"{b} @L={int(t)}" if b in several and _present(t) else b
+                       for b, t in zip(base, df["train_len"])]
+    return df
+
+
+def load_results(paths: Iterable[str | Path] | str | Path) -> pd.DataFrame:
+    """One tidy table of every row under ``paths`` (results.jsonl, run/sweep dirs, parquet, csv).
+
+    ``df.attrs["bad_lines"]`` lists unreadable lines (dicts of path, line, last, text) and
+    ``df.attrs["files"]`` the files read.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames, bad = [], []
+    files = find_results(paths)
+    for f in files:
+        if f.suffix == ".parquet":
+            frames.append(pd.read_parquet(f))
+        elif f.suffix == ".csv":
+            frames.append(pd.read_csv(f))
+        else:
+            rows, b = read_jsonl(f)
+            bad += b
+            frames.append(pd.DataFrame(rows))
+    for b in bad:
+        log.warning("unreadable line %s:%d (%s): %r", b.path, b.line, "torn last line" if b.last else
+                    "corrupt", b.text)
+    frames = [f for f in frames if not f.empty]
+    df = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+    df = add_labels(tidy(df))
+    df.attrs["bad_lines"] = [asdict(b) for b in bad]
+    df.attrs["files"] = [str(f) for f in files]
+    return df
+
+
+def make_palette(df: pd.DataFrame) -> Palette:
+    """The legend order and colours of every label in ``df`` (family, pos rule, attention, cache)."""
+    if df.empty or "label" not in df:
+        return Palette(order=[])
+    first = df.drop_duplicates("label")
+    keyed = sorted(first.itertuples(index=False), key=lambda r: label_sort_key(
+        r.model, r.pos, r.attention, r.cache) + (r.label,))
+    caches = sorted({cache_policy(c) for c in df["cache"].dropna()})
+    return Palette(order=[r.label for r in keyed], family={r.label: str(r.model) for r in keyed},
+                   cache_order=caches)
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"]
+
+
+def weighted_mean(values: pd.Series, weights: pd.Series) -> float:
+    """Mean of ``values`` weighted by example counts (rows of one cell split by slice group)."""
+    w = weights.fillna(0).astype(float)
+    v = values.astype(float)
+    keep = v.notna()
+    if keep.any() and w[keep].sum() > 0:
+        return float((v[keep] * w[keep]).sum() / w[keep].sum())
+    return float(v.mean()) if keep.any() else float("nan")
+
+
+def accuracy_by(df: pd.DataFrame, keys: list[str], value: str = "accuracy") -> pd.DataFrame:
+    """Example-weighted ``value`` of the ok rows per ``keys`` (over seeds, depths, slice groups)."""
+    ok = ok_rows(df).dropna(subset=[value])
+    if ok.empty:
+        return pd.DataFrame(columns=keys + [value])
+    out = ok.groupby(keys, dropna=False).apply(
+        lambda g: weighted_mean(g[value], g["n_examples"]), include_groups=False)
+    return out.rename(value).reset_index()

@@ -1,0 +1,78 @@
+"""Accuracy vs a slice knob (``slice_<knob>`` columns): lost in the middle (gold index), hops,
+similarity, task family. One figure per task, one panel per eval length, one line per label.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from .results import accuracy_by
+from .style import DOUBLE_COL, SINGLE_COL, Palette, legend_below, paper_style, save
+
+KNOB_TITLES = {
+    "gold_index": ("lost_in_the_middle", "gold record position"),
+    "hops": ("accuracy_vs_hops", "hops"),
+    "similarity": ("accuracy_vs_similarity", "key similarity"),
+    "family": ("accuracy_vs_family", "task family"),
+}
+MAX_PANELS = 4
+
+
+def _pick_lengths(lengths: list[int]) -> list[int]:
+    """At most MAX_PANELS eval lengths, spread from the shortest to the longest."""
+    if len(lengths) <= MAX_PANELS:
+        return lengths
+    idx = np.unique(np.linspace(0, len(lengths) - 1, MAX_PANELS).round().astype(int))
+    return [lengths[i] for i in idx]
+
+
+def plot_slice(df: pd.DataFrame, out: Path, palette: Palette, knob: str) -> list[Path]:
+    """Accuracy vs ``slice_<knob>`` wherever that column has at least two values."""
+    import matplotlib.pyplot as plt
+
+    col = f"slice_{knob}"
+    if col not in df.columns:
+        return []
+    name, xlabel = KNOB_TITLES.get(knob, (f"accuracy_vs_{knob}", knob))
+    paths: list[Path] = []
+    for task, g in df[df[col].notna()].groupby("task", sort=True):
+        acc = accuracy_by(g, ["label", "eval_len", col])
+        if acc.empty or acc[col].nunique() < 2:
+            continue
+        numeric = pd.api.types.is_numeric_dtype(acc[col])
+        cats = sorted(acc[col].astype(str).unique()) if not numeric else []
+        lengths = _pick_lengths(sorted(acc["eval_len"].dropna().astype(int).unique()))
+        with paper_style():
+            n = len(lengths)
+            fig, axes = plt.subplots(1, n, figsize=(SINGLE_COL if n == 1 else DOUBLE_COL, 2.1),
+                                     sharey=True, squeeze=False)
+            for ax, length in zip(axes[0], lengths):
+                a = acc[acc["eval_len"] == length]
+                for label in palette.sort(a["label"]):
+                    s = a[a["label"] == label]
+                    if numeric:
+                        s = s.sort_values(col)
+                        x = s[col].astype(float)
+                    else:
+                        x = s[col].astype(str).map(cats.index)
+                        s, x = s.iloc[np.argsort(x.to_numpy())], np.sort(x.to_numpy())
+                    ax.plot(x, s["accuracy"], color=palette.color(label), marker=palette.marker(label))
+                if not numeric:
+                    ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
+                ax.set_title(f"L={length}")
+                ax.set_xlabel(xlabel)
+                ax.set_ylim(-0.03, 1.03)
+            axes[0][0].set_ylabel("exact match")
+            if n > 1:
+                fig.suptitle(str(task))
+            else:
+                axes[0][0].set_title(f"{task}, L={lengths[0]}")
+            labels = palette.sort(acc["label"])
+            handles = [Line2D([], [], color=palette.color(lb), marker=palette.marker(lb)) for lb in labels]
+            legend_below(fig, handles, labels)
+            paths += save(fig, out, f"{name}_{task}")
+    return paths

@@ -1,0 +1,141 @@
+"""Common figure style: paper column widths, 7-9 pt fonts, the fixed palette, saving PNG + PDF.
+
+Every figure function takes a :class:`Palette` built once from the whole results table, so a label
+keeps one colour, one marker and one legend position across all figures of a call (zoology's rule:
+never let colours shuffle between panels of the same paper).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window (CI, clusters, ssh)
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+SINGLE_COL = 3.3  # inches: one column of a two-column paper
+DOUBLE_COL = 7.0
+
+# The NIAH heatmap colormap of gkamradt/LLMTest_NeedleInAHaystack (red -> yellow -> green).
+NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
+
+FAMILY_ORDER = ("transformer", "hybrid", "mamba")
+FAMILY_MARKERS = {"transformer": "o", "hybrid": "^", "mamba": "s"}
+# Known positional rules first, in the order they are usually introduced; unknown ones sort after.
+POS_ORDER = ("none", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "longrope")
+STAGE_ORDER = ("pretrain", "extend", "duo_gates")
+
+# Colour-blind-safe qualitative colours (Okabe-Ito, then tab10 leftovers), handed out in legend order.
+LABEL_COLORS = (
+    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
+    "#8c564b", "#7f7f7f", "#bcbd22", "#17becf", "#9467bd", "#1f77b4", "#2ca02c", "#d62728",
+)
+# One colour per cache policy (the name before any "(budget)" suffix), fixed across sweeps.
+CACHE_COLORS = {
+    "full": "#000000", "sink_window": "#E69F00", "duo": "#009E73", "quest": "#CC79A7",
+    "state": "#0072B2",
+}
+_EXTRA_CACHE_COLORS = ("#56B4E9", "#D55E00", "#8c564b", "#7f7f7f", "#bcbd22", "#17becf")
+
+RC = {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
+    "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9, "lines.linewidth": 1.2,
+    "lines.markersize": 3.5, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "legend.frameon": False,
+    "figure.constrained_layout.use": True, "savefig.bbox": "tight", "savefig.pad_inches": 0.02, "pdf.fonttype": 42,  # editable text in PDF
+}
+
+
+def cache_policy(label: object) -> str:
+    """``sink_window(4+64)`` -> ``sink_window``: budgets of one policy share a colour."""
+    return re.split(r"[(\[]", str(label), maxsplit=1)[0].strip() or "?"
+
+
+def _order_key(order: tuple[str, ...], value: object) -> tuple[int, str]:
+    s = "" if value is None else str(value)
+    return (order.index(s) if s in order else len(order), s)
+
+
+def label_sort_key(model: object, pos: object, attention: object, cache: object) -> tuple:
+    """Legend order: family, positional rule, attention pattern, cache policy."""
+    return (_order_key(FAMILY_ORDER, model), _order_key(POS_ORDER, pos), str(attention), str(cache))
+
+
+@dataclass
+class Palette:
+    """Label -> colour / marker, and the legend order, fixed for every figure of one call."""
+
+    order: list[str]
+    family: dict[str, str] = field(default_factory=dict)  # label -> model family
+    cache_order: list[str] = field(default_factory=list)
+
+    def color(self, label: str) -> str:
+        i = self.order.index(label) if label in self.order else len(self.order) + zlib.crc32(label.encode()) % 7
+        return LABEL_COLORS[i % len(LABEL_COLORS)]
+
+    def marker(self, label: str) -> str:
+        return FAMILY_MARKERS.get(self.family.get(label, ""), "D")
+
+    def rank(self, label: str) -> int:
+        return self.order.index(label) if label in self.order else len(self.order)
+
+    def sort(self, labels: Iterable[str]) -> list[str]:
+        return sorted(set(labels), key=lambda s: (self.rank(s), s))
+
+    def cache_color(self, cache: object) -> str:
+        name = cache_policy(cache)
+        if name in CACHE_COLORS:
+            return CACHE_COLORS[name]
+        extra = [c for c in self.cache_order if c not in CACHE_COLORS]
+        i = extra.index(name) if name in extra else len(extra)
+        return _EXTRA_CACHE_COLORS[i % len(_EXTRA_CACHE_COLORS)]
+
+
+@contextmanager
+def paper_style() -> Iterator[None]:
+    with plt.rc_context(RC):
+        yield
+
+
+def stage_linestyle(stage: object, stages: Iterable[object]) -> str:
+    """Fine-tuned (extend / duo_gates / finetuned=True) solid, zero-shot dashed, when both exist."""
+    present = {str(s) for s in stages if s is not None and str(s) not in ("nan", "None")}
+    if len(present) < 2:
+        return "-"
+    return "--" if str(stage) in ("pretrain", "False", "zero-shot") else "-"
+
+
+def slug(text: object) -> str:
+    """A file-name-safe version of a label: ``transformer/rope/full/sink_window(4+64)`` -> ..."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_") or "x"
+
+
+def save(fig: Figure, out_dir: str | Path, name: str, formats: Iterable[str] = ("png", "pdf")) -> list[Path]:
+    """Write ``name.<fmt>`` for each format (PNG at 300 dpi), close the figure, return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{slug(name)}.{fmt}"
+        fig.savefig(path, dpi=300 if fmt == "png" else None)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def legend_below(fig: Figure, handles: list, labels: list[str], ncol: int | None = None) -> None:
+    """One legend under all panels (keeps the axes at full width in a narrow column)."""
+    if not handles:
+        return
+    ncol = ncol or min(len(labels), 2 if fig.get_figwidth() <= SINGLE_COL + 0.1 else 4)
+    # "outside": constrained layout shrinks the axes to make room, so nothing overlaps the xlabel.
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, handlelength=2.2, columnspacing=1.0)

@@ -1,0 +1,60 @@
+"""Paper figures from results: every figure type the data supports, PNG + PDF.
+
+    python scripts/plot.py multirun/2026-11-26/12-00-00 [more run dirs / results.jsonl / .parquet]
+        [--out figures] [--kind heatmap accuracy ...]
+
+Kinds: heatmap (NIAH accuracy by length x depth), accuracy (vs eval length), memory (peak and cache
+bytes vs length), pareto (accuracy vs cache bytes), lost_in_middle / hops / similarity / family
+(accuracy vs slice_<knob>), cost (training cost bars), curves (metrics.csv), gates (DuoAttention
+gates.pt). Kinds without data are skipped with a message. Reads local files only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for p in (ROOT, HERE):  # pipeline.rows (schema) and the figures package
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from figures import KINDS, load_results, render  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", help="run dirs, sweep dirs, results.jsonl, collected .parquet/.csv")
+    ap.add_argument("--out", default="figures", help="output folder (default: figures)")
+    ap.add_argument("--kind", nargs="+", choices=list(KINDS), default=None,
+                    help="figure kinds to draw (default: all)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[Path] | str]:
+    args = parse_args(argv)
+    df = load_results(args.results)
+    for b in df.attrs.get("bad_lines", []):
+        print(f"warning: skipped unreadable line {b['path']}:{b['line']}"
+              f"{' (torn last line)' if b['last'] else ''}")
+    print(f"{len(df)} rows from {len(df.attrs.get('files', []))} file(s)")
+    dirs = [p for p in args.results if Path(p).is_dir()]
+    if not df.empty:  # the run dirs named in a collected table, where they still exist
+        dirs += sorted({d for d in df["run_dir"].dropna().astype(str) if Path(d).is_dir()})
+    done = render(df, args.out, args.kind, dirs=dirs)
+    for kind, result in done.items():
+        if isinstance(result, str):
+            print(f"  {kind:15s} skipped: {result}")
+        else:
+            pngs = [p for p in result if p.suffix == ".png"]
+            print(f"  {kind:15s} {len(pngs)} figure(s): {', '.join(p.name for p in pngs[:4])}"
+                  f"{' ...' if len(pngs) > 4 else ''}")
+    print(f"figures in {args.out}/ (PNG + PDF)")
+    return done
+
+
+if __name__ == "__main__":
+    main()

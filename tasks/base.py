@@ -1,0 +1,140 @@
+"""What every task shares: the example arrays, the registry, seeds, and the derived views.
+
+A task is a dataclass of knobs with ``generate(vocab, n, length, rng, depth) -> TaskArrays`` and
+``oracle(vocab, hidden, answer_mask) -> predictions``. Everything else — training inputs and
+labels, prompt/answer split, seeds, caching — is derived here once for all tasks.
+
+The canonical example is one token row ``tokens`` (length L, exactly the requested length) and a
+boolean ``answer_mask`` marking the answer tokens. Derived views:
+  input_ids = tokens[:-1], labels = tokens[1:] where answer_mask[1:] else -100
+  prompt_ids = tokens[:first answer], answer_ids = tokens[answer_mask]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from tasks.vocab import Vocab
+
+IGNORE = -100
+SPLIT_OFFSETS = {"train": 0, "val": 2**31, "test": 2**31 + 2**30}  # disjoint seed ranges
+MAX_SEED = 2**30
+
+
+@dataclass
+class TaskArrays:
+    tokens: np.ndarray  # int64 (n, L)
+    answer_mask: np.ndarray  # bool (n, L)
+    depth: np.ndarray  # float64 (n,), NaN where the task has no depth
+    slices: dict[str, np.ndarray] = field(default_factory=dict)  # per-example knob values
+
+    def __post_init__(self) -> None:
+        n = self.tokens.shape[0]
+        assert self.answer_mask.shape == self.tokens.shape, "answer_mask must match tokens"
+        assert self.depth.shape == (n,), "depth must be (n,)"
+        assert not self.answer_mask[:, 0].any(), "the first token cannot be an answer"
+
+
+TASKS: dict[str, type["Task"]] = {}
+
+
+def register(cls: type["Task"]) -> type["Task"]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Task:
+    """Base of every task config. ``train_len`` is the training sequence length."""
+
+    name: ClassVar[str] = "base"
+    has_depth: ClassVar[bool] = False  # whether depth is a knob (NIAH-like) or NaN
+    train_len: int = 128
+
+    def __post_init__(self) -> None:
+        self.check_length(self.train_len, "task.train_len")
+
+    def min_length(self) -> int:
+        """The shortest length this configuration fits in."""
+        return 2
+
+    def check_length(self, length: int, field_name: str) -> None:
+        if length < self.min_length():
+            raise ValueError(
+                f"{field_name}={length} is too short for task {self.name!r} with these knobs; "
+                f"allowed: >= {self.min_length()}"
+            )
+
+    def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
+                 depth: float | None = None) -> TaskArrays:
+        raise NotImplementedError
+
+    def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
+        """Predict every answer token from the prompt alone (answers hidden as PAD)."""
+        raise NotImplementedError
+
+    def check_vocab(self, vocab: Vocab) -> None:
+        """Raise if the vocabulary is too small for these knobs."""
+
+    def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:
+        """Task-specific metrics for one evaluation cell (predictions: (n, L), valid at answers)."""
+        return {}
+
+
+def split_seed(split: str, seed: int) -> int:
+    if split not in SPLIT_OFFSETS:
+        raise ValueError(f"split={split!r}; allowed: {sorted(SPLIT_OFFSETS)}")
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed={seed} must be in [0, {MAX_SEED})")
+    return SPLIT_OFFSETS[split] + seed
+
+
+def make_rng(split: str, seed: int, task: str, length: int, depth: float | None) -> np.random.Generator:
+    """One independent stream per (split seed, task, length, depth) cell."""
+    depth_code = 0 if depth is None else 1 + int(round(depth * 1_000_000))
+    task_code = int.from_bytes(task.encode()[:8].ljust(8, b"\0"), "little")
+    return np.random.default_rng(np.random.SeedSequence([split_seed(split, seed), task_code, length, depth_code]))
+
+
+def hide_answers(tokens: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
+    """What an oracle (or a model) may see: the answers replaced by PAD."""
+    return np.where(answer_mask, Vocab.PAD, tokens)
+
+
+def training_views(tokens: np.ndarray, answer_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Next-token inputs and labels; labels are -100 everywhere except answer tokens."""
+    inputs = tokens[:, :-1]
+    labels = np.where(answer_mask[:, 1:], tokens[:, 1:], IGNORE)
+    return inputs, labels
+
+
+def prompt_length(answer_mask: np.ndarray) -> np.ndarray:
+    """Index of the first answer token per example: the prompt is everything before it."""
+    return answer_mask.argmax(axis=1)
+
+
+def prompt_and_answer(tokens: np.ndarray, answer_mask: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Example i's ``prompt_ids`` and ``answer_ids``."""
+    p = int(prompt_length(answer_mask[i : i + 1])[0])
+    return tokens[i, :p], tokens[i][answer_mask[i]]
+
+
+def sample_distinct(rng: np.random.Generator, n: int, pool: range, k: int) -> np.ndarray:
+    """(n, k) tokens from ``pool``, distinct within each row (vectorised, no Python loop)."""
+    if k > len(pool):
+        raise ValueError(f"cannot draw {k} distinct tokens from a range of {len(pool)}")
+    return pool.start + rng.random((n, len(pool))).argsort(axis=1)[:, :k]
+
+
+def place(tokens: np.ndarray, start: np.ndarray, block: np.ndarray) -> None:
+    """Write block (n, b) into tokens (n, L) at per-row offsets start (n,), in place."""
+    n, b = block.shape
+    cols = start[:, None] + np.arange(b)[None, :]
+    tokens[np.arange(n)[:, None], cols] = block
+
+
+def uniform_tokens(rng: np.random.Generator, pool: range, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(pool.start, pool.stop, size=shape, dtype=np.int64)

@@ -1,0 +1,73 @@
+"""Copy (long output): reproduce a span of the context as is, or reversed.
+
+Layout (span=4, reverse=False), L tokens in all:
+
+    h h h SEP a b c d SEP h h h h   COPY ANSWER | a b c d
+    (reverse=True: ...   REVERSE ANSWER | d c b a)
+
+The span (key and value tokens, uniform) is delimited by SEP and sits at ``depth`` of the noise
+context; the answer is ``span`` tokens long (up to about L/2), all produced by the model in
+decode. Slices: ``span``, ``reverse``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from tasks.base import Task, TaskArrays, register, uniform_tokens
+from tasks.common import check_depth
+from tasks.vocab import Vocab
+
+
+@register
+@dataclass
+class Copy(Task):
+    name: ClassVar[str] = "copy"
+    has_depth: ClassVar[bool] = True
+    span: int = 16  # tokens to reproduce
+    reverse: bool = False
+
+    def __post_init__(self) -> None:
+        if self.span < 1:
+            raise ValueError(f"task.span={self.span} must be >= 1")
+        super().__post_init__()
+
+    def min_length(self) -> int:
+        return 2 * self.span + 4  # SEP span SEP, marker ANSWER, answer
+
+    def signatures(self) -> set[tuple[int, int, int]]:
+        return {(Vocab.REVERSE if self.reverse else Vocab.COPY, 0, self.span)}
+
+    def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
+                 depth: float | None = None) -> TaskArrays:
+        self.check_length(length, "length")
+        check_depth(depth)
+        s = self.span
+        context = length - 2 - s
+        tokens = uniform_tokens(rng, vocab.filler, (n, length))
+        text = uniform_tokens(rng, range(vocab.keys.start, vocab.values.stop), (n, s))
+        depths = rng.random(n) if depth is None else np.full(n, float(depth))
+        start = np.rint(depths * (context - s - 2)).astype(np.int64)
+        cols = start[:, None] + np.arange(s + 2)
+        tokens[np.arange(n)[:, None], cols] = np.concatenate(
+            [np.full((n, 1), vocab.SEP), text, np.full((n, 1), vocab.SEP)], axis=1
+        )
+        tokens[:, context] = vocab.REVERSE if self.reverse else vocab.COPY
+        tokens[:, context + 1] = vocab.ANSWER
+        tokens[:, context + 2 :] = text[:, ::-1] if self.reverse else text
+        answer_mask = np.zeros((n, length), dtype=bool)
+        answer_mask[:, context + 2 :] = True
+        return TaskArrays(tokens, answer_mask, depths,
+                          {"span": np.full(n, s), "reverse": np.full(n, int(self.reverse))})
+
+    def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
+        out = hidden.copy()
+        for i, row in enumerate(hidden):
+            a, b = np.flatnonzero(row == vocab.SEP)[:2]
+            text = row[a + 1 : b]
+            marker = row[int(answer_mask[i].argmax()) - 2]
+            out[i, answer_mask[i]] = text[::-1] if marker == vocab.REVERSE else text
+        return out

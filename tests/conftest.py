@@ -1,0 +1,61 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+CONF_DIR = os.path.join(ROOT, "conf")
+
+
+def compose_config(overrides: list[str], config_name: str = "config", run_dir: str | None = None):
+    """Compose a Hydra config as train.py would, outside @hydra.main (for tests)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        if run_dir is not None:
+            cfg.run_dir = run_dir
+        if "data" in cfg:
+            cfg.data.cache_dir = os.path.join(run_dir or "/tmp", "data_cache") if run_dir else None
+    return cfg
+
+
+TINY = [
+    "model.d_model=32", "model.n_heads=2", "model.n_layers=2", "vocab_size=64", "task.train_len=32",
+    "data.n_train=64", "data.n_val=16", "data.batch_size=8", "eval.lengths=[32,48]", "eval.depths=[0.0,1.0]",
+    "eval.n_examples=4", "eval.batch_size=4", "trainer=smoke", "logger=none",
+]
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)

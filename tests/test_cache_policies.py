@@ -1,0 +1,389 @@
+"""KV-cache policies (sink_window, duo, quest) and the sink_window / duo training patterns.
+
+Read as the specification: a policy whose budget covers the whole context equals full attention;
+StreamingLLM's cache-relative positions equal recomputing attention over the kept tokens at their
+slots; every policy holds exactly the bytes its closed form says; DuoAttention's gates train.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.attention import PATTERNS, AttentionConfig
+from models.cache import CacheConfig, FullKVCache
+from models.cache_duo import DuoLayerCache
+from models.cache_quest import QuestCache
+from models.cache_sink_window import SinkWindowCache
+from models.duo import (
+    attach_duo_gates,
+    clamp_gates_,
+    deploy_gates,
+    duo_distill_loss,
+    duo_hidden_pair,
+    load_gates,
+    save_gates,
+)
+from models.positional import Positional
+from models.rope import PosConfig
+from models.transformer import Transformer, TransformerConfig
+
+B, H, HKV, D = 2, 4, 2, 8  # layer-level tests: GQA with groups of 2
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def tiny_model(rule: str = "rope", sink: int = 2, window: int = 4, init_std: float = 0.1) -> Transformer:
+    cfg = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256,
+                            init_std=init_std, pos=PosConfig(rule=rule),
+                            attention=AttentionConfig(sink=sink, window=window))
+    return Transformer(cfg).eval()
+
+
+def run_cached(model: Transformer, policy: CacheConfig, ids: torch.Tensor, prompt: int,
+               chunk: int | None = None) -> torch.Tensor:
+    """Prefill ids[:, :prompt] (whole, or in chunks), then feed the rest one token at a time."""
+    cache = model.new_cache(ids.shape[0], policy)
+    outs = []
+    step = chunk or prompt
+    with torch.no_grad():
+        for s in range(0, prompt, step):
+            outs.append(model(ids[:, s : min(s + step, prompt)], cache))
+        for i in range(prompt, ids.shape[1]):
+            outs.append(model(ids[:, i : i + 1], cache))
+    return torch.cat(outs, dim=1)  # (B, T, V)
+
+
+def naive_attention(q, k, v, allowed, bias=None):
+    """q (B, H, t, D), k/v (B, Hkv, s, D), allowed (t, s) or (H, t, s) bool -> (B, H, t, D)."""
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    return logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1) @ v
+
+
+def visible(a: int, sink: int, window: int) -> list[int]:
+    """Positions a decode step at position a sees: the kept cache (sinks, last window) and itself."""
+    return [p for p in range(a + 1) if p < sink or p >= a - window]
+
+
+def write_gates(tmp_path, gates: torch.Tensor) -> str:
+    path = str(tmp_path / "gates.pt")
+    save_gates(gates, path)
+    return path
+
+
+def held_storage_bytes(cache) -> int:
+    """Bytes of the storages behind the held tensors: catches views pinning larger buffers."""
+    storages = {}
+    for layer in cache.layers:
+        for t in layer.tensors():
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: thread start-up and contention on a shared CPU cost more than the math.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    return torch.randint(0, 64, (2, 40))
+
+
+# ---------------------------------------------------------------- sink_window
+
+
+@pytest.mark.parametrize("positions", ["cache_relative", "absolute"])
+@pytest.mark.parametrize("prefill", ["dense", "policy"])
+def test_sink_window_with_window_beyond_input_equals_full(ids, positions, prefill):
+    model = tiny_model()
+    ref = model(ids)
+    policy = CacheConfig(policy="sink_window", sink=2, window=64, positions=positions, prefill=prefill,
+                         chunk_size=7)
+    out = run_cached(model, policy, ids, prompt=24, chunk=7 if prefill == "policy" else None)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["rope", "alibi"])
+def test_cache_relative_equals_attention_recomputed_at_slot_positions(rule):
+    """StreamingLLM: kept keys re-rotated at slots 0..n-1, the query at slot n, every step."""
+    S, R, T = 2, 5, 20
+    pos = Positional(PosConfig(rule=rule), D, H)
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
+    expected = []
+    for a in range(T):
+        vis = torch.tensor(visible(a, S, R))
+        slots = torch.arange(len(vis))  # the gap after the sinks is closed
+        m = slots[-1:]
+        qa = pos.rotate(q[:, :, a : a + 1], m, len(vis))
+        ka = pos.rotate(k[:, :, vis], slots, len(vis))
+        allowed = torch.ones(1, len(vis), dtype=torch.bool)
+        expected.append(naive_attention(qa, ka, v[:, :, vis], allowed, pos.bias(m, slots)))
+    expected = torch.cat(expected, dim=2)
+    # token by token
+    cache = SinkWindowCache(S, R, "cache_relative")
+    out = torch.cat([cache.attend(q[:, :, a : a + 1], k[:, :, a : a + 1], v[:, :, a : a + 1], pos, a)
+                     for a in range(T)], dim=2)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    # prefill=policy: token-exact chunks give the same result for any chunking
+    for bounds in ([0, 3, 9, 20], [0, 12, 20]):
+        cache = SinkWindowCache(S, R, "cache_relative", token_exact=True)
+        out = torch.cat([cache.attend(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], pos, s)
+                         for s, e in zip(bounds[:-1], bounds[1:])], dim=2)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["rope", "alibi"])
+def test_absolute_positions_decode_and_chunkwise_prefill(rule):
+    """DuoAttention streaming heads: absolute positions; a chunk sees kept cache + itself causally."""
+    S, R, T = 2, 5, 20
+    pos = Positional(PosConfig(rule=rule), D, H)
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
+    qr, kr = pos.rotate(q, torch.arange(T), T), pos.rotate(k, torch.arange(T), T)
+    bounds = [0, 9, 13, 14, 15, 20]  # a dense first chunk, a chunk after eviction, decode steps
+    cache = SinkWindowCache(S, R, "absolute")
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        out = cache.attend(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], pos, s)
+        keys = torch.tensor(visible(s - 1, S, R - 1) if s else [], dtype=torch.long)  # kept before s
+        keys = torch.cat((keys, torch.arange(s, e)))
+        allowed = keys[None, :] <= torch.arange(s, e)[:, None]
+        expected = naive_attention(qr[:, :, s:e], kr[:, :, keys], v[:, :, keys], allowed,
+                                   pos.bias(torch.arange(s, e), keys))
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+        assert cache.k.shape[2] == min(e, S + R)
+
+
+def test_chunked_prefill_equals_token_by_token_streaming(ids):
+    model = tiny_model()
+    policy = CacheConfig(policy="sink_window", sink=2, window=6, prefill="policy", chunk_size=5)
+    chunked = run_cached(model, policy, ids, prompt=30, chunk=5)
+    stepwise = run_cached(model, policy, ids, prompt=30, chunk=1)
+    torch.testing.assert_close(chunked, stepwise, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- duo
+
+
+@pytest.mark.parametrize("prefill_chunk", [None, 8])
+def test_duo_gates_one_is_full_and_zero_is_sink_window(tmp_path, ids, prefill_chunk):
+    model = tiny_model()
+    full = run_cached(model, CacheConfig(policy="full"), ids, prompt=24, chunk=prefill_chunk)
+    ones = CacheConfig(policy="duo", gates_path=write_gates(tmp_path, torch.ones(2, 2)), threshold=0.5,
+                       sink=2, window=4)
+    torch.testing.assert_close(run_cached(model, ones, ids, 24, prefill_chunk), full, atol=1e-5, rtol=1e-4)
+    zeros = CacheConfig(policy="duo", gates_path=write_gates(tmp_path, torch.zeros(2, 2)), threshold=0.5,
+                        sink=2, window=4)
+    stream = CacheConfig(policy="sink_window", positions="absolute", sink=2, window=4)
+    torch.testing.assert_close(run_cached(model, zeros, ids, 24, prefill_chunk),
+                               run_cached(model, stream, ids, 24, prefill_chunk), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(run_cached(model, stream, ids, 24, prefill_chunk), full, atol=1e-3)
+
+
+@pytest.mark.parametrize("rule", ["rope", "alibi"])
+def test_duo_mixed_heads_follow_their_role(rule):
+    """Query heads of a retrieval KV head equal full attention; the others equal sink_window."""
+    T = 20
+    pos = Positional(PosConfig(rule=rule), D, H)
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
+    duo, full, stream = DuoLayerCache([False, True], 2, 4), FullKVCache(), SinkWindowCache(2, 4, "absolute")
+    for s, e in zip([0, 12, 13, 14], [12, 13, 14, 20]):
+        args = (q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], pos, s)
+        y, yf, ys = duo.attend(*args), full.attend(*args), stream.attend(*args)
+        torch.testing.assert_close(y[:, 2:], yf[:, 2:], atol=1e-5, rtol=1e-4)  # KV head 1: retrieval
+        torch.testing.assert_close(y[:, :2], ys[:, :2], atol=1e-5, rtol=1e-4)  # KV head 0: streaming
+    assert duo.full.k.shape == (B, 1, T, D) and duo.stream.k.shape == (B, 1, 6, D)
+
+
+def test_deploy_gates_global_cut_threshold_and_validation(tmp_path):
+    gates = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.7, 0.6]])
+    ret = deploy_gates(gates, sparsity=0.5)
+    # one cut over all 8 heads, as alpha >= quantile_0.5 (ceil(0.5 * 7) = 4 streaming heads)
+    assert ret.tolist() == [[True, False, False, False], [False, True, True, True]]
+    assert deploy_gates(gates, sparsity=0.75).sum() == 8 - math.ceil(0.75 * 7)
+    assert deploy_gates(gates, sparsity=0.0).all()
+    assert deploy_gates(gates, sparsity=1.0).sum() == 1  # quantile_1 = max: the top head stays retrieval
+    assert deploy_gates(torch.ones(2, 2), sparsity=0.5).sum() == 2  # ties: a deterministic half
+    assert deploy_gates(gates, threshold=0.6).tolist() == ret.tolist()
+    path = write_gates(tmp_path, gates)
+    torch.testing.assert_close(load_gates(path), gates)
+    with pytest.raises(ValueError, match="exactly one"):
+        CacheConfig(policy="duo", gates_path=path)
+    with pytest.raises(ValueError, match="exactly one"):
+        CacheConfig(policy="duo", gates_path=path, sparsity=0.5, threshold=0.5)
+    with pytest.raises(ValueError, match="gates_path"):
+        CacheConfig(policy="duo", sparsity=0.5)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        bad = write_gates(tmp_path, torch.ones(3, 2))  # 3 layers, the model has 2
+        tiny_model().new_cache(1, CacheConfig(policy="duo", gates_path=bad, sparsity=0.5))
+
+
+# ---------------------------------------------------------------- quest
+
+
+def test_quest_budget_covering_context_equals_full(ids):
+    model = tiny_model()
+    full = run_cached(model, CacheConfig(policy="full"), ids, prompt=20)
+    quest = CacheConfig(policy="quest", budget=48, page_size=8, dense_layers=0)
+    torch.testing.assert_close(run_cached(model, quest, ids, prompt=20), full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["rope", "alibi"])
+def test_quest_decode_reads_top_pages_per_query_head(rule):
+    """Pages scored by sum_i max(q_i m_i, q_i M_i) per query head; current page forced; exact softmax."""
+    P, budget, T0, steps = 4, 12, 30, 6
+    pos = Positional(PosConfig(rule=rule), D, H)
+    T = T0 + steps
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
+    qr, kr = pos.rotate(q, torch.arange(T), T), pos.rotate(k, torch.arange(T), T)
+    cache = QuestCache(budget, P, sparse=True)
+    cache.attend(q[:, :, :T0], k[:, :, :T0], v[:, :, :T0], pos, 0)
+    for a in range(T0, T):
+        out = cache.attend(q[:, :, a : a + 1], k[:, :, a : a + 1], v[:, :, a : a + 1], pos, a)
+        n_pages = a // P + 1
+        keys = kr[:, :, : a + 1].repeat_interleave(H // HKV, dim=1)  # (B, H, a+1, D)
+        allowed = torch.zeros(B, H, 1, a + 1, dtype=torch.bool)
+        for b in range(B):
+            for h in range(H):
+                qh = qr[b, h, a]
+                scores = [torch.maximum(qh * keys[b, h, p * P : (p + 1) * P].amin(0),
+                                        qh * keys[b, h, p * P : (p + 1) * P].amax(0)).sum()
+                          for p in range(n_pages - 1)]
+                top = torch.tensor(scores).topk(budget // P - 1).indices.tolist() + [n_pages - 1]
+                for p in top:
+                    allowed[b, h, 0, p * P : (p + 1) * P] = True
+        allowed = allowed[..., : a + 1]
+        expected = naive_attention(qr[:, :, a : a + 1], kr[:, :, : a + 1], v[:, :, : a + 1], allowed,
+                                   pos.bias(torch.tensor([a]), torch.arange(a + 1)))
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+        dense = naive_attention(qr[:, :, a : a + 1], kr[:, :, : a + 1], v[:, :, : a + 1],
+                                torch.ones(1, a + 1, dtype=torch.bool),
+                                pos.bias(torch.tensor([a]), torch.arange(a + 1)))
+        assert not torch.allclose(out, dense, atol=1e-4)  # it really is sparse
+    lo, hi = kr.unflatten(2, (T // P, P)).amin(3), kr.unflatten(2, (T // P, P)).amax(3)
+    torch.testing.assert_close(cache.kmin, lo)
+    torch.testing.assert_close(cache.kmax, hi)
+
+
+# ---------------------------------------------------------------- bytes, prefill modes, clone
+
+
+def test_bytes_match_held_tensors_and_closed_forms(tmp_path):
+    L, Bsz, Hkv, Dh, N, S, R, P = 2, 2, 2, 8, 60, 2, 8, 16
+    ids = torch.randint(0, 64, (Bsz, N))
+    model = tiny_model()
+    gates = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # one retrieval head per layer
+    gates_path = write_gates(tmp_path, gates)
+    policies = {
+        "full": (CacheConfig(policy="full"), 2 * L * Bsz * Hkv * N * Dh * 4),
+        "sink_window": (CacheConfig(policy="sink_window", sink=S, window=R),
+                        2 * L * Bsz * Hkv * (S + R) * Dh * 4),
+        "sink_window_abs": (CacheConfig(policy="sink_window", sink=S, window=R, positions="absolute"),
+                            2 * L * Bsz * Hkv * (S + R) * Dh * 4),
+        "duo": (CacheConfig(policy="duo", gates_path=gates_path, sparsity=0.5, sink=S, window=R),
+                2 * L * Bsz * Dh * 4 * (1 * N + 1 * (S + R))),
+        # layer 0 dense (KV only), layer 1 sparse: KV + min/max per page
+        "quest": (CacheConfig(policy="quest", budget=32, page_size=P, dense_layers=1),
+                  2 * L * Bsz * Hkv * N * Dh * 4 + 2 * Bsz * Hkv * math.ceil(N / P) * Dh * 4),
+    }
+    for name, (policy, closed) in policies.items():
+        for chunk in (None, 16):
+            cache = model.new_cache(Bsz, policy)
+            with torch.no_grad():
+                for s in range(0, N, chunk or N):
+                    model(ids[:, s : s + (chunk or N)], cache)
+            assert cache.nbytes() == closed, name
+            assert held_storage_bytes(cache) == closed, name  # no view pins a larger buffer
+
+
+@pytest.mark.parametrize("name", ["sink_window", "duo", "quest"])
+def test_prefill_policy_and_dense_both_run(tmp_path, ids, name):
+    model = tiny_model()
+    extra = {"gates_path": write_gates(tmp_path, torch.tensor([[1.0, 0.0], [0.0, 1.0]])), "sparsity": 0.5} \
+        if name == "duo" else {}
+    outs = {}
+    for prefill, chunk in (("dense", None), ("policy", 8)):
+        policy = CacheConfig(policy=name, prefill=prefill, chunk_size=8, sink=2, window=4, budget=16,
+                             page_size=4, dense_layers=0, **extra)
+        assert f"prefill={prefill}" in policy.label
+        outs[prefill] = run_cached(model, policy, ids, prompt=32, chunk=chunk)
+        assert outs[prefill].shape == (2, 40, 64) and torch.isfinite(outs[prefill]).all()
+    if name == "quest":  # prefill is dense either way; chunking only changes the order of work
+        torch.testing.assert_close(outs["policy"], outs["dense"], atol=1e-5, rtol=1e-4)
+    else:  # chunked sink/window prefill sees fewer keys than the dense prompt
+        assert not torch.allclose(outs["policy"], outs["dense"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["full", "sink_window", "duo", "quest"])
+def test_clone_gives_identical_continuations(tmp_path, ids, name):
+    model = tiny_model()
+    extra = {"gates_path": write_gates(tmp_path, torch.tensor([[1.0, 0.0], [0.0, 1.0]])), "sparsity": 0.5} \
+        if name == "duo" else {}
+    policy = CacheConfig(policy=name, sink=2, window=4, budget=8, page_size=4, dense_layers=0, **extra)
+    cache = model.new_cache(2, policy)
+    with torch.no_grad():
+        model(ids[:, :30], cache)
+        copy = cache.clone()
+        a = torch.cat([model(ids[:, i : i + 1], cache) for i in range(30, 40)], dim=1)
+        assert copy.seen == 30 and copy.nbytes() <= cache.nbytes()
+        b = torch.cat([model(ids[:, i : i + 1], copy) for i in range(30, 40)], dim=1)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- training patterns and gates
+
+
+@pytest.mark.parametrize("rule", ["rope", "alibi"])
+def test_sink_window_and_duo_patterns_equal_naive_masked_attention(rule):
+    T, S, R = 24, 3, 5
+    cfg = AttentionConfig(sink=S, window=R)
+    pos = Positional(PosConfig(rule=rule), D, H)
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
+    bias = pos.bias(torch.arange(T), torch.arange(T))
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    streaming = (j <= i) & ((j < S) | (j > i - R))  # StreamingLLM's token-exact mask
+    sw = naive_attention(q, k, v, streaming, bias)
+    torch.testing.assert_close(PATTERNS["sink_window"](q, k, v, cfg, bias=bias), sw, atol=1e-5, rtol=1e-4)
+    assert streaming.sum(-1).max() == S + R
+    gate = torch.tensor([0.3, 1.7])  # clamped to [0, 1]; shared by each KV head's query group
+    full = naive_attention(q, k, v, j <= i, bias)
+    g = torch.tensor([0.3, 0.3, 1.0, 1.0]).view(1, H, 1, 1)
+    torch.testing.assert_close(PATTERNS["duo"](q, k, v, cfg, bias=bias, gate=gate), g * full + (1 - g) * sw,
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="attach_duo_gates"):
+        PATTERNS["duo"](q, k, v, cfg, bias=bias, gate=None)
+
+
+def test_gate_optimisation_lowers_loss_and_separates_heads():
+    torch.manual_seed(0)
+    model = tiny_model(sink=2, window=4, init_std=0.3)
+    gates = attach_duo_gates(model)
+    assert [p for p in model.parameters() if p.requires_grad] == [gates]
+    model.train()
+    ids = torch.randint(0, 64, (4, 48))
+    mask = torch.zeros(4, 48, dtype=torch.bool)
+    mask[:, 32:] = True  # supervise the tail, where sink + window drops most of the context
+    opt = torch.optim.AdamW([gates], lr=0.02, weight_decay=0.0)
+    losses = []
+    for _ in range(30):
+        clamp_gates_(gates)
+        h_full, h_mix = duo_hidden_pair(model, ids)
+        loss = duo_distill_loss(h_full, h_mix, mask, gates)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    clamp_gates_(gates)
+    assert losses[-1] < losses[0]
+    assert gates.max() - gates.min() > 0.03, gates  # heads that matter keep high gates
+    assert model.cfg.attention.train == "full"  # the pattern switch is restored

@@ -1,0 +1,88 @@
+"""Invariants of the foundation tasks (niah, mqar) and of the cached datasets."""
+
+import numpy as np
+import pytest
+
+from tasks.base import IGNORE, SPLIT_OFFSETS, hide_answers, make_rng, split_seed, training_views
+from tasks.dataset import generate, materialize, read_arrays
+from tasks.mqar import Mqar
+from tasks.niah import Niah
+from tasks.vocab import Vocab
+
+V = Vocab(256)
+TASKS = [Niah(train_len=64), Niah(train_len=64, value_len=4, key_len=2), Mqar(train_len=64, num_kv_pairs=8),
+         Mqar(train_len=128, num_kv_pairs=16, num_queries=4, power_a=0.01)]
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: f"{t.name}")
+@pytest.mark.parametrize("length", [64, 200])
+def test_exact_length_labels_only_at_answers_and_oracle(task, length):
+    a = generate(task, V, "train", 50, length, seed=3)
+    assert a.tokens.shape == (50, length)
+    inputs, labels = training_views(a.tokens, a.answer_mask)
+    assert inputs.shape == labels.shape == (50, length - 1)
+    assert np.array_equal(labels != IGNORE, a.answer_mask[:, 1:])
+    assert np.array_equal(labels[labels != IGNORE], a.tokens[:, 1:][a.answer_mask[:, 1:]])
+    pred = task.oracle(V, hide_answers(a.tokens, a.answer_mask), a.answer_mask)
+    assert (pred[a.answer_mask] == a.tokens[a.answer_mask]).all(), "the oracle must score 100%"
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
+def test_niah_depth_is_honoured(depth):
+    t = Niah(train_len=100)
+    a = generate(t, V, "test", 20, 100, seed=0, depth=depth)
+    context = 100 - t.question_len - t.value_len
+    starts = np.argmax(a.tokens == V.NEEDLE, axis=1)
+    assert (starts == round(depth * (context - t.needle_len))).all()
+    assert np.allclose(a.depth, depth)
+
+
+def test_generation_is_deterministic_in_the_seed():
+    t = Mqar(train_len=64)
+    a, b = generate(t, V, "train", 10, 64, 1), generate(t, V, "train", 10, 64, 1)
+    c = generate(t, V, "train", 10, 64, 2)
+    assert np.array_equal(a.tokens, b.tokens) and not np.array_equal(a.tokens, c.tokens)
+
+
+def test_train_and_test_seeds_are_disjoint():
+    starts = sorted(SPLIT_OFFSETS.values())
+    assert split_seed("train", 2**30 - 1) < split_seed("val", 0) <= split_seed("val", 2**30 - 1) < split_seed("test", 0)
+    assert starts == [0, 2**31, 2**31 + 2**30]
+    t = Niah(train_len=64)
+    train = {r.tobytes() for r in generate(t, V, "train", 2000, 64, 0).tokens}
+    test = {r.tobytes() for r in generate(t, V, "test", 2000, 64, 0).tokens}
+    assert not train & test
+    with pytest.raises(ValueError, match="seed"):
+        make_rng("train", 2**30, "niah", 64, None)
+
+
+def test_mqar_power_law_clusters_queries_near_the_start():
+    lo = generate(Mqar(train_len=512, num_kv_pairs=8, power_a=0.01), V, "train", 400, 512, 0)
+    hi = generate(Mqar(train_len=512, num_kv_pairs=8, power_a=1.0), V, "train", 400, 512, 0)
+    pos = lambda a: np.nonzero(a.answer_mask)[1].mean()  # noqa: E731
+    assert pos(lo) < 0.6 * pos(hi)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: Niah(value_len=0), "value_len"),
+    (lambda: Niah(train_len=4), "train_len"),
+    (lambda: Mqar(num_kv_pairs=4, num_queries=5), "num_queries"),
+    (lambda: Mqar(train_len=16, num_kv_pairs=8), "train_len"),
+    (lambda: Mqar(train_len=1024, num_kv_pairs=200).check_vocab(V), "num_kv_pairs"),
+])
+def test_bad_knobs_name_the_field(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad()
+
+
+def test_dataset_cache_is_reused_and_regenerated_on_config_change(tmp_path):
+    t = Niah(train_len=64)
+    ds1 = materialize(t, V, "train", 100, 64, 0, tmp_path)
+    entries = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
+    ds2 = materialize(t, V, "train", 100, 64, 0, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == entries
+    assert np.array_equal(read_arrays(ds1)[0], read_arrays(ds2)[0])
+    materialize(Niah(train_len=64, value_len=3), V, "train", 100, 64, 0, tmp_path)
+    assert len([p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]) == len(entries) + 1
+    tokens, mask = read_arrays(ds1)
+    assert tokens.shape == (100, 64) and mask.dtype == bool
