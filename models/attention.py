@@ -9,6 +9,7 @@ positional rule's business (models/rope.py), so the two are orthogonal.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -93,7 +94,7 @@ def full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: AttentionConfig
     return causal_sdpa(q, k, v, bias=bias)
 
 
-def _group_size(T: int, cfg: AttentionConfig) -> int:
+def group_size(T: int, cfg: AttentionConfig) -> int:
     """G = group_ratio * T: an even integer dividing T (the second half of the heads shifts by G/2)."""
     exact = cfg.group_ratio * T
     G = round(exact)
@@ -108,31 +109,47 @@ def _group_size(T: int, cfg: AttentionConfig) -> int:
     return G
 
 
-def _grouped_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: int,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention inside each run of g consecutive tokens; q (B, h, t, D), k/v (B, hkv, t, D), g | t.
+@functools.lru_cache(maxsize=16)  # a few shapes per run (q, kv); rebuilt otherwise
+def _s2_rows(B: int, Hx: int, H: int, T: int, G: int, segment: bool,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Where each row of the S2-Attn layout comes from in x (B, Hx, T, D): batch, head, token (R,) each.
 
-    Groups are folded into the batch, so no (t, t) mask is ever built; ``bias`` (hb, t, t) contributes
-    only its g x g diagonal blocks.
+    Rows are the grouped layout (B, n, Hg, G) -- heads [0, Hg/2) in token order, heads [Hg/2, Hg)
+    rolled by -G/2, so token G/2 opens their first group -- followed, for ``segment``, by the shifted
+    heads' own first segment [0, G/2) as (B, Hg/2, G/2). Returns the indices and Hg.
     """
-    B, h, t, D = q.shape
-    n = t // g
-
-    def split(x: torch.Tensor) -> torch.Tensor:  # (B, h', t, D) -> (B*n, h', g, D)
-        return x.unflatten(2, (n, g)).transpose(1, 2).reshape(B * n, x.shape[1], g, D)
-
-    gqa = h != k.shape[1]
-    if bias is None:
-        y = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True,
-                                           enable_gqa=gqa)  # (B*n, h, g, D)
+    n, s = T // G, G // 2
+    if Hx % 2 == 0:
+        src = torch.arange(Hx, device=device)  # kv heads split between the halves like the q heads
+    elif Hx == 1:
+        src = torch.zeros(2, dtype=torch.long, device=device)  # one kv head, read in both orders
     else:
-        blocks = bias.unflatten(1, (n, g)).unflatten(3, (n, g)).diagonal(dim1=1, dim2=3)  # (hb, g, g, n)
-        causal = torch.ones(g, g, dtype=torch.bool, device=q.device).tril()  # (g, g)
-        mask = blocks.permute(3, 0, 1, 2).to(q.dtype).masked_fill(~causal, float("-inf"))  # (n, hb, g, g)
-        mask = mask.expand(B, *mask.shape).reshape(B * n, -1, g, g)  # (B*n, hb, g, g)
-        y = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask,
-                                           enable_gqa=gqa)  # (B*n, h, g, D)
-    return y.view(B, n, h, g, D).transpose(1, 2).reshape(B, h, t, D)  # (B, h, t, D)
+        src = torch.arange(H, device=device) // (H // Hx)  # odd Hkv > 1: one kv copy per q head
+    Hg = src.numel()
+    slot = torch.arange(T, device=device).view(n, 1, G)  # (n, 1, G) slot in the (rolled) sequence
+    shifted = torch.arange(Hg, device=device).view(1, Hg, 1) >= Hg // 2  # (1, Hg, 1)
+    tok = torch.where(shifted, (slot + s) % T, slot)  # (n, Hg, G) token held by each slot
+    b = torch.arange(B, device=device)
+    shape = (B, n, Hg, G)
+    rows = [b.view(B, 1, 1, 1).expand(shape), src.view(1, 1, Hg, 1).expand(shape), tok.expand(shape)]
+    if segment:
+        shape = (B, Hg // 2, s)
+        first = [b.view(B, 1, 1).expand(shape), src[Hg // 2 :].view(1, -1, 1).expand(shape),
+                 torch.arange(s, device=device).expand(shape)]
+        rows = [torch.cat([r.flatten(), f.flatten()]) for r, f in zip(rows, first)]
+    return rows[0].flatten(), rows[1].flatten(), rows[2].flatten(), Hg
+
+
+def _causal_in_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """Causal SDPA on (N, h, g, D) blocks, plus an optional additive (N | 1, h, g, g) bias."""
+    gqa = q.shape[1] != k.shape[1]
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    g = q.shape[-2]
+    causal = torch.ones(g, g, dtype=torch.bool, device=q.device).tril()  # (g, g)
+    mask = bias.to(q.dtype).masked_fill(~causal, float("-inf"))  # (N | 1, h, g, g)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 _roll_warned = False
@@ -159,39 +176,55 @@ def shifted_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Atten
     ``shift_variant='segment'`` (LongLoRA's flash path): shifted segments [0, G/2), [G/2, 3G/2), ...,
     [T-G/2, T), strictly causal. ``'roll'`` (its non-flash path): roll the shifted half by -G/2, attend
     in groups, roll back; the last group then holds [T-G/2, T) followed by [0, G/2), so the first G/2
-    tokens see the last G/2 (a leak, kept for ablations). Both run the roll layout (one SDPA call for
-    all heads); ``segment`` then recomputes the first G/2 tokens of the shifted half on their own.
-    With GQA, q heads [0, H/2) read kv heads [0, Hkv/2); a single kv head serves both halves; an odd
-    Hkv > 1 is expanded per q head.
+    tokens see the last G/2 (a leak, kept for ablations). Both run the roll layout in one SDPA call
+    over (B*n, H, G, D); ``segment`` recomputes the shifted heads' first G/2 tokens on their own.
+    Each of q, k, v is regrouped by one gather (no roll/cat/transpose copies, no (T, T) mask).
+    With GQA, q heads [0, H/2) read kv heads [0, Hkv/2); one kv head serves both halves; an odd
+    Hkv > 1 gets one copy per q head.
     """
     B, H, T, D = q.shape
     if H % 2:
         raise ValueError(f"shifted_sparse splits the heads into two halves; model.n_heads={H} must be even")
-    G = _group_size(T, cfg)
-    s = G // 2  # the shift
-    Hkv = k.shape[1]
-    if Hkv % 2 and Hkv > 1:  # a kv head would straddle the halves: give every q head its own copy
-        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)  # (B, H, T, D)
-    if bias is not None and bias.shape[0] == 1:
-        bias = bias.expand(H, T, T)  # (H, T, T)
-
-    def shift_half(x: torch.Tensor) -> torch.Tensor:  # (B, h, T, D) -> (B, h or 2, T, D)
-        a, b = (x, x) if x.shape[1] == 1 else x.chunk(2, dim=1)  # a single kv head serves both halves
-        return torch.cat([a, b.roll(-s, dims=2)], dim=1)  # shifted half: token s moves to slot 0
-
-    y = _grouped_causal(shift_half(q), shift_half(k), shift_half(v), G,
-                        None if bias is None else torch.cat(  # (H, T, T), rolled like the tokens
-                            [bias[: H // 2], bias[H // 2 :].roll((-s, -s), dims=(1, 2))]))  # (B, H, T, D)
-    y1, y2 = y.chunk(2, dim=1)  # (B, H/2, T, D); y2 in rolled order: tokens s..T-1, then 0..s-1
-    if cfg.shift_variant == "segment":  # tokens [0, s) form their own segment instead of joining the last
-        kv = k.shape[1] // 2  # first kv head of the shifted half (0 when one head serves both)
-        q2, k2, v2 = q[:, H // 2 :, :s], k[:, kv:, :s], v[:, kv:, :s]  # (B, H/2 | Hkv/2, s, D)
-        head = _grouped_causal(q2, k2, v2, s, None if bias is None else bias[H // 2 :, :s, :s])  # (B, H/2, s, D)
-        y2 = torch.cat([head, y2[:, :, : T - s]], dim=2)  # (B, H/2, T, D)
-    else:
+    G = group_size(T, cfg)
+    n, s = T // G, G // 2
+    segment = cfg.shift_variant == "segment"
+    if not segment:
         _warn_roll_once()
-        y2 = y2.roll(s, dims=2)  # (B, H/2, T, D), back in token order
-    return torch.cat([y1, y2], dim=1)  # (B, H, T, D)
+
+    def regroup(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, h, t, Hg = _s2_rows(B, x.shape[1], H, T, G, segment, x.device)
+        rows = x[b, h, t]  # (R, D): one gather
+        grouped, first = rows.split([B * n * Hg * G, rows.shape[0] - B * n * Hg * G])
+        return grouped.view(B * n, Hg, G, D), first.view(B, Hg // 2, s if segment else 0, D)
+
+    (qg, qf), (kg, kf), (vg, vf) = regroup(q), regroup(k), regroup(v)  # (B*n, ., G, D), (B, ./2, s, D)
+    bg = bf = None
+    if bias is not None:  # the same gather on both bias axes: (n, H, G, G) blocks, (H/2, s, s) segment
+        hb = torch.arange(H, device=q.device) * (bias.shape[0] > 1)  # (H,) bias head per q head
+        _, _, tq, _ = _s2_rows(1, H, H, T, G, False, q.device)
+        tok = tq.view(n, H, G)  # (n, H, G)
+        bg = bias[hb.view(1, H, 1, 1), tok[..., :, None], tok[..., None, :]]  # (n, H, G, G)
+        bg = bg.expand(B, n, H, G, G).reshape(B * n, H, G, G)  # (B*n, H, G, G)
+        t0 = torch.arange(s, device=q.device)
+        bf = bias[hb[H // 2 :].view(-1, 1, 1), t0.view(1, s, 1), t0.view(1, 1, s)][None]  # (1, H/2, s, s)
+
+    yg = _causal_in_blocks(qg, kg, vg, bg)  # (B*n, H, G, D)
+    y = yg.reshape(-1, D)  # (B*n*H*G, D)
+    if segment:
+        y = torch.cat([y, _causal_in_blocks(qf, kf, vf, bf).reshape(-1, D)])  # (R, D)
+    return y[_s2_order(B, H, T, G, segment, q.device)].view(B, H, T, D)  # (B, H, T, D)
+
+
+@functools.lru_cache(maxsize=16)
+def _s2_order(B: int, H: int, T: int, G: int, segment: bool, device: torch.device) -> torch.Tensor:
+    """(B*H*T,) row of the S2 layout holding each (b, h, t) output, in token order."""
+    b, h, t, _ = _s2_rows(B, H, H, T, G, segment, device)
+    position = (b * H + h) * T + t  # (R,) flat (b, h, t) of each row
+    order = torch.empty(B * H * T, dtype=torch.long, device=device)
+    ng = B * H * T  # grouped rows; with ``segment`` the first-segment rows follow
+    order[position[:ng]] = torch.arange(ng, device=device)
+    order[position[ng:]] = torch.arange(ng, position.numel(), device=device)  # the fix wins
+    return order
 
 
 def sink_window_mask(T: int, S: int, sink: int, window: int,

@@ -83,6 +83,9 @@ def retrieval_roles(cfg: CacheConfig) -> torch.Tensor:
 
 
 def _make(cfg: CacheConfig, layer_idx: int, n_layers: int, n_kv_heads: int) -> DuoLayerCache:
+    if cfg.gates_path == LEARNED:
+        raise ValueError("cache.gates_path='learned' names the gates of a duo_gates stage or checkpoint, "
+                         "but this run has none; give the path of a gates.pt")
     roles = retrieval_roles(cfg)
     if tuple(roles.shape) != (n_layers, n_kv_heads):
         raise ValueError(
@@ -92,9 +95,15 @@ def _make(cfg: CacheConfig, layer_idx: int, n_layers: int, n_kv_heads: int) -> D
     return DuoLayerCache(roles[layer_idx].tolist(), cfg.sink, cfg.window)
 
 
+LEARNED = "learned"  # gates_path meaning: the gates of this duo_gates run / checkpoint
+
+
 def _check(cfg: CacheConfig) -> None:
     if not cfg.gates_path:
-        raise ValueError("cache.policy='duo' needs cache.gates_path (gates saved by models.duo.save_gates)")
+        raise ValueError("cache.policy='duo' needs cache.gates_path (gates saved by models.duo.save_gates, "
+                         "or 'learned' for those of a duo_gates run or checkpoint)")
+    if cfg.gates_path != LEARNED and not os.path.isfile(cfg.gates_path):
+        raise ValueError(f"cache.gates_path={cfg.gates_path!r} does not exist; allowed: a gates.pt file or 'learned'")
     if (cfg.sparsity is None) == (cfg.threshold is None):
         raise ValueError(
             f"cache.policy='duo' needs exactly one of cache.sparsity, cache.threshold; "

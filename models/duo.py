@@ -33,6 +33,8 @@ def attach_duo_gates(model: nn.Module) -> nn.Parameter:
     pre-hook, so every forward builds a fresh autograd view of the parameter.
     """
     layers = _attention_modules(model)
+    if hasattr(model, "duo_gates"):
+        raise ValueError("attach_duo_gates: the model already has duo_gates")
     if not layers:
         raise ValueError("attach_duo_gates: the model has no attention layer with a duo_gate slot")
     for p in model.parameters():
@@ -43,7 +45,21 @@ def attach_duo_gates(model: nn.Module) -> nn.Parameter:
     for attn in layers:
         object.__setattr__(attn, "_duo_gates", gates)  # unregistered reference; deepcopy keeps it paired
         attn.duo_gate = gates[attn.layer_idx]
-        attn.register_forward_pre_hook(_refresh_gate)
+        object.__setattr__(attn, "_duo_hook", attn.register_forward_pre_hook(_refresh_gate))
+    return gates
+
+
+def detach_duo_gates(model: nn.Module) -> torch.Tensor:
+    """Undo ``attach_duo_gates``: drop the gates and hooks, unfreeze; returns the gates (detached)."""
+    gates = model.duo_gates.detach().clone()
+    for attn in _attention_modules(model):
+        attn._duo_hook.remove()
+        for name in ("_duo_hook", "_duo_gates"):
+            object.__delattr__(attn, name)
+        attn.duo_gate = None
+    del model.duo_gates
+    for p in model.parameters():
+        p.requires_grad_(True)
     return gates
 
 

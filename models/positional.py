@@ -20,6 +20,7 @@ class Positional(nn.Module):
         self.length_dependent = cfg.rule in LENGTH_DEPENDENT
         inv_freq, factor = self._frequencies(seq_len=None)
         self.attention_factor = factor
+        self._memo: tuple | None = None  # (positions, seq_len key, (cos, sin)) of the last call
         # Non-persistent: frequencies are a function of the config, never of a checkpoint.
         self.register_buffer("inv_freq", inv_freq if inv_freq is not None else torch.empty(0),
                              persistent=False)
@@ -33,7 +34,21 @@ class Positional(nn.Module):
         return rope_frequencies(self.cfg.rule, self.head_dim, self.cfg.base, **params)
 
     def cos_sin(self, positions: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (t, rot) for integer ``positions`` (t,); ``seq_len`` feeds dynamic rules."""
+        """cos, sin of shape (t, rot) for integer ``positions`` (t,); ``seq_len`` feeds dynamic rules.
+
+        Memoised on the last call: every layer of a forward (q and k) asks for the same table.
+        """
+        key = seq_len if self.length_dependent else None
+        if self._memo is not None:
+            memo_pos, memo_key, table = self._memo
+            if memo_key == key and memo_pos.shape == positions.shape and memo_pos.device == positions.device \
+                    and torch.equal(memo_pos, positions):
+                return table
+        table = self._cos_sin(positions, seq_len)
+        self._memo = (positions.clone(), key, table)
+        return table
+
+    def _cos_sin(self, positions: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq, factor = self.inv_freq, self.attention_factor
         if self.length_dependent:
             inv_freq, factor = self._frequencies(seq_len=seq_len)

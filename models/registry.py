@@ -6,10 +6,14 @@ from typing import Any
 
 from torch import nn
 
+from models.hybrid import Hybrid, HybridConfig
+from models.mamba import MambaConfig, MambaLM
 from models.transformer import Transformer, TransformerConfig
 
 FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "transformer": (TransformerConfig, Transformer),
+    "mamba": (MambaConfig, MambaLM),
+    "hybrid": (HybridConfig, Hybrid),
 }
 
 

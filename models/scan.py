@@ -26,10 +26,15 @@ import torch.nn.functional as F
 
 
 def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
-                  chunk_size: Optional[int] = None) -> torch.Tensor:
-    """h_t = a_t * h_{t-1} + x_t along dim 1 of a, x: (B, L, M); h0: (B, M) or None -> h (B, L, M)."""
+                  chunk_size: Optional[int] = None, reverse: bool = False) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + x_t along dim 1 of a, x: (B, L, M); h0: (B, M) or None -> h (B, L, M).
+
+    ``reverse`` runs the transposed recurrence g_t = x_t + a_{t+1} g_{t+1} (g_L = 0) that the
+    backward needs, without flipping or shifting copies of a and x.
+    """
     Bsz, L, M = x.shape
-    Q = chunk_size or max(1, math.isqrt(L - 1) + 1)  # ~sqrt(L): balances the two loops
+    # ~sqrt(L) steps per chunk balances the loops; a power of two avoids padding usual lengths
+    Q = chunk_size or 2 ** round(math.log2(max(L, 1)) / 2)
     nc = -(-L // Q)
     pad = nc * Q - L
     if pad:  # padded steps (a=1, x=0) come after the real ones and are cut off below
@@ -37,20 +42,36 @@ def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
         x = F.pad(x, (0, 0, 0, pad))
     a = a.reshape(Bsz, nc, Q, M)  # (B, chunk, step-in-chunk, M)
     x = x.reshape(Bsz, nc, Q, M)
-    # 1) every chunk scanned from a zero state, all chunks at once
+    steps = range(Q - 1, -1, -1) if reverse else range(Q)
+    first, *rest = steps
+    # 1) every chunk scanned from a zero state, all chunks at once; `span` = product of the a's
+    #    applied inside a chunk (forward: a_0..a_{Q-1}; reverse: a_1..a_{Q-1})
     h = torch.empty_like(x)
-    h[:, :, 0] = x[:, :, 0]
-    for j in range(1, Q):
-        torch.addcmul(x[:, :, j], a[:, :, j], h[:, :, j - 1], out=h[:, :, j])
-    # 2) carry states across chunks: state entering chunk c (small (B, M) tensors)
-    decay = torch.cumprod(a, dim=2)  # (B, nc, Q, M): prod of a from the chunk start, <= 1
+    h[:, :, first] = x[:, :, first]
+    span = a[:, :, 0].clone() if not reverse else torch.ones_like(x[:, :, 0])  # (B, nc, M)
+    prev = first
+    for j in rest:
+        coef = a[:, :, prev] if reverse else a[:, :, j]
+        torch.addcmul(x[:, :, j], coef, h[:, :, prev], out=h[:, :, j])
+        span.mul_(coef)
+        prev = j
+    # 2) the state entering each chunk, carried across chunks on small (B, M) tensors
     carry = h0 if h0 is not None else torch.zeros_like(x[:, 0, 0])
-    entering = []
-    for c in range(nc):
-        entering.append(carry)
-        carry = h[:, c, -1] + decay[:, c, -1] * carry
-    # 3) every position gets its chunk's entering state, decayed to it
-    h.addcmul_(decay, torch.stack(entering, dim=1)[:, :, None])  # (B, nc, 1, M) broadcast over steps
+    entering = [carry] * nc
+    for c in (range(nc - 1, -1, -1) if reverse else range(nc)):
+        entering[c] = carry
+        if reverse:  # g at the chunk's first step, times the a that links it to the chunk before
+            carry = a[:, c, 0] * (h[:, c, 0] + span[:, c] * carry)
+        else:
+            carry = h[:, c, -1] + span[:, c] * carry
+    # 3) each position adds its chunk's entering state, decayed to it: a <= 1, nothing overflows
+    carry = torch.stack(entering, dim=1)  # (B, nc, M)
+    for j in steps:
+        if not reverse:
+            carry = carry * a[:, :, j]
+        h[:, :, j] += carry
+        if reverse:
+            carry = carry * a[:, :, j]
     return h.reshape(Bsz, nc * Q, M)[:, :L]
 
 
@@ -58,7 +79,7 @@ class _LinearScan(torch.autograd.Function):
     """Autograd for h_t = a_t h_{t-1} + x_t with a hand-written backward (a reverse scan)."""
 
     @staticmethod
-    def forward(ctx, a, x, h0, chunk_size):  # noqa: D401 (autograd signature)
+    def forward(ctx, a, x, h0, chunk_size):
         h = _chunked_scan(a, x, h0, chunk_size)
         ctx.save_for_backward(a, h, h0)
         ctx.chunk_size = chunk_size
@@ -67,11 +88,14 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h):
         a, h, h0 = ctx.saved_tensors
-        # g_t = dL/dh_t (total) = grad_h_t + a_{t+1} g_{t+1}: the same scan, reversed in time
-        a_next = torch.cat((a[:, 1:], torch.zeros_like(a[:, :1])), dim=1)  # (B, L, M)
-        g = _chunked_scan(a_next.flip(1), grad_h.flip(1), None, ctx.chunk_size).flip(1)
-        h_prev = torch.cat(((h0 if h0 is not None else torch.zeros_like(h[:, 0]))[:, None], h[:, :-1]), dim=1)
-        grad_a = g * h_prev
+        # g_t = dL/dh_t in total = grad_h_t + a_{t+1} g_{t+1}; then dx_t = g_t, da_t = g_t h_{t-1}
+        g = _chunked_scan(a, grad_h, None, ctx.chunk_size, reverse=True)
+        grad_a = torch.empty_like(g)
+        torch.mul(g[:, 1:], h[:, :-1], out=grad_a[:, 1:])
+        if h0 is not None:
+            torch.mul(g[:, 0], h0, out=grad_a[:, 0])
+        else:
+            grad_a[:, 0] = 0
         grad_h0 = a[:, 0] * g[:, 0] if h0 is not None and ctx.needs_input_grad[2] else None
         return grad_a, g, grad_h0, None
 

@@ -19,7 +19,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from models.attention import group_size
 from models.cache import CacheConfig
+from models.lora import LoraPlusConfig
+from pipeline.duo_stage import DuoConfig
 from models.registry import config_class
 from tasks.base import Task
 from tasks.registry import TASKS
@@ -154,6 +157,8 @@ class Resolved:
     eval: EvalConfig
     eval_tasks: list[Task]
     config_hash: str
+    lora: LoraPlusConfig = field(default_factory=LoraPlusConfig)
+    duo: DuoConfig = field(default_factory=DuoConfig)
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -230,6 +235,23 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
                 t.check_length(length, "eval.lengths")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+    lora = to_dataclass(LoraPlusConfig, cfg.get("lora"), "lora")
+    duo = to_dataclass(DuoConfig, cfg.get("duo"), "duo")
+    if lora.enabled and stage == "duo_gates":
+        raise ConfigError("lora.enabled=true with stage=duo_gates: the duo stage trains only the gates")
+    if stage == "duo_gates" and model.family != "transformer":
+        raise ConfigError(f"stage=duo_gates needs model.family=transformer (attention heads), got {model.family!r}")
+    if lora.enabled and model.family != "transformer":
+        raise ConfigError(f"lora.enabled=true is for model.family=transformer, got {model.family!r}")
+    attn = getattr(model, "attention", None)
+    if attn is not None and attn.train == "shifted_sparse":
+        try:
+            group_size(task.train_len, attn)
+        except ValueError as err:
+            raise ConfigError(f"task.train_len={task.train_len}: {err}") from None
+    if attn is not None and attn.eval == "shifted_sparse" and not cfg.get("allow_sparse_eval", False):
+        raise ConfigError("model.attention.eval=shifted_sparse: LongLoRA evaluates with full attention; "
+                          "set model.attention.eval=full, or allow_sparse_eval=true to study it on purpose")
     if "trainer" in cfg:
         trainer_kwargs(cfg.trainer)
-    return Resolved(model, task, vocab, cache, data, optim, eval_cfg, eval_tasks, config_hash(cfg))
+    return Resolved(model, task, vocab, cache, data, optim, eval_cfg, eval_tasks, config_hash(cfg), lora, duo)

@@ -109,7 +109,8 @@ def slice_groups(arrays: TaskArrays) -> list[tuple[dict[str, Any], np.ndarray]]:
     table = np.stack([np.asarray(arrays.slices[k], dtype=object) for k in keys], axis=1)
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(table):
-        groups.setdefault(tuple(row.tolist()), []).append(i)
+        combo = tuple(None if isinstance(v, float) and v != v else v for v in row.tolist())  # NaN -> None
+        groups.setdefault(combo, []).append(i)
     return [({f"slice_{k}": v for k, v in zip(keys, combo)}, np.array(idx)) for combo, idx in groups.items()]
 
 

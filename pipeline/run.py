@@ -10,13 +10,18 @@ from typing import Any
 
 import lightning as L
 import torch
+from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from models.duo import detach_duo_gates, save_gates
+from models.lora import apply_lora, has_lora, merge_lora, trainable_parameters
 from models.registry import build_model
 from pipeline.checkpoint import load_weights, model_state, read_checkpoint
 from pipeline.config import Resolved, trainer_kwargs, validate
+from pipeline.costs import TrainCostProbe
+from pipeline.duo_stage import DuoGatesLM
 from pipeline.evaluate import evaluate_grid
 from pipeline.module import LitLM
 from pipeline.summary import print_summary
@@ -66,43 +71,120 @@ def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
 
 
 def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Path, run_id: str,
-             device: torch.device) -> list[dict[str, Any]]:
+             device: torch.device, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     model.to(device)
+    base = dict(row_base(cfg, res, run_id), **(extra or {}))
     rows = evaluate_grid(
         model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
-        res.eval.batch_size, res.cache, int(cfg.seed), row_base(cfg, res, run_id), run_dir / ROWS_FILE,
+        res.eval.batch_size, res.cache, int(cfg.seed), base, run_dir / ROWS_FILE,
         decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device)
     print_summary(rows, title=f"{run_id}: {describe(res.model)}")
     return rows
 
 
+def build_module(cfg: DictConfig, res: Resolved, model: torch.nn.Module) -> L.LightningModule:
+    """The LightningModule of the configured stage (LoRA+ applied for extend when enabled)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.get("stage") == "duo_gates":
+        return DuoGatesLM(model, res.duo, query_token=res.vocab.QUERY, config=config)
+    apply_lora(model, res.lora)
+    return LitLM(model, res.optim, config=config)
+
+
+def base_config(cfg: DictConfig) -> DictConfig | None:
+    """Studies: the pretraining run that produces ``init_from``, from ``cfg.base`` (dotlist overrides)."""
+    if not cfg.get("base") or not cfg.get("init_from"):
+        return None
+    base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.set_struct(base, False)
+    base.merge_with(OmegaConf.from_dotlist(list(cfg.base)))
+    base.stage, base.init_from, base.base, base.fit, base.zero_shot_eval = "pretrain", None, None, True, False
+    base.run_dir = str(Path(cfg.init_from).parent.parent)
+    base.run_id = f"base-{Path(base.run_dir).name}"
+    return base
+
+
+def ensure_base(cfg: DictConfig) -> None:
+    """Pretrain ``init_from`` once if it is missing; concurrent sweep jobs wait on a file lock."""
+    base = base_config(cfg)
+    if base is None or Path(cfg.init_from).exists():
+        return
+    validate(base)
+    Path(base.run_dir).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(base.run_dir) + ".lock"):
+        if not Path(cfg.init_from).exists():
+            log.info("pretraining the study's base model into %s", base.run_dir)
+            train(base)
+
+
 def train(cfg: DictConfig) -> list[dict[str, Any]]:
     """Fit the model of ``cfg`` on its task, save checkpoints, evaluate the grid, write rows."""
     res = validate(cfg)  # every config error surfaces here, before data or steps
+    ensure_base(cfg)
     run_dir = run_dir_of(cfg)
     run_id = cfg.get("run_id") or f"{res.model.family}-{res.task.name}-{uuid.uuid4().hex[:6]}"
     L.seed_everything(int(cfg.seed), workers=True)
     model = build_model(res.model)
     if cfg.get("init_from"):
-        ckpt = read_checkpoint(cfg.init_from)
-        load_weights(model, model_state(ckpt), source=f"init_from={cfg.init_from}")
-    lit = LitLM(model, res.optim, config=OmegaConf.to_container(cfg, resolve=True))
+        state = model_state(read_checkpoint(cfg.init_from))
+        state.pop("duo_gates", None)  # gates of an earlier duo stage are not model weights
+        load_weights(model, state, source=f"init_from={cfg.init_from}")
+    rows: list[dict[str, Any]] = []
+    if cfg.get("zero_shot_eval") and cfg.get("init_from"):
+        # the checkpoint under this config's rule, before any fine-tuning (dashed lines in figures)
+        rows += evaluate(model, cfg, res, run_dir, run_id, device_of(cfg),
+                         {"stage": "zero_shot", "finetuned": False})
+    if not cfg.get("fit", True):
+        return rows + evaluate(model, cfg, res, run_dir, run_id, device_of(cfg), {"finetuned": False})
+    lit = build_module(cfg, res, model)
+    trainable = trainable_parameters(model)
+    log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
     data = TaskDataModule(res.task, res.vocab, res.data.n_train, res.data.n_val, res.data.batch_size,
                           int(cfg.seed), res.data.cache_dir, res.data.num_workers)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.get("checkpoint_every", 200)))
+    costs = TrainCostProbe()
     trainer = L.Trainer(**trainer_kwargs(cfg.trainer), default_root_dir=str(run_dir),
-                        logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint])
+                        logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint, costs])
+    for lg in trainer.loggers:
+        lg.log_hyperparams({"config_hash": res.config_hash, "trainable_params": trainable, **flat_config(cfg)})
     resume = ckpt_dir / "last.ckpt"
     trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None)
     if trainer.global_rank != 0:
         return []
     if not trainer.fast_dev_run:
         trainer.save_checkpoint(resume)
+    extra = dict(trainable_params=trainable, finetuned=bool(cfg.get("init_from")), **costs.summary())
+    if cfg.get("stage") == "duo_gates":
+        gates_file = run_dir / "gates.pt"
+        save_gates(lit.gates, str(gates_file))
+        extra["gates_path"] = str(gates_file)
+        detach_duo_gates(model)
+        if res.cache.policy == "duo" and res.cache.gates_path == "learned":
+            res.cache.gates_path = str(gates_file)
+    if has_lora(model):
+        merge_lora(model)  # evaluation and export use plain merged weights
     if not cfg.get("evaluate", True):
-        return []
-    return evaluate(model, cfg, res, run_dir, run_id, device_of(cfg))
+        return rows
+    return rows + evaluate(model, cfg, res, run_dir, run_id, device_of(cfg), extra)
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """Hyperparameters for loggers: the resolved config flattened to dotted keys."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    walk(container, "")
+    return out
 
 
 def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -133,7 +215,13 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str,
     run_cfg = apply_eval_overrides(saved, cfg, overrides)
     res = validate(run_cfg)
     model = build_model(res.model)
-    load_weights(model, model_state(ckpt), source=f"ckpt={cfg.ckpt}")
+    state = model_state(ckpt)
+    gates = state.pop("duo_gates", None)  # a duo_gates checkpoint: serve its gates to the duo policy
+    load_weights(model, state, source=f"ckpt={cfg.ckpt}")
+    if gates is not None and res.cache.policy == "duo" and res.cache.gates_path == "learned":
+        gates_file = Path(run_dir_of(cfg)) / "gates.pt"
+        save_gates(gates, str(gates_file))
+        res.cache.gates_path = str(gates_file)
     run_dir = run_dir_of(cfg)
     run_id = cfg.get("run_id") or f"eval-{Path(str(cfg.ckpt)).parent.parent.name}-{uuid.uuid4().hex[:6]}"
     os.makedirs(run_dir, exist_ok=True)

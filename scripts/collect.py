@@ -24,10 +24,9 @@ for p in (ROOT, HERE):  # pipeline.rows (schema) and the figures package
         sys.path.insert(0, p)
 
 import pandas as pd  # noqa: E402
+from figures.results import RESULTS_FILE, find_jobs, load_results, make_palette, weighted_mean  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-
-from figures.results import RESULTS_FILE, find_jobs, load_results, make_palette, weighted_mean  # noqa: E402
 
 
 @dataclass
@@ -68,7 +67,8 @@ def collect(sweep: str | Path, out: str | Path | None = None) -> Report:
     done = {Path(f).resolve().parent for f in df.attrs.get("files", [])}
     missing = [j for j in jobs if not any(d == j.resolve() or j.resolve() in d.parents for d in done)]
     if not df.empty:
-        df["overrides"] = [_overrides(Path(d)) if d else "" for d in df["run_dir"]]
+        by_dir = {d: _overrides(Path(d)) for d in df["run_dir"].dropna().unique()}  # one read per job
+        df["overrides"] = df["run_dir"].map(by_dir).fillna("")
     failed = df[df["status"].isin(["oom", "error"])] if not df.empty else df
     prefix = Path(out) if out else sweep / "collected"
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,9 @@ def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
     table = Table(title=title)
     for col in ("label", "stage", "task", "runs", "ok", "oom", "err", "acc", "acc@train", "acc@max L",
                 "max L", "peak MiB", "cache MiB/seq"):
-        table.add_column(col, justify="left" if col in ("label", "stage", "task") else "right")
+        text = col in ("label", "stage", "task")
+        table.add_column(col, justify="left" if text else "right", overflow="fold",
+                         min_width=24 if col == "label" else None)
     if df.empty:
         return table
     palette = make_palette(df)
@@ -113,7 +115,7 @@ def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
 
 
 def print_report(rep: Report, sweep: str | Path, console: Console | None = None) -> None:
-    console = console or Console(width=max(150, Console().width))
+    console = console or Console(width=max(180, Console().width))  # never squeeze numbers
     df = rep.table
     n_files = len(df.attrs.get("files", []))
     console.print(f"[bold]{sweep}[/]: {len(df)} rows from {n_files} {RESULTS_FILE} file(s); "
@@ -127,12 +129,16 @@ def print_report(rep: Report, sweep: str | Path, console: Console | None = None)
             t.add_row(str(job), _overrides(job), _last_log_line(job))
         console.print(t)
     if not rep.failed.empty:
+        # one line per (job, label, task, status, message): a sweep can fail thousands of cells alike
         t = Table(title=f"failed: {len(rep.failed)} row(s) with status oom/error")
-        for col in ("job", "label", "task", "eval_len", "depth", "status", "error"):
+        for col in ("job", "label", "task", "status", "rows", "eval_len", "error"):
             t.add_column(col, overflow="fold")
-        for r in rep.failed.itertuples(index=False):
-            t.add_row(str(Path(r.run_dir).name if r.run_dir else "?"), str(r.label), str(r.task),
-                      str(r.eval_len), str(r.depth), str(r.status), str(r.error or "")[:100])
+        f = rep.failed.assign(_msg=rep.failed["error"].fillna("").astype(str).str.slice(0, 100),
+                              _job=rep.failed["run_dir"].fillna("?").map(lambda d: Path(d).name))
+        for (job, label, task, status, msg), g in f.groupby(["_job", "label", "task", "status", "_msg"],
+                                                            dropna=False):
+            lengths = ",".join(str(int(L)) for L in sorted(g["eval_len"].dropna().unique()))
+            t.add_row(str(job), str(label), str(task), str(status), str(len(g)), lengths, msg)
         console.print(t)
     for b in rep.bad_lines:
         kind = "torn last line" if b["last"] else "corrupt line"

@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default="figures", help="output folder (default: figures)")
     ap.add_argument("--kind", nargs="+", choices=list(KINDS), default=None,
                     help="figure kinds to draw (default: all)")
+    ap.add_argument("--format", nargs="+", default=["png", "pdf"], help="file formats (default: png pdf)")
+    ap.add_argument("--dpi", type=int, default=300, help="PNG resolution (default: 300)")
     return ap.parse_args(argv)
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path] | str]:
     dirs = [p for p in args.results if Path(p).is_dir()]
     if not df.empty:  # the run dirs named in a collected table, where they still exist
         dirs += sorted({d for d in df["run_dir"].dropna().astype(str) if Path(d).is_dir()})
-    done = render(df, args.out, args.kind, dirs=dirs)
+    done = render(df, args.out, args.kind, dirs=dirs, formats=args.format, dpi=args.dpi)
     for kind, result in done.items():
         if isinstance(result, str):
             print(f"  {kind:15s} skipped: {result}")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path] | str]:
             pngs = [p for p in result if p.suffix == ".png"]
             print(f"  {kind:15s} {len(pngs)} figure(s): {', '.join(p.name for p in pngs[:4])}"
                   f"{' ...' if len(pngs) > 4 else ''}")
-    print(f"figures in {args.out}/ (PNG + PDF)")
+    print(f"figures in {args.out}/ ({', '.join(args.format)})")
     return done
 
 

@@ -6,7 +6,7 @@ labels, prompt/answer split, seeds, caching — is derived here once for all tas
 
 The canonical example is one token row ``tokens`` (length L, exactly the requested length) and a
 boolean ``answer_mask`` marking the answer tokens. Derived views:
-  input_ids = tokens[:-1], labels = tokens[1:] where answer_mask[1:] else -100
+  input_ids = tokens, labels[t] = tokens[t+1] where answer_mask[t+1] else -100 (last: -100)
   prompt_ids = tokens[:first answer], answer_ids = tokens[answer_mask]
 """
 
@@ -105,10 +105,14 @@ def hide_answers(tokens: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
 
 
 def training_views(tokens: np.ndarray, answer_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Next-token inputs and labels; labels are -100 everywhere except answer tokens."""
-    inputs = tokens[:, :-1]
-    labels = np.where(answer_mask[:, 1:], tokens[:, 1:], IGNORE)
-    return inputs, labels
+    """Inputs (the whole row: exactly L tokens) and next-token labels aligned with them.
+
+    labels[t] = tokens[t + 1] where that token is an answer, else -100; the last position has no
+    next token. Keeping all L tokens as input makes the training length exactly ``train_len``.
+    """
+    labels = np.full(tokens.shape, IGNORE, dtype=np.int64)
+    labels[:, :-1] = np.where(answer_mask[:, 1:], tokens[:, 1:], IGNORE)
+    return tokens, labels
 
 
 def prompt_length(answer_mask: np.ndarray) -> np.ndarray:

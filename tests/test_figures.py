@@ -4,7 +4,6 @@ dropping a row."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,9 +28,13 @@ DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 IDS = dict(seed=0, n_examples=8, token_accuracy=0.5, tokens_per_s=1000.0, config_hash="abc")
 
 
+BUDGET = {"sink_window(4+64)": 68, "sink_window(4+256)": 260, "quest(128)": 128}  # tokens kept
+
+
 def _mem(length: int, cache: str) -> dict:
-    per_tok = 1024 if cache == "full" else 256
-    return dict(peak_mem_bytes=2**20 * length // 64, cache_bytes=per_tok * min(length, 4096))
+    """Bytes per sequence: full grows with length, budgeted policies stop at their budget."""
+    tokens = length // 2 + 68 if cache.startswith("duo") else min(length, BUDGET.get(cache) or length)
+    return dict(peak_mem_bytes=2**20 * length // 64 + 1024 * tokens, cache_bytes=1024 * tokens)
 
 
 def _write_run(root: Path, name: str, rows: list[dict], metrics: bool = False, gates: bool = False) -> Path:
@@ -69,15 +72,17 @@ def _niah_rows(model: str, pos: str, stage: str, train_len: int, scale: float, r
     return rows
 
 
-def _slice_rows(run_id: str, model: str, task: str, knob: str, values: list, train_len: int = 128) -> list[dict]:
+def _slice_rows(run_id: str, model: str, task: str, knob: str, values: list,
+                train_len: int = 128) -> list[dict]:
+    drop = 0.3 if model == "mamba" else 0.15  # models differ, so their lines do not overlap
     rows = []
     for L in (256, 512):
         for i, v in enumerate(values):
             rows.append(dict(run_id=run_id, model=model, pos="rope" if model != "mamba" else None,
                              attention="full" if model != "mamba" else "mamba", cache="full", task=task,
                              train_len=train_len, eval_len=L, depth=None, stage="pretrain",
-                             accuracy=1.0 - 0.15 * i * (L / 512), status="ok", **{f"slice_{knob}": v},
-                             **_mem(L, "full")))
+                             accuracy=max(0.0, 1.0 - drop * i * (L / 512)), status="ok",
+                             **{f"slice_{knob}": v}, **_mem(L, "full")))
     return rows
 
 
@@ -128,21 +133,21 @@ def test_heatmap_puts_depth_zero_on_top_and_lengths_ascending(sweep: Path) -> No
 
 def test_every_figure_kind_renders(sweep: Path, tmp_path: Path) -> None:
     df = load_results([sweep])
-    done = render(df, tmp_path, dirs=[sweep])
+    done = render(df, tmp_path, dirs=[sweep], formats=["png"], dpi=60)  # low dpi: keep the test fast
     assert set(done) == set(KINDS)
     for kind, result in done.items():
         assert not isinstance(result, str), f"{kind} skipped: {result}"
         assert result, kind
         for path in result:
             assert path.exists() and path.stat().st_size > 0, path
-        assert {p.suffix for p in result} == {".png", ".pdf"}
-    assert len(done["heatmap"]) == 2 * df[df["depth"].notna()].groupby(["label", "task"]).ngroups
+    assert len(done["heatmap"]) == df[df["depth"].notna()].groupby(["label", "task"]).ngroups
 
 
 def test_kinds_without_data_are_skipped_with_a_reason(sweep: Path, tmp_path: Path) -> None:
     df = load_results([sweep / "1"])
-    done = render(df, tmp_path, dirs=[sweep / "1"])
-    for kind in ("lost_in_middle", "hops", "cost", "curves", "gates"):
+    kinds = ["heatmap", "lost_in_middle", "hops", "cost", "curves", "gates"]
+    done = render(df, tmp_path, kinds, dirs=[sweep / "1"], formats=["png"], dpi=60)
+    for kind in kinds[1:]:
         assert isinstance(done[kind], str), kind
     assert not isinstance(done["heatmap"], str)
 
@@ -187,8 +192,10 @@ def test_collect_reports_missing_and_failed_and_keeps_every_row(sweep: Path, tmp
 
 def test_plot_cli_on_a_collected_table(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rep = collect.collect(sweep, tmp_path / "all")
-    done = plot.main([str(rep.paths[0]), "--out", str(tmp_path / "figs"), "--kind", "accuracy", "pareto"])
-    assert set(done) == {"accuracy", "pareto"}
-    assert all(not isinstance(v, str) and v for v in done.values())
-    assert (tmp_path / "figs" / "pareto_niah.png").stat().st_size > 0
-    assert json.dumps(capsys.readouterr().out)
+    done = plot.main([str(rep.paths[0]), "--out", str(tmp_path / "figs"), "--kind", "pareto", "gates",
+                      "--dpi", "60"])
+    assert set(done) == {"pareto", "gates"}
+    assert all(not isinstance(v, str) and v for v in done.values())  # gates found via the table's run_dir
+    for suffix in ("png", "pdf"):
+        assert (tmp_path / "figs" / f"pareto_niah.{suffix}").stat().st_size > 0
+    assert "pareto" in capsys.readouterr().out

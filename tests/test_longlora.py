@@ -107,11 +107,12 @@ def test_roll_warns_once(monkeypatch):
 
 @pytest.mark.parametrize("variant", ["segment", "roll"])
 @pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (8, 2), (4, 1), (6, 3)], ids=lambda x: str(x))
-@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
-def test_matches_naive_block_mask(variant, H, Hkv, with_bias):
+@pytest.mark.parametrize("bias_heads", [0, 1, "H"], ids=["no_bias", "bias1", "biasH"])
+def test_matches_naive_block_mask(variant, H, Hkv, bias_heads):
+    """Any additive (H | 1, T, T) bias (ALiBi or not) enters through its block-diagonal entries."""
     T, ratio = 32, 0.25
     q, k, v = qkv(H=H, Hkv=Hkv, T=T)
-    bias = torch.randn(H, T, T, dtype=torch.float64) if with_bias else None
+    bias = torch.randn(H if bias_heads == "H" else 1, T, T, dtype=torch.float64) if bias_heads else None
     cfg = AttentionConfig(group_ratio=ratio, shift_variant=variant)
     expected = naive(q, k, v, s2_masks(H, T, int(ratio * T), variant), bias)
     torch.testing.assert_close(s2(q, k, v, cfg, bias=bias), expected)

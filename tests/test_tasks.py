@@ -20,9 +20,9 @@ def test_exact_length_labels_only_at_answers_and_oracle(task, length):
     a = generate(task, V, "train", 50, length, seed=3)
     assert a.tokens.shape == (50, length)
     inputs, labels = training_views(a.tokens, a.answer_mask)
-    assert inputs.shape == labels.shape == (50, length - 1)
-    assert np.array_equal(labels != IGNORE, a.answer_mask[:, 1:])
-    assert np.array_equal(labels[labels != IGNORE], a.tokens[:, 1:][a.answer_mask[:, 1:]])
+    assert inputs.shape == labels.shape == (50, length)
+    assert np.array_equal(labels[:, :-1] != IGNORE, a.answer_mask[:, 1:]) and (labels[:, -1] == IGNORE).all()
+    assert np.array_equal(labels[:, :-1][labels[:, :-1] != IGNORE], a.tokens[:, 1:][a.answer_mask[:, 1:]])
     pred = task.oracle(V, hide_answers(a.tokens, a.answer_mask), a.answer_mask)
     assert (pred[a.answer_mask] == a.tokens[a.answer_mask]).all(), "the oracle must score 100%"
 

@@ -92,7 +92,8 @@ def check_invariants(task: Task, arrays: TaskArrays, n: int, length: int) -> Non
     assert mask.any(axis=1).all(), "every example has an answer"
     assert (tokens[mask] != Vocab.PAD).all()
     _, labels = training_views(tokens, mask)
-    assert ((labels != IGNORE) == mask[:, 1:]).all(), "labels exactly at the answers"
+    assert ((labels[:, :-1] != IGNORE) == mask[:, 1:]).all(), "labels exactly at the answers"
+    assert (labels[:, -1] == IGNORE).all()
     for key, col in arrays.slices.items():
         assert len(col) == n, key
     hidden = hide_answers(tokens, mask)

@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
 from .results import accuracy_by
-from .style import DOUBLE_COL, SINGLE_COL, Palette, legend_below, paper_style, save, stage_linestyle
+from .style import DOUBLE_COL, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save, stage_linestyle
 
 
 def stage_column(df: pd.DataFrame) -> pd.Series:
@@ -86,8 +86,8 @@ def plot_accuracy_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> li
             for (label, stage), s in sorted(acc.groupby(["label", "_stage"]),
                                             key=lambda kv: (palette.rank(kv[0][0]), kv[0][1])):
                 s = s.sort_values("eval_len")
-                ax.plot(s["eval_len"], s["accuracy"], color=palette.color(label), marker=palette.marker(label),
-                        linestyle=stage_linestyle(stage, stages))
+                ax.plot(s["eval_len"], s["accuracy"], color=palette.color(label),
+                        marker=palette.marker(label), linestyle=stage_linestyle(stage, stages))
             _train_lines(ax, g)
             oom = _mark_oom(ax, g, palette, y=0.0)
             _length_axis(ax, sorted(g["eval_len"].dropna().astype(int).unique()))
@@ -123,13 +123,16 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
                     ax.plot(s["eval_len"], s[col] / 2**20, color=palette.color(label),
                             marker=palette.marker(label))
                 ax.set_yscale("log")
-                ax.set_ylabel({"peak_mem_bytes": "peak memory (MiB)",
-                               "cache_bytes": "KV cache / state per seq (MiB)"}[col])
+                ax.set_ylabel("MiB")
+                ax.set_title(f"{task}: " + {"peak_mem_bytes": "peak memory",
+                                            "cache_bytes": "KV cache / state per sequence"}[col])
+                ax.yaxis.set_major_formatter(PLAIN)
+                if m[col].max() < 10 * m[col].min():  # under one decade: label the minor ticks too
+                    ax.yaxis.set_minor_formatter(PLAIN)
                 _train_lines(ax, g)
                 oom |= _mark_oom(ax, g, palette, y=1.0)
                 _length_axis(ax, sorted(g["eval_len"].dropna().astype(int).unique()))
             labels = palette.sort(gok.loc[gok[have].fillna(0).gt(0).any(axis=1), "label"])
-            fig.suptitle(str(task))
             _legend(fig, axes[0][0], labels, palette, [], oom)
             paths += save(fig, out, f"memory_vs_length_{task}")
     return paths

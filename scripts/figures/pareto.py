@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from .results import ok_rows, weighted_mean
-from .style import FAMILY_MARKERS, SINGLE_COL, Palette, cache_policy, legend_below, paper_style, save
+from .style import FAMILY_MARKERS, PLAIN, SINGLE_COL, Palette, cache_policy, legend_below, paper_style, save
 
 
 def pareto_front(points: pd.DataFrame, x: str = "cache_bytes", y: str = "accuracy") -> pd.DataFrame:
@@ -58,14 +58,18 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
                 ax.scatter(r.cache_bytes / 2**20, r.accuracy, color=palette.cache_color(r.cache),
                            marker=palette.marker(r.label), s=22, zorder=2, edgecolor="white", linewidth=0.4)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(PLAIN)
+            if pts["cache_bytes"].max() < 10 * pts["cache_bytes"].min():  # < 1 decade: no major ticks
+                ax.xaxis.set_minor_formatter(PLAIN)
             ax.set_xlabel("KV cache / state per sequence (MiB)")
             ax.set_ylabel("exact match")
             ax.set_ylim(-0.03, 1.03)
             ax.set_title(f"{task}, eval length {int(length)}")
             policies = sorted({cache_policy(c) for c in pts["cache"]}, key=lambda c: (c != "full", c))
             families = [f for f in FAMILY_MARKERS if f in set(pts["model"].astype(str))]
-            handles = [Line2D([], [], color=palette.cache_color(c), marker="o", linestyle="none") for c in policies]
-            handles += [Line2D([], [], color="0.3", marker=FAMILY_MARKERS[f], linestyle="none") for f in families]
+            dot = dict(marker="o", linestyle="none")
+            handles = [Line2D([], [], color=palette.cache_color(c), **dot) for c in policies]
+            handles += [Line2D([], [], color="0.3", **dict(dot, marker=FAMILY_MARKERS[f])) for f in families]
             handles.append(Line2D([], [], color="0.5", linewidth=0.9))
             legend_below(fig, handles, policies + families + ["Pareto front"], ncol=3)
             paths += save(fig, out, f"pareto_{task}")

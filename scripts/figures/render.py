@@ -20,7 +20,7 @@ from .lines import plot_accuracy_vs_length, plot_memory_vs_length
 from .pareto import plot_pareto
 from .results import find_files, make_palette, run_dir_of
 from .slices import plot_slice
-from .style import Palette, slug
+from .style import Palette, save_options, slug
 
 
 @dataclass
@@ -100,11 +100,13 @@ KINDS: dict[str, Callable[[Context], list[Path] | str]] = {
 
 
 def render(df: pd.DataFrame, out: str | Path, kinds: Iterable[str] | None = None,
-           dirs: Iterable[str | Path] = (), palette: Palette | None = None) -> dict[str, list[Path] | str]:
+           dirs: Iterable[str | Path] = (), palette: Palette | None = None,
+           formats: Iterable[str] = ("png", "pdf"), dpi: int = 300) -> dict[str, list[Path] | str]:
     """Draw each kind; returns kind -> written paths, or the reason it was skipped."""
     kinds = list(kinds or KINDS)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown figure kinds {unknown}; allowed: {list(KINDS)}")
     ctx = Context(df, Path(out), palette or make_palette(df), [Path(d) for d in dirs])
-    return {kind: KINDS[kind](ctx) for kind in kinds}
+    with save_options(formats, dpi):
+        return {kind: KINDS[kind](ctx) for kind in kinds}

@@ -93,7 +93,7 @@ def run_dir_of(path: str | Path) -> Path:
     """The run directory holding a file written somewhere inside it (logs/version_0/metrics.csv)."""
     path = Path(path).resolve()
     for parent in path.parents:
-        if (parent / RESULTS_FILE).exists() or (parent / ".hydra").is_dir() or (parent / "train.log").exists():
+        if any((parent / name).exists() for name in (RESULTS_FILE, ".hydra", "train.log")):
             return parent
     return path.parent
 
@@ -125,7 +125,9 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _present(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v) not in ("", "nan", "None")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return False
+    return str(v) not in ("", "nan", "None", "<NA>")
 
 
 def base_label(model: Any, pos: Any, attention: Any, cache: Any) -> str:

@@ -60,7 +60,9 @@ def plot_slice(df: pd.DataFrame, out: Path, palette: Palette, knob: str) -> list
                     else:
                         x = s[col].astype(str).map(cats.index)
                         s, x = s.iloc[np.argsort(x.to_numpy())], np.sort(x.to_numpy())
-                    ax.plot(x, s["accuracy"], color=palette.color(label), marker=palette.marker(label))
+                    # categories have no order between them: markers only, no connecting line
+                    ax.plot(x, s["accuracy"], color=palette.color(label), marker=palette.marker(label),
+                            linestyle="-" if numeric else "none", markersize=3.5 if numeric else 5)
                 if not numeric:
                     ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
                 ax.set_title(f"L={length}")

@@ -7,6 +7,7 @@ never let colours shuffle between panels of the same paper).
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,7 @@ matplotlib.use("Agg")  # files only; never open a window (CI, clusters, ssh)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 SINGLE_COL = 3.3  # inches: one column of a two-column paper
 DOUBLE_COL = 7.0
@@ -34,24 +36,30 @@ FAMILY_MARKERS = {"transformer": "o", "hybrid": "^", "mamba": "s"}
 POS_ORDER = ("none", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "longrope")
 STAGE_ORDER = ("pretrain", "extend", "duo_gates")
 
-# Colour-blind-safe qualitative colours (Okabe-Ito, then tab10 leftovers), handed out in legend order.
+# Colour-blind-safe qualitative colours (Okabe-Ito, then tab10 leftovers), handed out in legend order;
+# the pale yellow comes late because it is hard to see on white.
 LABEL_COLORS = (
-    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
-    "#8c564b", "#7f7f7f", "#bcbd22", "#17becf", "#9467bd", "#1f77b4", "#2ca02c", "#d62728",
+    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#8c564b",
+    "#7f7f7f", "#bcbd22", "#17becf", "#9467bd", "#F0E442", "#1f77b4", "#2ca02c", "#d62728",
 )
 # One colour per cache policy (the name before any "(budget)" suffix), fixed across sweeps.
+CACHE_ORDER = ("full", "state", "sink_window", "duo", "quest")
 CACHE_COLORS = {
     "full": "#000000", "sink_window": "#E69F00", "duo": "#009E73", "quest": "#CC79A7",
     "state": "#0072B2",
 }
 _EXTRA_CACHE_COLORS = ("#56B4E9", "#D55E00", "#8c564b", "#7f7f7f", "#bcbd22", "#17becf")
 
+# Log axes labelled 0.25, 1, 16 rather than 2.5x10^-1: easier to read at 7 pt.
+PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+
 RC = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
     "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9, "lines.linewidth": 1.2,
     "lines.markersize": 3.5, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "legend.frameon": False,
-    "figure.constrained_layout.use": True, "savefig.bbox": "tight", "savefig.pad_inches": 0.02, "pdf.fonttype": 42,  # editable text in PDF
+    "figure.constrained_layout.use": True, "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+    "pdf.fonttype": 42,  # TrueType in the PDF: text stays editable in the paper
 }
 
 
@@ -67,7 +75,8 @@ def _order_key(order: tuple[str, ...], value: object) -> tuple[int, str]:
 
 def label_sort_key(model: object, pos: object, attention: object, cache: object) -> tuple:
     """Legend order: family, positional rule, attention pattern, cache policy."""
-    return (_order_key(FAMILY_ORDER, model), _order_key(POS_ORDER, pos), str(attention), str(cache))
+    return (_order_key(FAMILY_ORDER, model), _order_key(POS_ORDER, pos), str(attention),
+            _order_key(CACHE_ORDER, cache_policy(cache)), str(cache))
 
 
 @dataclass
@@ -79,7 +88,8 @@ class Palette:
     cache_order: list[str] = field(default_factory=list)
 
     def color(self, label: str) -> str:
-        i = self.order.index(label) if label in self.order else len(self.order) + zlib.crc32(label.encode()) % 7
+        # labels outside the table (a curve whose run has no rows) get a stable, if shared, colour
+        i = self.order.index(label) if label in self.order else len(self.order) + zlib.crc32(label.encode())
         return LABEL_COLORS[i % len(LABEL_COLORS)]
 
     def marker(self, label: str) -> str:
@@ -119,14 +129,29 @@ def slug(text: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_") or "x"
 
 
-def save(fig: Figure, out_dir: str | Path, name: str, formats: Iterable[str] = ("png", "pdf")) -> list[Path]:
-    """Write ``name.<fmt>`` for each format (PNG at 300 dpi), close the figure, return the paths."""
+# What ``save`` writes; ``save_options`` changes it for one render (tests: PNG only, low dpi).
+SAVE_OPTIONS: dict = {"formats": ("png", "pdf"), "dpi": 300}
+
+
+@contextmanager
+def save_options(formats: Iterable[str] = ("png", "pdf"), dpi: int = 300) -> Iterator[None]:
+    old = dict(SAVE_OPTIONS)
+    SAVE_OPTIONS.update(formats=tuple(formats), dpi=dpi)
+    try:
+        yield
+    finally:
+        SAVE_OPTIONS.update(old)
+
+
+def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
+    """Write ``name.<fmt>`` for each format of SAVE_OPTIONS, close the figure, return the paths."""
+    formats, dpi = SAVE_OPTIONS["formats"], SAVE_OPTIONS["dpi"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = out_dir / f"{slug(name)}.{fmt}"
-        fig.savefig(path, dpi=300 if fmt == "png" else None)
+        fig.savefig(path, dpi=dpi if fmt == "png" else None)
         paths.append(path)
     plt.close(fig)
     return paths
@@ -136,6 +161,10 @@ def legend_below(fig: Figure, handles: list, labels: list[str], ncol: int | None
     """One legend under all panels (keeps the axes at full width in a narrow column)."""
     if not handles:
         return
-    ncol = ncol or min(len(labels), 2 if fig.get_figwidth() <= SINGLE_COL + 0.1 else 4)
+    # As many columns as fit the figure width (7 pt text is ~0.05 in a character), so the saved
+    # figure keeps its column width; the figure grows in height by the legend's rows instead.
+    entry = 0.35 + 0.052 * max(len(s) for s in labels)
+    ncol = ncol or max(1, min(len(labels), int(fig.get_figwidth() // entry)))
+    fig.set_figheight(fig.get_figheight() + 0.16 * math.ceil(len(labels) / ncol) + 0.05)
     # "outside": constrained layout shrinks the axes to make room, so nothing overlaps the xlabel.
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, handlelength=2.2, columnspacing=1.0)

@@ -1,0 +1,62 @@
+"""Training cost probe: mean step time and peak memory of one training step (fwd + bwd + optimizer).
+
+Peak memory uses pipeline.memory (CUDA allocator stats on GPU, the allocation tracker on CPU) on
+one chosen step; that step is excluded from the timing since the CPU tracker slows every op.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from pipeline.memory import AllocationTracker, module_bytes
+
+
+class TrainCostProbe(L.Callback):
+    def __init__(self, probe_step: int = 2, skip: int = 1) -> None:
+        self.probe_step, self.skip = probe_step, skip
+        self.times: list[float] = []
+        self.peak_bytes: int | None = None
+        self._t0 = 0.0
+        self._tracker: AllocationTracker | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.probe_step and self.peak_bytes is None:
+            if pl_module.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(pl_module.device)
+            else:
+                self._tracker = AllocationTracker()
+                self._tracker.__enter__()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        elapsed = time.perf_counter() - self._t0
+        probing = self._tracker is not None or (
+            pl_module.device.type == "cuda" and trainer.global_step - 1 == self.probe_step and self.peak_bytes is None)
+        if self._tracker is not None:
+            self._tracker.__exit__(None, None, None)
+            # optimizer state persists across steps, so count it with the module's own tensors
+            self.peak_bytes = module_bytes(pl_module) + optimizer_bytes(trainer) + self._tracker.peak
+            self._tracker = None
+        elif probing:
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(pl_module.device))
+        elif trainer.global_step > self.skip:
+            self.times.append(elapsed)
+
+    def summary(self) -> dict[str, Any]:
+        return {"train_step_s": sum(self.times) / len(self.times) if self.times else None,
+                "train_peak_mem_bytes": self.peak_bytes}
+
+
+def optimizer_bytes(trainer: L.Trainer) -> int:
+    total = 0
+    for opt in trainer.optimizers:
+        for state in opt.state.values():
+            total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    return total

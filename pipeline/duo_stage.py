@@ -1,0 +1,95 @@
+"""The ``duo_gates`` stage: the model frozen, one gate per layer x KV head learned by distillation.
+
+The student mixes alpha * full + (1 - alpha) * sink_window per head (pattern ``duo``); the loss is
+the squared error of its final hidden states against the frozen full-attention model over the
+question/answer region, plus lam * mean|alpha| (DuoAttention). AdamW, no weight decay, lr 0.02;
+linear warm-up over the first 20% of steps, plateau, linear decay over the last 20% to 0.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from models.duo import attach_duo_gates, clamp_gates_, duo_distill_loss, duo_hidden_pair
+from tasks.base import IGNORE
+
+
+@dataclass
+class DuoConfig:
+    lr: float = 0.02
+    lam: float = 0.05  # weight of mean|alpha|
+    sparsity: float = 0.5  # deployment after the stage: fraction of streaming heads (global cut)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"duo.lr={self.lr} must be > 0")
+        if self.lam < 0:
+            raise ValueError(f"duo.lam={self.lam} must be >= 0")
+        if not 0 <= self.sparsity <= 1:
+            raise ValueError(f"duo.sparsity={self.sparsity} must be in [0, 1]")
+
+
+def qa_region(input_ids: torch.Tensor, labels: torch.Tensor, query_token: int) -> torch.Tensor:
+    """(B, T) True from the first question marker on (the QA block), or at answer labels if none."""
+    is_query = input_ids == query_token
+    has = is_query.any(dim=1, keepdim=True)
+    first = is_query.float().argmax(dim=1, keepdim=True)
+    from_query = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] >= first
+    return torch.where(has, from_query, labels != IGNORE)
+
+
+def duo_schedule(total: int, floor: float = 0.1):
+    warm, decay = max(1, int(0.2 * total)), max(1, int(0.2 * total))
+
+    def lr(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if step >= total - decay:
+            return max(floor, (total - step) / decay)
+        return 1.0
+
+    return lr
+
+
+class DuoGatesLM(L.LightningModule):
+    def __init__(self, model: nn.Module, duo: DuoConfig, query_token: int, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.model, self.duo, self.query_token = model, duo, query_token
+        self.config = config or {}
+        self.gates = attach_duo_gates(model)
+
+    def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        h_full, h_mix = duo_hidden_pair(self.model, batch["input_ids"])
+        mask = qa_region(batch["input_ids"], batch["labels"], self.query_token)
+        loss = duo_distill_loss(h_full, h_mix, mask, self.gates, self.duo.lam)
+        bs = batch["input_ids"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/mean_gate", self.gates.detach().mean(), batch_size=bs)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        clamp_gates_(self.gates)  # clamped before every step, as the reference does
+        return self._loss(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._loss(batch, "val")
+
+    def on_train_end(self) -> None:
+        clamp_gates_(self.gates)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW([self.gates], lr=self.duo.lr, weight_decay=0.0)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, duo_schedule(total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from pipeline.module import code_version
+
+        checkpoint["config"] = self.config
+        checkpoint["code_version"] = code_version()
