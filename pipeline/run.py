@@ -24,6 +24,7 @@ from pipeline.costs import TrainCostProbe
 from pipeline.duo_stage import DuoGatesLM
 from pipeline.evaluate import evaluate_grid
 from pipeline.module import LitLM
+from pipeline.prefix import evaluate_prefix_cache
 from pipeline.summary import print_summary
 from tasks.datamodule import TaskDataModule
 
@@ -70,14 +71,22 @@ def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
                 train_task=res.task.name, stage=cfg.get("stage", "pretrain"), config_hash=res.config_hash)
 
 
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
 def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Path, run_id: str,
              device: torch.device, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     model.to(device)
-    base = dict(row_base(cfg, res, run_id), **(extra or {}))
+    base = dict(row_base(cfg, res, run_id), n_params=count_params(model), **(extra or {}))
     rows = evaluate_grid(
         model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
         res.eval.batch_size, res.cache, int(cfg.seed), base, run_dir / ROWS_FILE,
         decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device)
+    if res.eval.prefix_cache:
+        rows += evaluate_prefix_cache(model, res.task, res.vocab, res.eval.lengths, res.eval.n_examples,
+                                      res.eval.batch_size, res.eval.n_questions, res.cache, int(cfg.seed), base,
+                                      run_dir / ROWS_FILE, device)
     print_summary(rows, title=f"{run_id}: {describe(res.model)}")
     return rows
 

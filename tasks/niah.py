@@ -160,3 +160,27 @@ class Niah(Task):
                         break
             out[i, answer_mask[i]] = np.concatenate(answer)
         return out
+
+    def questions(self, vocab: Vocab, arrays: TaskArrays, k: int) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
+        """Prefix caching: k single-key questions about one context, ``QUERY key_j ANSWER`` -> value_j.
+
+        Returns the context length C (the context is ``arrays.tokens[:, :C]``) and k pairs of
+        (question (n, 2 + key_len), answer (n, value_len)) asking needles 0..k-1 in depth order.
+        """
+        if self.haystack == "distractor":
+            raise ValueError("task.haystack='distractor': prefix-cache questions need needles told apart "
+                             "from the haystack; use noise or filler")
+        if k > self.needles:
+            raise ValueError(f"eval.n_questions={k} exceeds task.needles={self.needles}; allowed: <= needles")
+        n, length = arrays.tokens.shape
+        context = length - self.question_len - self.answer_len
+        rows, cols = np.nonzero(arrays.tokens[:, :context] == vocab.NEEDLE)
+        starts = cols.reshape(n, self.needles)  # row-major: each row's needles in position order
+        kl, vl = self.key_len, self.value_len
+        out = []
+        for j in range(k):
+            at = starts[:, j : j + 1] + 1 + np.arange(kl + vl)[None, :]  # (n, kl + vl)
+            block = np.take_along_axis(arrays.tokens, at, axis=1)
+            question = np.concatenate([np.full((n, 1), vocab.QUERY), block[:, :kl], np.full((n, 1), vocab.ANSWER)], 1)
+            out.append((question, block[:, kl:]))
+        return context, out

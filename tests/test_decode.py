@@ -57,3 +57,29 @@ def test_memory_probe_sees_cache_growth_with_length():
         peaks.append((m.region_peak_bytes, cache.nbytes()))
     assert peaks[1][0] > peaks[0][0] and peaks[1][0] >= peaks[1][1]
     assert np.isclose(peaks[1][1] / peaks[0][1], 4.0)
+
+
+def test_prefix_cached_answers_equal_recomputed_ones(tmp_path):
+    from pipeline.prefix import evaluate_prefix_cache
+
+    model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2)).eval()
+    task = Niah(train_len=96, needles=3)
+    rows = evaluate_prefix_cache(model, task, Vocab(64), [96, 128], 6, 4, 3, CacheConfig("full"), 0,
+                                 {"run_id": "t"}, tmp_path / "rows.jsonl", torch.device("cpu"))
+    assert [r["eval_len"] for r in rows] == [96, 128]
+    for r in rows:
+        assert r["answers_identical"] is True and r["n_examples"] == 18
+        assert r["question_s_reuse"] > 0 and r["question_s_recompute"] > 0
+
+
+def test_niah_questions_ask_every_needle():
+    t = Niah(train_len=96, needles=3, value_len=2)
+    a = generate(t, Vocab(64), "test", 5, 96, 0)
+    context, qa = t.questions(Vocab(64), a, 3)
+    for question, answer in qa:
+        full = np.concatenate([a.tokens[:, :context], question, answer], axis=1)
+        mask = np.zeros_like(full, dtype=bool)
+        mask[:, -2:] = True
+        one = Niah(train_len=96, needles=3)
+        pred = one.oracle(Vocab(64), np.where(mask, 0, full), mask)
+        assert (pred[mask] == full[mask]).all()

@@ -1,0 +1,80 @@
+"""Prefix caching: a long context asked K questions is prefilled once, its cache copied per question.
+
+The question goes after the context so the context's cache is reusable. For each batch we time
+the context prefill, then per question (a) reuse: clone the cache, feed the question, decode the
+answer; (b) recompute: a fresh cache over context + question, decode. The answers must be
+identical; rows report both timings.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.cache import CacheConfig, ModelCache
+from pipeline.decode import prefill
+from pipeline.rows import append_row, make_row
+from tasks.dataset import generate
+from tasks.vocab import Vocab
+
+
+@torch.no_grad()
+def answer_after(model: nn.Module, cache: ModelCache, question: torch.Tensor, n_answer: int,
+                 policy: CacheConfig) -> torch.Tensor:
+    """Feed the question into ``cache`` and greedily decode ``n_answer`` tokens, (B, n_answer)."""
+    logits = prefill(model, question, cache, policy)
+    out = []
+    for i in range(n_answer):
+        token = logits.argmax(-1)  # (B,)
+        out.append(token)
+        if i + 1 < n_answer:
+            logits = model(token[:, None], cache)[:, -1]
+    return torch.stack(out, dim=1)
+
+
+def evaluate_prefix_cache(model: nn.Module, task: Any, vocab: Vocab, lengths: list[int], n_examples: int,
+                          batch_size: int, n_questions: int, policy: CacheConfig, seed: int,
+                          row_base: dict[str, Any], rows_path, device: torch.device) -> list[dict[str, Any]]:
+    if not hasattr(task, "questions"):
+        raise ValueError(f"eval.prefix_cache=true needs a task with several needles to ask about (niah); "
+                         f"got task {task.name!r}")
+    model.eval()
+    rows = []
+    for length in lengths:
+        arrays = generate(task, vocab, "test", n_examples, length, seed)
+        context_len, qa = task.questions(vocab, arrays, n_questions)
+        tokens = torch.from_numpy(arrays.tokens).to(device)
+        prefill_s = reuse_s = recompute_s = 0.0
+        right = identical = 0
+        for s in range(0, n_examples, batch_size):
+            ctx = tokens[s : s + batch_size, :context_len]
+            B = ctx.shape[0]
+            t0 = time.perf_counter()
+            base = model.new_cache(B, policy)
+            prefill(model, ctx, base, policy)
+            prefill_s += time.perf_counter() - t0
+            for question, answer in qa:
+                q = torch.from_numpy(question[s : s + B]).to(device)
+                t0 = time.perf_counter()
+                reused = answer_after(model, base.clone(), q, answer.shape[1], policy)
+                reuse_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                recomputed = answer_after(model, model.new_cache(B, policy), torch.cat([ctx, q], 1),
+                                          answer.shape[1], policy)
+                recompute_s += time.perf_counter() - t0
+                identical += int((reused == recomputed).all(dim=1).sum())
+                right += int((reused.cpu().numpy() == answer[s : s + B]).all(axis=1).sum())
+        asked = n_examples * n_questions
+        row = make_row(**row_base, task=task.name, eval_len=length, depth=None, seed=seed, n_examples=asked,
+                       accuracy=right / asked, cache=policy.label, prefill=policy.prefill, status="ok",
+                       prefix_cache=True, n_questions=n_questions, prefill_s=prefill_s,
+                       question_s_reuse=reuse_s / asked, question_s_recompute=recompute_s / asked,
+                       reuse_speedup=recompute_s / max(reuse_s, 1e-12), answers_identical=identical == asked)
+        if rows_path is not None:
+            append_row(rows_path, row)
+        rows.append(row)
+    return rows
+
