@@ -11,10 +11,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from pipeline.failures import record_failures
 from pipeline.run import evaluate_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@record_failures
 def main(cfg: DictConfig) -> None:
     evaluate_checkpoint(cfg, list(HydraConfig.get().overrides.task))
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from pipeline.failures import record_failures
 from pipeline.run import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@record_failures
 def main(cfg: DictConfig) -> float | None:
     rows = train(cfg)
     ok = [r for r in rows if r["status"] == "ok" and r["eval_len"] == r["train_len"]]

@@ -42,6 +42,7 @@ class DataConfig:
     batch_size: int = 32
     num_workers: int = 0
     cache_dir: Optional[str] = None  # None: generate in memory, no cache
+    shuffle: bool = True  # false: fixed order (DDP vs single-process equivalence checks)
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "batch_size"):

@@ -58,10 +58,12 @@ class LitLM(L.LightningModule):
         token_acc, exact = answer_metrics(logits, targets, batch["labels"])
         bs = batch["input_ids"].shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, on_step=on_step, on_epoch=not on_step)
-        self.log(f"{stage}/exact_match", exact, prog_bar=stage == "val", batch_size=bs, on_step=on_step,
-                 on_epoch=not on_step)
-        self.log(f"{stage}/token_accuracy", token_acc, batch_size=bs, on_step=on_step, on_epoch=not on_step)
+        # Averaged over data-parallel ranks, so a DDP run logs the global batch's numbers.
+        sync = self.trainer.world_size > 1
+        kw = dict(batch_size=bs, on_step=on_step, on_epoch=not on_step, sync_dist=sync)
+        self.log(f"{stage}/loss", loss, prog_bar=True, **kw)
+        self.log(f"{stage}/exact_match", exact, prog_bar=stage == "val", **kw)
+        self.log(f"{stage}/token_accuracy", token_acc, **kw)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

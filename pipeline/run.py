@@ -149,7 +149,7 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     trainable = trainable_parameters(model)
     log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
     data = TaskDataModule(res.task, res.vocab, res.data.n_train, res.data.n_val, res.data.batch_size,
-                          int(cfg.seed), res.data.cache_dir, res.data.num_workers)
+                          int(cfg.seed), res.data.cache_dir, res.data.num_workers, res.data.shuffle)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.get("checkpoint_every", 200)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tasks.base import Task, training_views
 from tasks.dataset import materialize, read_arrays
@@ -29,11 +29,11 @@ class TokenDataset(Dataset):
 
 class TaskDataModule(L.LightningDataModule):
     def __init__(self, task: Task, vocab: Vocab, n_train: int, n_val: int, batch_size: int,
-                 seed: int, cache_dir: str | None, num_workers: int = 0) -> None:
+                 seed: int, cache_dir: str | None, num_workers: int = 0, shuffle: bool = True) -> None:
         super().__init__()
         self.task, self.vocab = task, vocab
         self.n_train, self.n_val, self.batch_size = n_train, n_val, batch_size
-        self.seed, self.cache_dir, self.num_workers = seed, cache_dir, num_workers
+        self.seed, self.cache_dir, self.num_workers, self.shuffle = seed, cache_dir, num_workers, shuffle
         self.train_set: TokenDataset | None = None
         self.val_set: TokenDataset | None = None
 
@@ -46,10 +46,24 @@ class TaskDataModule(L.LightningDataModule):
             self.train_set = self._load("train", self.n_train)
             self.val_set = self._load("val", self.n_val)
 
+    def per_device_batch(self) -> int:
+        """``batch_size`` is the global batch: each data-parallel process takes its share."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} must be divisible by the "
+                             f"{world} data-parallel processes (trainer.devices x num_nodes)")
+        return self.batch_size // world
+
     def train_dataloader(self) -> DataLoader:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:  # our own sampler: Lightning's would always shuffle the training set
+            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.trainer.global_rank,
+                                         shuffle=self.shuffle, seed=self.seed, drop_last=True)
+            return DataLoader(self.train_set, batch_size=self.per_device_batch(), sampler=sampler,
+                              drop_last=True, num_workers=self.num_workers)
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          generator=g, num_workers=self.num_workers)
+        return DataLoader(self.train_set, batch_size=self.per_device_batch(), shuffle=self.shuffle,
+                          drop_last=True, generator=g, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_size=self.per_device_batch(), num_workers=self.num_workers)

@@ -1,0 +1,55 @@
+"""One failed job never stops or contaminates a sweep: it leaves an error row, then re-raises.
+
+Hydra's basic launcher records the failure and runs the remaining jobs; submitit marks the job
+failed. The row says which config failed and why, so ``scripts/collect.py`` lists it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.evaluate import is_oom
+from pipeline.rows import append_row, make_row
+
+log = logging.getLogger(__name__)
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except Exception:  # an interpolation that cannot resolve is part of what failed
+        return None
+
+
+def failure_row(cfg: DictConfig, err: BaseException) -> dict[str, Any]:
+    rule, factor = _select(cfg, "model.pos.rule"), _select(cfg, "model.pos.factor")
+    pos = None if rule is None else (rule if factor in (None, 1, 1.0) else f"{rule}x{factor:g}")
+    return make_row(
+        run_id=_select(cfg, "run_id"), model=_select(cfg, "model.family"), pos=pos,
+        attention=_select(cfg, "model.attention.eval"), cache=_select(cfg, "cache.policy"),
+        task=_select(cfg, "task.name"), train_len=_select(cfg, "task.train_len"), seed=_select(cfg, "seed"),
+        stage=_select(cfg, "stage"), status="oom" if is_oom(err) else "error",
+        error=f"{type(err).__name__}: {err}"[:4000], traceback=traceback.format_exc()[-4000:])
+
+
+def record_failures(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Decorate a @hydra.main function: on any exception append an error row, then re-raise."""
+
+    @functools.wraps(main)
+    def wrapped(cfg: DictConfig) -> Any:
+        try:
+            return main(cfg)
+        except Exception as err:
+            run_dir = _select(cfg, "run_dir")
+            if run_dir:
+                append_row(Path(run_dir) / "results.jsonl", failure_row(cfg, err))
+            log.error("job failed: %s", err)
+            raise
+
+    return wrapped
