@@ -11,6 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+import pipeline.resolvers  # noqa: F401  (conf/ uses ${run_path:...})
 from pipeline.failures import record_failures
 from pipeline.run import evaluate_checkpoint
 

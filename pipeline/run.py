@@ -154,12 +154,15 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.get("checkpoint_every", 200)))
     costs = TrainCostProbe()
-    trainer = L.Trainer(**trainer_kwargs(cfg.trainer), default_root_dir=str(run_dir),
+    trainer = L.Trainer(**trainer_kwargs(cfg.trainer), default_root_dir=str(run_dir), use_distributed_sampler=False,
                         logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint, costs])
     for lg in trainer.loggers:
         lg.log_hyperparams({"config_hash": res.config_hash, "trainable_params": trainable, **flat_config(cfg)})
     resume = ckpt_dir / "last.ckpt"
-    trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None)
+    if resume.exists():  # a killed or requeued run: continue where its last checkpoint left off
+        read_checkpoint(resume)  # a truncated file fails here, naming it
+        log.info("resuming from %s", resume)
+    trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
     if trainer.global_rank != 0:
         return []
     if not trainer.fast_dev_run:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from tasks.base import Task, training_views
 from tasks.dataset import materialize, read_arrays
+from tasks.sampler import StepSampler
 from tasks.vocab import Vocab
 
 
@@ -55,15 +56,17 @@ class TaskDataModule(L.LightningDataModule):
         return self.batch_size // world
 
     def train_dataloader(self) -> DataLoader:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if world > 1:  # our own sampler: Lightning's would always shuffle the training set
-            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.trainer.global_rank,
-                                         shuffle=self.shuffle, seed=self.seed, drop_last=True)
-            return DataLoader(self.train_set, batch_size=self.per_device_batch(), sampler=sampler,
-                              drop_last=True, num_workers=self.num_workers)
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.per_device_batch(), shuffle=self.shuffle,
-                          drop_last=True, generator=g, num_workers=self.num_workers)
+        """Batches indexed by the optimizer step (tasks/sampler.py): resumes see the same data."""
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        steps = trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 \
+            else len(self.train_set) // self.batch_size
+        sampler = StepSampler(len(self.train_set), self.batch_size, steps,
+                              step=lambda: trainer.global_step if trainer is not None else 0,
+                              seed=self.seed, shuffle=self.shuffle, rank=rank, world=world)
+        return DataLoader(self.train_set, batch_size=self.per_device_batch(), sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.per_device_batch(), num_workers=self.num_workers)

@@ -2,6 +2,8 @@ import os
 import sys
 
 import pytest
+
+import pipeline.resolvers  # noqa: F401
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
