@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import torch
 
@@ -83,20 +84,47 @@ class ModelCache:
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
 
-    def clone(self) -> "ModelCache":
+    def reserve(self, capacity: int) -> None:
+        """Tell layers that can preallocate how many tokens will come (the evaluator knows)."""
+        for layer in self.layers:
+            if hasattr(layer, "reserve"):
+                layer.reserve(capacity)
+
+    def clone(self) -> ModelCache:
         """An independent copy (prefix caching: prefill once, ask many questions)."""
         return copy.deepcopy(self)
 
 
 class FullKVCache(KVLayerCache):
-    """Keeps every key and value, rotated at its absolute position."""
+    """Keeps every key and value, rotated at its absolute position.
+
+    Grows by concatenation, or, after ``reserve(capacity)``, writes into buffers allocated once:
+    no per-step copy of the whole cache, and the bytes held are those of the reserved length.
+    """
 
     def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
+        self.k: torch.Tensor | None = None  # (B, Hkv, held, D): held == tokens seen, or the capacity
         self.v: torch.Tensor | None = None
+        self.capacity: int | None = None
+
+    def reserve(self, capacity: int) -> None:
+        self.capacity = capacity
 
     def tensors(self) -> Iterator[torch.Tensor]:
         yield from (t for t in (self.k, self.v) if t is not None)
+
+    def _store(self, k: torch.Tensor, v: torch.Tensor, start: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.capacity is None or total > max(self.capacity, 0 if self.k is None else self.k.shape[2]):
+            self.k = k if self.k is None else torch.cat((self.k[:, :, :start], k), dim=2)  # (B, Hkv, total, D)
+            self.v = v if self.v is None else torch.cat((self.v[:, :, :start], v), dim=2)
+            return self.k, self.v
+        if self.k is None:
+            B, H, _, D = k.shape
+            self.k = k.new_zeros(B, H, self.capacity, D)
+            self.v = v.new_zeros(B, H, self.capacity, D)
+        self.k[:, :, start:total] = k
+        self.v[:, :, start:total] = v
+        return self.k[:, :, :total], self.v[:, :, :total]  # views, no copy
 
     def attend(self, q, k, v, positional, start):
         t = q.shape[2]
@@ -104,10 +132,9 @@ class FullKVCache(KVLayerCache):
         positions = torch.arange(start, total, device=q.device)
         q = positional.rotate(q, positions, total)
         k = positional.rotate(k, positions, total)
-        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)  # (B, Hkv, total, D)
-        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        keys, values = self._store(k, v, start, total)
         bias = positional.bias(positions, torch.arange(total, device=q.device))
-        return causal_sdpa(q, self.k, self.v, q_offset=start, bias=bias)
+        return causal_sdpa(q, keys, values, q_offset=start, bias=bias)
 
 
 # policy name -> factory(cfg, layer_idx, n_layers, n_kv_heads) building one layer's cache

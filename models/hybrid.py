@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from torch import nn
 
 from models.attention import AttentionConfig
 from models.cache import KV_POLICIES, CacheConfig, ModelCache
+from models.lm import DecoderLM
 from models.mamba import MambaBlock, MambaConfig, require_kernels, validate_mamba_knobs
 from models.positional import Positional
 from models.rope import PosConfig
@@ -89,7 +89,7 @@ class HybridConfig:
         )
 
 
-class Hybrid(nn.Module):
+class Hybrid(DecoderLM):
     """forward(input_ids (B, T), cache=None) -> logits (B, T, V)."""
 
     def __init__(self, cfg: HybridConfig) -> None:
@@ -117,19 +117,6 @@ class Hybrid(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         else:
             nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
-
-    def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
-        """Final hidden states after the last norm, (B, T, d_model)."""
-        start = 0 if cache is None else cache.seen
-        x = self.embed_tokens(input_ids)  # (B, T, d_model)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, None if cache is None else cache.layers[i], start)
-        if cache is not None:
-            cache.seen += input_ids.shape[1]
-        return self.norm(x)
-
-    def forward(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, cache))
 
     def new_cache(self, batch_size: int, policy: CacheConfig | str = "full") -> ModelCache:
         """KV caches of ``policy`` for attention layers (indexed among all layers), states for Mamba."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.cache import CacheConfig, LayerCache, ModelCache
+from models.lm import DecoderLM
 from models.scan import selective_scan
 from models.transformer import RMSNorm
 
@@ -256,7 +257,7 @@ class MambaBlock(nn.Module):
         return x + self.mixer(self.norm(x), layer_cache, start)
 
 
-class MambaLM(nn.Module):
+class MambaLM(DecoderLM):
     """forward(input_ids (B, T), cache=None) -> logits (B, T, V)."""
 
     def __init__(self, cfg: MambaConfig) -> None:
@@ -272,19 +273,6 @@ class MambaLM(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         else:
             nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
-
-    def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
-        """Final hidden states after the last norm, (B, T, d_model)."""
-        start = 0 if cache is None else cache.seen
-        x = self.embed_tokens(input_ids)  # (B, T, d_model)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, None if cache is None else cache.layers[i], start)
-        if cache is not None:
-            cache.seen += input_ids.shape[1]
-        return self.norm(x)
-
-    def forward(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, cache))
 
     def new_cache(self, batch_size: int, policy: CacheConfig | str = "full") -> ModelCache:
         """Zero conv and SSM states; a KV policy has nothing to act on here and is only recorded."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from models.attention import AttentionConfig, attend
 from models.cache import KV_POLICIES, CacheConfig, ModelCache
+from models.lm import DecoderLM
 from models.positional import Positional
 from models.rope import PosConfig
 
@@ -128,7 +129,7 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Transformer(nn.Module):
+class Transformer(DecoderLM):
     """forward(input_ids (B, T), cache=None) -> logits (B, T, V)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -150,19 +151,6 @@ class Transformer(nn.Module):
     @property
     def positional(self) -> Positional:
         return self.layers[0].self_attn.positional
-
-    def hidden_states(self, input_ids: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
-        """Final hidden states after the last norm, (B, T, d_model)."""
-        start = 0 if cache is None else cache.seen
-        x = self.embed_tokens(input_ids)  # (B, T, d_model)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, None if cache is None else cache.layers[i], start)
-        if cache is not None:
-            cache.seen += input_ids.shape[1]
-        return self.norm(x)
-
-    def forward(self, input_ids: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, cache))
 
     def new_cache(self, batch_size: int, policy: CacheConfig | str = "full") -> ModelCache:
         """An empty cache; KV tensors are allocated as tokens arrive."""

@@ -22,8 +22,8 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from models.attention import group_size
 from models.cache import CacheConfig
 from models.lora import LoraPlusConfig
-from pipeline.duo_stage import DuoConfig
 from models.registry import config_class
+from pipeline.duo_stage import DuoConfig
 from tasks.base import Task
 from tasks.registry import TASKS
 from tasks.vocab import Vocab

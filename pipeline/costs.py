@@ -23,7 +23,8 @@ class TrainCostProbe(L.Callback):
         self._t0 = 0.0
         self._tracker: AllocationTracker | None = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         if trainer.global_step == self.probe_step and self.peak_bytes is None:
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(pl_module.device)

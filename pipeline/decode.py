@@ -49,6 +49,7 @@ def decode_predictions(model: nn.Module, tokens: torch.Tensor, answer_mask: torc
     B, L = tokens.shape
     first = int(answer_mask.float().argmax(dim=1).min())  # common prompt prefix of the batch
     cache = model.new_cache(B, policy)
+    cache.reserve(L - 1)  # the last token is never fed
     logits = prefill(model, tokens[:, :first], cache, policy)  # (B, V)
     peak_cache = cache.nbytes()
     preds = tokens.clone()

@@ -57,7 +57,8 @@ def duo_schedule(total: int, floor: float = 0.1):
 
 
 class DuoGatesLM(L.LightningModule):
-    def __init__(self, model: nn.Module, duo: DuoConfig, query_token: int, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: nn.Module, duo: DuoConfig, query_token: int,
+                 config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model, self.duo, self.query_token = model, duo, query_token
         self.config = config or {}

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

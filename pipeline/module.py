@@ -14,7 +14,8 @@ from pipeline.config import OptimConfig
 from tasks.base import IGNORE
 
 
-def answer_logits(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_logits(model: nn.Module, input_ids: torch.Tensor,
+                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, V) and targets (N,) at the answer positions only.
 
     The head runs only where a label exists: with a few answer tokens per sequence this skips
@@ -27,7 +28,8 @@ def answer_logits(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tenso
     return model(input_ids)[keep], labels[keep]
 
 
-def answer_metrics(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_metrics(logits: torch.Tensor, targets: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Token accuracy and exact match (every answer token of a sequence right)."""
     correct = logits.argmax(-1) == targets  # (N,)
     keep = labels != IGNORE

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROW_FIELDS = (
     "run_id", "model", "pos", "attention", "cache", "task", "train_len", "eval_len", "depth", "seed",

@@ -6,8 +6,9 @@ measured peak memory of the decode loop (``pipeline.memory.measure_peak``: param
 allocated inside the loop, the re-allocated cache included), the cache's reported bytes and its
 analytic closed form. The model's fixed cost is the parameter bytes plus a per-step activation
 constant measured, per policy, at the shortest length; the check is whether measured peak is
-within 10% of fixed cost + analytic cache bytes. Growing caches (full, quest) re-allocate one
-layer's K or V with torch.cat each step, a transient that grows with length; it is printed too.
+within 10% of fixed cost + analytic cache bytes. The full cache is preallocated (``reserve``);
+growing caches (quest, duo's retrieval heads) re-allocate one layer's K or V with torch.cat each
+step, a transient that grows with length; it is printed too.
 
     python scripts/bench_decode.py --quick --json results/bench_decode.json
 """
@@ -63,7 +64,7 @@ def analytic_cache_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, 
 def cat_transient_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, layer_retrieval: int) -> int:
     """A growing cache re-allocates one layer's K (then V) per step: old and new live together."""
     per_head = batch * n * cfg.head_dim * 4
-    if name in ("full", "quest"):
+    if name == "quest":
         return cfg.n_kv_heads * per_head
     if name == "duo":  # the layer with the most retrieval heads (gates are cut globally)
         return layer_retrieval * per_head
@@ -74,6 +75,7 @@ def run_one(model: Transformer, policy: CacheConfig, prompt: torch.Tensor, steps
             repeats: int) -> dict:
     with torch.no_grad():
         cache = model.new_cache(prompt.shape[0], policy)
+        cache.reserve(prompt.shape[1] + steps)  # the full cache preallocates: no per-step copy
         logits = model(prompt, cache)
         nxt = logits[:, -1:].argmax(-1)
         seconds = float("inf")

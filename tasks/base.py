@@ -38,10 +38,10 @@ class TaskArrays:
         assert not self.answer_mask[:, 0].any(), "the first token cannot be an answer"
 
 
-TASKS: dict[str, type["Task"]] = {}
+TASKS: dict[str, type[Task]] = {}
 
 
-def register(cls: type["Task"]) -> type["Task"]:
+def register(cls: type[Task]) -> type[Task]:
     TASKS[cls.name] = cls
     return cls
 

@@ -9,7 +9,7 @@ a checkpoint, training continues on the batches it would have seen.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from torch.utils.data import Sampler

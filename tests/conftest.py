@@ -2,9 +2,9 @@ import os
 import sys
 
 import pytest
+import torch
 
 import pipeline.resolvers  # noqa: F401
-import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

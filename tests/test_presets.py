@@ -11,7 +11,8 @@ PRESETS = sorted(p[:-5] for p in os.listdir(os.path.join(CONF_DIR, "experiment")
 # Arms that presets sweep over with hydra.sweeper.params (exercised one by one here).
 ARMS = {"longlora": ["+variant=longlora", "+variant=lora"], "kv_policies": ["+kv=quest", "+kv=duo"],
         "arch_compare": ["model=mamba", "model=hybrid"]}
-SMOKE_BASE = 'base=["trainer.max_steps=2","cache.policy=full","stage=pretrain","fit=true","lora.enabled=false","model.attention.train=full"]'
+SMOKE_BASE = ('base=["trainer.max_steps=2","cache.policy=full","stage=pretrain","fit=true",'
+              '"lora.enabled=false","model.attention.train=full"]')
 
 
 def smoke(preset: str, extra: list[str]) -> list[str]:

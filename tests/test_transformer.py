@@ -106,3 +106,18 @@ def test_matches_hf_llama_reference():
     with torch.no_grad():
         ref = hf(input_ids=x).logits
     assert torch.allclose(ours(x), ref, atol=1e-5)
+
+
+def test_reserved_full_cache_equals_growing_cache_and_holds_the_reserved_bytes():
+    m = tiny(n_kv_heads=2)
+    x = torch.randint(0, 64, (2, 20))
+    grow, fixed = m.new_cache(2), m.new_cache(2)
+    fixed.reserve(20)
+    a = [m(x[:, :7], grow)] + [m(x[:, t : t + 1], grow) for t in range(7, 20)]
+    b = [m(x[:, :7], fixed)] + [m(x[:, t : t + 1], fixed) for t in range(7, 20)]
+    assert torch.allclose(torch.cat(a, 1), torch.cat(b, 1), atol=1e-6)
+    assert grow.nbytes() == fixed.nbytes() == 2 * 2 * 2 * 2 * 20 * 8 * 4
+    over = m.new_cache(2)
+    over.reserve(10)  # more tokens than reserved: falls back to growing
+    out = [m(x[:, :7], over)] + [m(x[:, t : t + 1], over) for t in range(7, 20)]
+    assert torch.allclose(torch.cat(out, 1), torch.cat(a, 1), atol=1e-6)

@@ -1,0 +1,36 @@
+"""What every family's language model shares: embed -> blocks (each with its layer cache) -> norm -> head.
+
+A family subclasses ``DecoderLM``, builds ``embed_tokens``, ``layers``, ``norm`` and ``lm_head``, and
+implements ``new_cache``; the forward contract is then the same for all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from models.cache import ModelCache
+
+
+class DecoderLM(nn.Module):
+    """forward(input_ids (B, T), cache=None) -> logits (B, T, V); blocks take (x, layer_cache, start)."""
+
+    embed_tokens: nn.Embedding
+    layers: nn.ModuleList
+    norm: nn.Module
+    lm_head: nn.Linear
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
+        """Final hidden states after the last norm, (B, T, d_model); advances ``cache.seen``."""
+        start = 0 if cache is None else cache.seen
+        x = self.embed_tokens(input_ids)  # (B, T, d_model)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if cache is None else cache.layers[i], start)
+        if cache is not None:
+            cache.seen += input_ids.shape[1]
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, cache))
