@@ -89,9 +89,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, layer_cache=None, start: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        if all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj)):
+            # one matmul for q, k, v (plain projections); adapters (LoRA) take the per-module path
+            w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+            q, k, v = F.linear(x, w).split((self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd), -1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         if layer_cache is not None:
             y = layer_cache.attend(q, k, v, self.positional, start)
         else:
