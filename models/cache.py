@@ -115,8 +115,9 @@ class FullKVCache(KVLayerCache):
 
     def _store(self, k: torch.Tensor, v: torch.Tensor, start: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.capacity is None or total > max(self.capacity, 0 if self.k is None else self.k.shape[2]):
-            self.k = k if self.k is None else torch.cat((self.k[:, :, :start], k), dim=2)  # (B, Hkv, total, D)
-            self.v = v if self.v is None else torch.cat((self.v[:, :, :start], v), dim=2)
+            # clone the first chunk: k/v may be views pinning the whole fused q/k/v projection output
+            self.k = k.clone() if self.k is None else torch.cat((self.k[:, :, :start], k), dim=2)  # (B, Hkv, total, D)
+            self.v = v.clone() if self.v is None else torch.cat((self.v[:, :, :start], v), dim=2)
             return self.k, self.v
         if self.k is None:
             B, H, _, D = k.shape

@@ -51,6 +51,10 @@ class DuoLayerCache(KVLayerCache):
         yield from self.full.tensors()
         yield from self.stream.tensors()
 
+    def reserve(self, capacity: int) -> None:
+        """Retrieval heads preallocate like the full cache; streaming heads are bounded anyway."""
+        self.full.reserve(capacity)
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positional,
                start: int) -> torch.Tensor:
         B, H, t, D = q.shape

@@ -50,8 +50,9 @@ class QuestCache(KVLayerCache):
         positions = torch.arange(start, total, device=q.device)
         q = positional.rotate(q, positions, total)
         k = positional.rotate(k, positions, total)
-        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)  # (B, Hkv, total, D)
-        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        # clone the first chunk: k/v may be views pinning the whole fused q/k/v projection output
+        self.k = k.clone() if self.k is None else torch.cat((self.k, k), dim=2)  # (B, Hkv, total, D)
+        self.v = v.clone() if self.v is None else torch.cat((self.v, v), dim=2)
         if self.sparse:  # recompute the bounds of the pages this call touched
             first = start // self.page_size
             lo, hi = page_bounds(self.k[:, :, first * self.page_size :], self.page_size)

@@ -7,7 +7,7 @@ allocated inside the loop, the re-allocated cache included), the cache's reporte
 analytic closed form. The model's fixed cost is the parameter bytes plus a per-step activation
 constant measured, per policy, at the shortest length; the check is whether measured peak is
 within 10% of fixed cost + analytic cache bytes. The full cache is preallocated (``reserve``);
-growing caches (quest, duo's retrieval heads) re-allocate one layer's K or V with torch.cat each
+the duo cache's retrieval heads too; quest grows and re-allocates one layer's K or V with torch.cat each
 step, a transient that grows with length; it is printed too.
 
     python scripts/bench_decode.py --quick --json results/bench_decode.json
@@ -66,8 +66,6 @@ def cat_transient_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, l
     per_head = batch * n * cfg.head_dim * 4
     if name == "quest":
         return cfg.n_kv_heads * per_head
-    if name == "duo":  # the layer with the most retrieval heads (gates are cut globally)
-        return layer_retrieval * per_head
     return 0
 
 
