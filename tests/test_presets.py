@@ -32,3 +32,12 @@ def test_preset_runs_one_step(preset, tmp_path, monkeypatch):
         overrides = smoke(preset, [arm] if arm else [])
         rows = train(compose_config(overrides, run_dir=str(tmp_path / f"run-{arm}")))
         assert rows and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+
+
+@pytest.mark.parametrize("suite", sorted(p[:-5] for p in os.listdir(os.path.join(CONF_DIR, "eval"))))
+def test_named_evaluation_suites_validate(suite, tmp_path):
+    from pipeline.config import validate
+
+    cfg = compose_config([f"eval={suite}", "task.train_len=128"], run_dir=str(tmp_path))
+    res = validate(cfg)
+    assert res.eval_tasks and res.eval.lengths
