@@ -61,6 +61,7 @@ class MambaConfig:
     init_std: float = 0.02  # embedding (and untied head) init
     kernel: str = "auto"  # auto: CUDA kernels if importable and on GPU | torch | cuda (required)
     chunk_size: Optional[int] = None  # torch scan steps per chunk; None: ~sqrt(length)
+    prefill_block: int = 512  # no-grad prefill through a cache runs in blocks of this many tokens
 
     def __post_init__(self) -> None:
         if self.family != "mamba":
@@ -79,6 +80,8 @@ def validate_mamba_knobs(cfg, extra_positive: tuple[str, ...] = ()) -> None:
     for name in (*extra_positive, "d_state", "d_conv", "expand", "dt_rank"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"model.{name}={getattr(cfg, name)} must be >= 1")
+    if getattr(cfg, "prefill_block", 1) < 1:
+        raise ValueError(f"model.prefill_block={cfg.prefill_block} must be >= 1")
     if cfg.chunk_size is not None and cfg.chunk_size < 1:
         raise ValueError(f"model.chunk_size={cfg.chunk_size} must be >= 1 or None (auto)")
     if not 0.0 < cfg.dt_min <= cfg.dt_max:
@@ -273,6 +276,18 @@ class MambaLM(DecoderLM):
             self.lm_head.weight = self.embed_tokens.weight
         else:
             nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
+        """As DecoderLM; a long no-grad prefill into a cache goes block by block, carrying the state.
+
+        The parallel scan materialises (B, T, d_inner, d_state); blocks bound that by
+        ``prefill_block`` tokens, so evaluation memory does not grow with the prompt.
+        """
+        T, block = input_ids.shape[1], self.cfg.prefill_block
+        if cache is None or torch.is_grad_enabled() or T <= block:
+            return super().hidden_states(input_ids, cache)
+        return torch.cat([super(MambaLM, self).hidden_states(input_ids[:, s : s + block], cache)
+                          for s in range(0, T, block)], dim=1)
 
     def new_cache(self, batch_size: int, policy: CacheConfig | str = "full") -> ModelCache:
         """Zero conv and SSM states; a KV policy has nothing to act on here and is only recorded."""

@@ -249,3 +249,21 @@ def test_cuda_kernels_equal_torch_path(family):
 def test_dt_rank_default_is_ceil_d_model_over_16():
     assert MambaConfig(d_model=40).dt_rank == math.ceil(40 / 16)
     assert HybridConfig(d_model=40, n_heads=4).dt_rank == 3
+
+
+def test_blocked_no_grad_prefill_equals_one_shot_prefill():
+    from models.mamba import MambaConfig, MambaLM
+
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(vocab_size=64, d_model=32, n_layers=2, prefill_block=7)).eval()
+    x = torch.randint(0, 64, (2, 30))
+    with torch.no_grad():
+        blocked_cache = model.new_cache(2)
+        blocked = model(x, blocked_cache)
+        reference = model(x)  # no cache: one parallel pass
+        nxt = model(x[:, :1], blocked_cache)
+        one = model.new_cache(2)
+        model.cfg.prefill_block = 10_000
+        model(x, one)
+        assert torch.allclose(nxt, model(x[:, :1], one), atol=1e-5)
+    assert torch.allclose(blocked, reference, atol=1e-5)
