@@ -1,7 +1,7 @@
 """Pareto: accuracy vs cache bytes per sequence, one colour per cache policy, the front as a line.
 
-Per task, at the longest eval length where at least two configurations ran: each point is one label
-(model/pos/attention/cache, budgets included), its marker the model family. The front joins the
+Per task, one panel per eval length where at least two configurations ran (the last four): each
+point is one label (model/pos/attention/cache, budgets included), its marker the model family. The front joins the
 points no other point beats with fewer bytes.
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from .results import ok_rows, weighted_mean
-from .style import FAMILY_MARKERS, PLAIN, SINGLE_COL, Palette, cache_policy, legend_below, paper_style, save
+from .style import DOUBLE_COL, FAMILY_MARKERS, PLAIN, SINGLE_COL, Palette, cache_policy, legend_below, paper_style, save
 
 
 def pareto_front(points: pd.DataFrame, x: str = "cache_bytes", y: str = "accuracy") -> pd.DataFrame:
@@ -38,39 +38,43 @@ def pareto_points(g: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
+    """One panel per eval length (up to four, longest last): quality against bytes as length grows."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter
 
     paths: list[Path] = []
     for task, g in df.groupby("task", sort=True):
         ok = ok_rows(g)
-        lengths = sorted(ok.loc[ok["cache_bytes"].fillna(0) > 0, "eval_len"].dropna().unique(), reverse=True)
-        chosen = next(((L, p) for L in lengths if len(p := pareto_points(g[g["eval_len"] == L])) >= 2), None)
-        if chosen is None:
+        lengths = sorted(ok.loc[ok["cache_bytes"].fillna(0) > 0, "eval_len"].dropna().unique())
+        panels = [(L, p.dropna(subset=["accuracy"])) for L in lengths
+                  if len(p := pareto_points(g[g["eval_len"] == L])) >= 2][-4:]
+        if not panels:
             continue
-        length, pts = chosen
-        pts = pts.dropna(subset=["accuracy"])
         with paper_style():
-            fig, ax = plt.subplots(figsize=(SINGLE_COL, 2.3))
-            front = pareto_front(pts)
-            ax.plot(front["cache_bytes"] / 2**20, front["accuracy"], color="0.5", linewidth=0.9,
-                    drawstyle="steps-post", zorder=1)
-            for r in pts.itertuples(index=False):
-                ax.scatter(r.cache_bytes / 2**20, r.accuracy, color=palette.cache_color(r.cache),
-                           marker=palette.marker(r.label), s=22, zorder=2, edgecolor="white", linewidth=0.4)
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(PLAIN)
-            if pts["cache_bytes"].max() < 10 * pts["cache_bytes"].min():  # < 1 decade: no major ticks
-                ax.xaxis.set_minor_formatter(PLAIN)
-            ax.set_xlabel("KV cache / state per sequence (MiB)")
-            ax.set_ylabel("exact match")
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_title(f"{task}, eval length {int(length)}")
+            width = SINGLE_COL if len(panels) == 1 else DOUBLE_COL
+            fig, axes = plt.subplots(1, len(panels), figsize=(width, 2.3), sharey=True, squeeze=False)
+            for ax, (length, pts) in zip(axes[0], panels):
+                front = pareto_front(pts)
+                ax.plot(front["cache_bytes"] / 2**20, front["accuracy"], color="0.5", linewidth=0.9,
+                        drawstyle="steps-post", zorder=1)
+                for r in pts.itertuples(index=False):
+                    ax.scatter(r.cache_bytes / 2**20, r.accuracy, color=palette.cache_color(r.cache),
+                               marker=palette.marker(r.label), s=22, zorder=2, edgecolor="white", linewidth=0.4)
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 0.02, 0.05, 0.1, ...
+                ax.xaxis.set_major_formatter(PLAIN)
+                ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded minor labels
+                ax.set_xlabel("KV cache / state (MiB/seq)")
+                ax.set_ylim(-0.03, 1.03)
+                ax.set_title(f"{task}, L={int(length)}")
+            axes[0][0].set_ylabel("exact match")
+            pts = pd.concat([p for _, p in panels])
             policies = sorted({cache_policy(c) for c in pts["cache"]}, key=lambda c: (c != "full", c))
             families = [f for f in FAMILY_MARKERS if f in set(pts["model"].astype(str))]
             dot = dict(marker="o", linestyle="none")
             handles = [Line2D([], [], color=palette.cache_color(c), **dot) for c in policies]
             handles += [Line2D([], [], color="0.3", **dict(dot, marker=FAMILY_MARKERS[f])) for f in families]
             handles.append(Line2D([], [], color="0.5", linewidth=0.9))
-            legend_below(fig, handles, policies + families + ["Pareto front"], ncol=3)
+            legend_below(fig, handles, policies + families + ["Pareto front"], ncol=len(handles))
             paths += save(fig, out, f"pareto_{task}")
     return paths
