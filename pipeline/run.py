@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
@@ -229,7 +230,11 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str,
     model = build_model(res.model)
     state = model_state(ckpt)
     gates = state.pop("duo_gates", None)  # a duo_gates checkpoint: serve its gates to the duo policy
+    if any(".lora_A." in k for k in state):  # a LoRA(+) extension checkpoint: load adapters, then fold them
+        apply_lora(model, dataclasses.replace(res.lora, enabled=True))
     load_weights(model, state, source=f"ckpt={cfg.ckpt}")
+    if has_lora(model):
+        merge_lora(model)
     if gates is not None and res.cache.policy == "duo" and res.cache.gates_path == "learned":
         gates_file = Path(run_dir_of(cfg)) / "gates.pt"
         save_gates(gates, str(gates_file))

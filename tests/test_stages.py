@@ -27,8 +27,13 @@ def test_extend_with_yarn_lora_and_shifted_sparse(pretrained, tmp_path):
     assert r["pos"] == "yarnx2" and r["attention"] == "shifted_sparse->full" and r["stage"] == "extend"
     full = sum(p.numel() for p in torch.load(pretrained, weights_only=True)["state_dict"].values())
     assert 0 < r["trainable_params"] < full
-    # the exported checkpoint has adapters; eval merges nothing itself and must still load it
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    # the checkpoint keeps the adapters (resumable); eval.py loads them and folds them in
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert any(".lora_A." in k for k in torch.load(ckpt, weights_only=True)["state_dict"])
+    ov = [f"ckpt={ckpt}", "eval.lengths=[64]", "eval.depths=[0.0]", "eval.n_examples=4"]
+    again = evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path / "ev")), ov)
+    assert again[0]["status"] == "ok" and again[0]["depth"] == rows[0]["depth"] == 0.0
+    assert again[0]["token_accuracy"] == rows[0]["token_accuracy"]  # same examples, same merged weights
 
 
 def test_extend_rejects_a_mismatched_checkpoint(pretrained, tmp_path):
