@@ -61,7 +61,7 @@ class MambaConfig:
     init_std: float = 0.02  # embedding (and untied head) init
     kernel: str = "auto"  # auto: CUDA kernels if importable and on GPU | torch | cuda (required)
     chunk_size: Optional[int] = None  # torch scan steps per chunk; None: ~sqrt(length)
-    prefill_block: int = 512  # no-grad prefill through a cache runs in blocks of this many tokens
+    prefill_block: int = 128  # no-grad prefill through a cache runs in blocks of this many tokens
 
     def __post_init__(self) -> None:
         if self.family != "mamba":
