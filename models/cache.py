@@ -113,7 +113,8 @@ class FullKVCache(KVLayerCache):
     def tensors(self) -> Iterator[torch.Tensor]:
         yield from (t for t in (self.k, self.v) if t is not None)
 
-    def _store(self, k: torch.Tensor, v: torch.Tensor, start: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def store(self, k: torch.Tensor, v: torch.Tensor, start: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep k, v (B, Hkv, t, D) for tokens start..total-1; returns all keys and values so far."""
         if self.capacity is None or total > max(self.capacity, 0 if self.k is None else self.k.shape[2]):
             # clone the first chunk: k/v may be views pinning the whole fused q/k/v projection output
             self.k = k.clone() if self.k is None else torch.cat((self.k[:, :, :start], k), dim=2)  # (B, Hkv, total, D)
@@ -133,7 +134,7 @@ class FullKVCache(KVLayerCache):
         positions = torch.arange(start, total, device=q.device)
         q = positional.rotate(q, positions, total)
         k = positional.rotate(k, positions, total)
-        keys, values = self._store(k, v, start, total)
+        keys, values = self.store(k, v, start, total)
         bias = positional.bias(positions, torch.arange(total, device=q.device))
         return causal_sdpa(q, keys, values, q_offset=start, bias=bias)
 

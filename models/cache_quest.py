@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from models.attention import causal_sdpa
-from models.cache import KV_POLICIES, LABELS, VALIDATORS, CacheConfig, KVLayerCache
+from models.cache import KV_POLICIES, LABELS, VALIDATORS, CacheConfig, FullKVCache, KVLayerCache
 
 
 def page_bounds(k: torch.Tensor, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,13 +35,16 @@ class QuestCache(KVLayerCache):
     def __init__(self, budget: int, page_size: int, sparse: bool) -> None:
         self.budget_pages = max(1, budget // page_size)
         self.page_size, self.sparse = page_size, sparse
-        self.k: torch.Tensor | None = None  # (B, Hkv, N, D) rotated, absolute positions
-        self.v: torch.Tensor | None = None
+        self.kv = FullKVCache()  # (B, Hkv, N, D) rotated, absolute positions; preallocates on reserve()
         self.kmin: torch.Tensor | None = None  # (B, Hkv, pages, D), sparse layers only
         self.kmax: torch.Tensor | None = None
 
     def tensors(self) -> Iterator[torch.Tensor]:
-        yield from (t for t in (self.k, self.v, self.kmin, self.kmax) if t is not None)
+        yield from self.kv.tensors()
+        yield from (t for t in (self.kmin, self.kmax) if t is not None)
+
+    def reserve(self, capacity: int) -> None:
+        self.kv.reserve(capacity)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positional,
                start: int) -> torch.Tensor:
@@ -50,40 +53,38 @@ class QuestCache(KVLayerCache):
         positions = torch.arange(start, total, device=q.device)
         q = positional.rotate(q, positions, total)
         k = positional.rotate(k, positions, total)
-        # clone the first chunk: k/v may be views pinning the whole fused q/k/v projection output
-        self.k = k.clone() if self.k is None else torch.cat((self.k, k), dim=2)  # (B, Hkv, total, D)
-        self.v = v.clone() if self.v is None else torch.cat((self.v, v), dim=2)
+        keys, values = self.kv.store(k, v, start, total)  # (B, Hkv, total, D)
         if self.sparse:  # recompute the bounds of the pages this call touched
             first = start // self.page_size
-            lo, hi = page_bounds(self.k[:, :, first * self.page_size :], self.page_size)
+            lo, hi = page_bounds(keys[:, :, first * self.page_size :], self.page_size)
             self.kmin = lo if first == 0 else torch.cat((self.kmin[:, :, :first], lo), dim=2)
             self.kmax = hi if first == 0 else torch.cat((self.kmax[:, :, :first], hi), dim=2)
         if not self.sparse or t > 1 or self.kmin.shape[2] <= self.budget_pages:
             bias = positional.bias(positions, torch.arange(total, device=q.device))
-            return causal_sdpa(q, self.k, self.v, q_offset=start, bias=bias)
-        return self._decode_sparse(q, positional, total)
+            return causal_sdpa(q, keys, values, q_offset=start, bias=bias)
+        return self._decode_sparse(q, positional, keys, values)
 
     def select_pages(self, q: torch.Tensor) -> torch.Tensor:
         """Rotated q (B, H, 1, D) -> the pages each query head reads, (B, Hkv, G, budget_pages)."""
         B, H, _, D = q.shape
-        Hkv = self.k.shape[1]
+        Hkv = self.kmax.shape[1]
         qg = q.view(B, Hkv, H // Hkv, D)  # (B, Hkv, G, D)
         # sum_i max(q_i m_i, q_i M_i) = q+ . M + q- . m: two matmuls instead of a (.., pages, D) tensor
         score = qg.clamp(min=0) @ self.kmax.transpose(-1, -2) + qg.clamp(max=0) @ self.kmin.transpose(-1, -2)
         score[..., -1] = float("inf")  # the current page is always read
         return score.topk(self.budget_pages, dim=-1).indices  # (B, Hkv, G, bp)
 
-    def _decode_sparse(self, q: torch.Tensor, positional, total: int) -> torch.Tensor:
+    def _decode_sparse(self, q: torch.Tensor, positional, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         B, H, _, D = q.shape
-        Hkv, P = self.k.shape[1], self.page_size
+        Hkv, total, P = keys.shape[1], keys.shape[2], self.page_size
         G = H // Hkv
         pages = self.select_pages(q)
         tok = (pages[..., None] * P + torch.arange(P, device=q.device)).flatten(-2)  # (B, Hkv, G, bp*P)
         valid = tok < total  # the partial last page
         tok = tok.clamp(max=total - 1)
         idx = tok[..., None].expand(*tok.shape, D)
-        k_sel = self.k[:, :, None].expand(B, Hkv, G, total, D).gather(3, idx)  # (B, Hkv, G, L, D)
-        v_sel = self.v[:, :, None].expand(B, Hkv, G, total, D).gather(3, idx)
+        k_sel = keys[:, :, None].expand(B, Hkv, G, total, D).gather(3, idx)  # (B, Hkv, G, L, D)
+        v_sel = values[:, :, None].expand(B, Hkv, G, total, D).gather(3, idx)
         qg = q.view(B, Hkv, G, 1, D)
         logits = (qg @ k_sel.transpose(-1, -2)).squeeze(-2) * D**-0.5  # (B, Hkv, G, L)
         bias = positional.bias(torch.tensor([total - 1], device=q.device),

@@ -3,12 +3,12 @@
 For each policy (full, sink_window, duo with 50% retrieval heads, quest) and context length:
 prefill the prompt densely, then decode N tokens one at a time. Reports decode tokens/s, the
 measured peak memory of the decode loop (``pipeline.memory.measure_peak``: parameters + tensors
-allocated inside the loop, the re-allocated cache included), the cache's reported bytes and its
+allocated inside the loop), the cache's reported bytes and its
 analytic closed form. The model's fixed cost is the parameter bytes plus a per-step activation
 constant measured, per policy, at the shortest length; the check is whether measured peak is
-within 10% of fixed cost + analytic cache bytes. The full cache is preallocated (``reserve``);
-the duo cache's retrieval heads too; quest grows and re-allocates one layer's K or V with torch.cat each
-step, a transient that grows with length; it is printed too.
+within 10% of fixed cost + analytic cache bytes. Caches that keep every token (full, duo's
+retrieval heads, quest) are preallocated for the known length (``ModelCache.reserve``), so no
+step copies the whole cache.
 
     python scripts/bench_decode.py --quick --json results/bench_decode.json
 """
@@ -61,14 +61,6 @@ def analytic_cache_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, 
     raise ValueError(name)
 
 
-def cat_transient_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, layer_retrieval: int) -> int:
-    """A growing cache re-allocates one layer's K (then V) per step: old and new live together."""
-    per_head = batch * n * cfg.head_dim * 4
-    if name == "quest":
-        return cfg.n_kv_heads * per_head
-    return 0
-
-
 def run_one(model: Transformer, policy: CacheConfig, prompt: torch.Tensor, steps: int,
             repeats: int) -> dict:
     with torch.no_grad():
@@ -110,7 +102,7 @@ def main() -> None:
     params = module_bytes(model)
     gates = torch.rand(cfg.n_layers, cfg.n_kv_heads)
     roles = deploy_gates(gates, sparsity=0.5)  # as the duo cache will deploy them
-    retrieval, layer_retrieval = int(roles.sum()), int(roles.sum(dim=1).max())
+    retrieval = int(roles.sum())
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "gates.pt")
         save_gates(gates, path)
@@ -123,30 +115,24 @@ def main() -> None:
             prompt = torch.randint(0, cfg.vocab_size, (1, L))
             for name, pol in pols.items():
                 r = run_one(model, pol, prompt, steps, args.repeats)
-                r.update(name=name, L=L, analytic=analytic_cache_bytes(name, cfg, L + steps, 1, retrieval),
-                         transient=cat_transient_bytes(name, cfg, L + steps, 1, layer_retrieval))
+                r.update(name=name, L=L, analytic=analytic_cache_bytes(name, cfg, L + steps, 1, retrieval))
                 rows.append(r)
                 print(f"  {name:12s} L={L:6d} {r['tok_s']:8.1f} tok/s", flush=True)
 
-    # per-step activation constant at the shortest length (with and without the cat transient)
+    # per-step activation constant, measured at the shortest length
     act = {r["name"]: r["peak"] - params - r["analytic"] for r in rows if r["L"] == lengths[0]}
-    act_t = {r["name"]: act[r["name"]] - r["transient"] for r in rows if r["L"] == lengths[0]}
     full_tok = {r["L"]: r["tok_s"] for r in rows if r["name"] == "full"}
     records = []
     print(f"\nparams {params} B; decode {steps} tokens, batch 1, threads {args.threads}; "
           f"sink+window {SINK}+{WINDOW}, quest budget {BUDGET} page {PAGE}, duo 50% retrieval heads")
     print(f"{'policy':12s} {'L':>6s} {'tok/s':>8s} {'x full':>7s} {'cache B':>11s} {'analytic B':>11s} "
-          f"{'peak B':>11s} {'fixed+cache':>11s} {'err':>7s} {'<=10%':>6s} "
-          f"{'+transient':>11s} {'err':>7s} {'<=10%':>6s}")
+          f"{'peak B':>11s} {'fixed+cache':>11s} {'err':>7s} {'<=10%':>6s}")
     for r in rows:
         predicted = params + act[r["name"]] + r["analytic"]
         err = r["peak"] / predicted - 1
-        with_t = params + act_t[r["name"]] + r["analytic"] + r["transient"]
-        err_t = r["peak"] / with_t - 1
         print(f"{r['name']:12s} {r['L']:6d} {r['tok_s']:8.1f} {r['tok_s'] / full_tok[r['L']]:7.2f} "
               f"{r['cache']:11d} {r['analytic']:11d} {r['peak']:11d} {predicted:11d} {err:+7.1%} "
-              f"{'yes' if abs(err) <= 0.10 else 'NO':>6s} {with_t:11d} {err_t:+7.1%} "
-              f"{'yes' if abs(err_t) <= 0.10 else 'NO':>6s}")
+              f"{'yes' if abs(err) <= 0.10 else 'NO':>6s}")
         tag = f"{r['name']}/L={r['L']}"
         records += [
             {"name": f"decode_tok_s/{tag}", "baseline": full_tok[r["L"]], "value": r["tok_s"],
@@ -155,8 +141,6 @@ def main() -> None:
              "ratio": r["cache"] / r["analytic"], "unit": "bytes"},
             {"name": f"peak_decode_bytes/{tag}", "baseline": predicted, "value": r["peak"],
              "ratio": r["peak"] / predicted, "unit": "bytes"},
-            {"name": f"peak_decode_bytes_with_transient/{tag}", "baseline": with_t, "value": r["peak"],
-             "ratio": r["peak"] / with_t, "unit": "bytes"},
         ]
     print()
     ends = lambda name: [r for r in rows if r["name"] == name and r["L"] in (lengths[0], lengths[-1])]
