@@ -60,8 +60,11 @@ class TaskDataModule(L.LightningDataModule):
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        steps = trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 \
-            else len(self.train_set) // self.batch_size
+        per_epoch = len(self.train_set) // self.batch_size
+        if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
+            steps = trainer.max_steps
+        else:  # epoch-based: all epochs form one step-indexed stream
+            steps = per_epoch * max(1, (trainer.max_epochs or 1) if trainer is not None else 1)
         sampler = StepSampler(len(self.train_set), self.batch_size, steps,
                               step=lambda: trainer.global_step if trainer is not None else 0,
                               seed=self.seed, shuffle=self.shuffle, rank=rank, world=world)

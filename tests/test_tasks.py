@@ -86,3 +86,16 @@ def test_dataset_cache_is_reused_and_regenerated_on_config_change(tmp_path):
     assert len([p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]) == len(entries) + 1
     tokens, mask = read_arrays(ds1)
     assert tokens.shape == (100, 64) and mask.dtype == bool
+
+
+def test_step_sampler_resumes_on_the_same_examples_and_splits_ranks():
+    from tasks.sampler import StepSampler
+
+    step = {"s": 0}
+    full = list(StepSampler(10, 4, total_steps=6, step=lambda: step["s"], seed=1))
+    assert len(full) == 24 and sorted(full[:8]) == sorted(set(full[:8]))  # an epoch has no repeats
+    step["s"] = 3
+    assert list(StepSampler(10, 4, total_steps=6, step=lambda: step["s"], seed=1)) == full[12:]
+    step["s"] = 0
+    ranks = [list(StepSampler(10, 4, 6, lambda: 0, seed=1, rank=r, world=2)) for r in (0, 1)]
+    assert ranks[0] == full[0::2] and ranks[1] == full[1::2]
