@@ -60,3 +60,21 @@ def test_wandb_logger_works_offline(tmp_path):
     offline = list(tmp_path.rglob("offline-run-*"))
     assert offline, "wandb must write an offline run, with no network"
     assert rows_under(run)
+
+
+def test_slurm_launcher_ties_tasks_and_gpus_to_trainer_devices():
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "trainer=gpu", "trainer.devices=4",
+                                           "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
+    assert OmegaConf.select(cfg, "hydra.launcher.tasks_per_node") == 4
+    assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 4
+    assert launcher["signal_delay_s"] > 0 and launcher["max_num_timeout"] > 0
