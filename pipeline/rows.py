@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +57,3 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
-
-
-def write_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
-    for row in rows:
-        append_row(path, row)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.base import IGNORE, SPLIT_OFFSETS, hide_answers, make_rng, split_seed, training_views
+from tasks.base import IGNORE, SPLIT_OFFSETS, hide_answers, make_rng, prompt_and_answer, split_seed, training_views
 from tasks.dataset import generate, materialize, read_arrays
 from tasks.mqar import Mqar
 from tasks.niah import Niah
@@ -99,3 +99,11 @@ def test_step_sampler_resumes_on_the_same_examples_and_splits_ranks():
     step["s"] = 0
     ranks = [list(StepSampler(10, 4, 6, lambda: 0, seed=1, rank=r, world=2)) for r in (0, 1)]
     assert ranks[0] == full[0::2] and ranks[1] == full[1::2]
+
+
+def test_prompt_and_answer_views():
+    t = Niah(train_len=64, value_len=3)
+    a = generate(t, V, "test", 4, 64, 0, depth=0.5)
+    prompt, answer = prompt_and_answer(a.tokens, a.answer_mask, 2)
+    assert len(prompt) == 64 - 3 and prompt[-1] == V.ANSWER
+    assert np.array_equal(answer, a.tokens[2, -3:])
