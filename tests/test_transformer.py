@@ -92,14 +92,7 @@ def test_matches_hf_llama_reference():
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attention_bias=False, mlp_bias=False)
     hf_cfg._attn_implementation = "eager"
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    state = {}
-    for k, v in ours.state_dict().items():
-        if "gate_up_proj" in k:  # ours fuses [gate; up] into one matmul
-            gate, up = v.chunk(2, dim=0)
-            state["model." + k.replace("gate_up_proj", "gate_proj")] = gate
-            state["model." + k.replace("gate_up_proj", "up_proj")] = up
-        else:
-            state[k if k.startswith("lm_head") else "model." + k] = v
+    state = {k if k.startswith("lm_head") else "model." + k: v for k, v in ours.state_dict().items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary" in k for k in missing)
     x = torch.randint(0, 64, (2, 40))
