@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -33,11 +34,9 @@ def hf_llama(cfg: TransformerConfig) -> torch.nn.Module:
     return transformers.LlamaForCausalLM(hf_cfg)
 
 
-def tokens_per_s(model: torch.nn.Module, hf: bool, batch: int, T: int, vocab: int, steps: int,
-                 device: str) -> float:
-    model.to(device).train()
+def make_step(model: torch.nn.Module, hf: bool, x: torch.Tensor, vocab: int):
+    """One fwd + bwd + AdamW step of ``model`` on ``x`` (full next-token loss, as any LM trains)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, vocab, (batch, T), device=device)
 
     def step() -> None:
         logits = model(input_ids=x).logits if hf else model(x)
@@ -46,15 +45,27 @@ def tokens_per_s(model: torch.nn.Module, hf: bool, batch: int, T: int, vocab: in
         loss.backward()
         opt.step()
 
-    step()  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return batch * T * steps / (time.perf_counter() - t0)
+    return step
+
+
+def interleaved_tokens_per_s(steps: dict, tokens: int, n: int, warmup: int, device: str) -> dict[str, float]:
+    """Alternate one step of each model n times; tokens/s from each one's median step time.
+
+    Interleaving per step and taking medians keeps a noisy shared machine from favouring whichever
+    model happened to run during a quiet stretch.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + n):
+        for name, step in steps.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: tokens / statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -69,14 +80,13 @@ def main() -> None:
     records = []
     for T in (512, 2048):
         batch = max(1, 4096 // T)
-        steps = 3 if args.quick else 10
         torch.manual_seed(0)
-        ours, ref = Transformer(cfg), hf_llama(cfg)
-        rounds = [(tokens_per_s(ours, False, batch, T, cfg.vocab_size, steps, args.device),
-                   tokens_per_s(ref, True, batch, T, cfg.vocab_size, steps, args.device)) for _ in range(3)]
-        value, baseline = max(r[0] for r in rounds), max(r[1] for r in rounds)  # best of interleaved rounds
-        records.append({"name": f"train_tokens_per_s_T{T}", "baseline": baseline, "value": value,
-                        "ratio": value / baseline, "unit": "tokens/s"})
+        x = torch.randint(0, cfg.vocab_size, (batch, T), device=args.device)
+        steps = {"ours": make_step(Transformer(cfg).to(args.device).train(), False, x, cfg.vocab_size),
+                 "hf": make_step(hf_llama(cfg).to(args.device).train(), True, x, cfg.vocab_size)}
+        rate = interleaved_tokens_per_s(steps, batch * T, n=5 if args.quick else 20, warmup=2, device=args.device)
+        records.append({"name": f"train_tokens_per_s_T{T}", "baseline": rate["hf"], "value": rate["ours"],
+                        "ratio": rate["ours"] / rate["hf"], "unit": "tokens/s"})
     print(f"{'bench':<28}{'HF Llama':>14}{'ours':>14}{'ratio':>8}")
     for r in records:
         print(f"{r['name']:<28}{r['baseline']:>14.0f}{r['value']:>14.0f}{r['ratio']:>8.2f}")
