@@ -28,7 +28,7 @@ from tasks.vocab import Vocab
 # --- 1. resume after SIGKILL --------------------------------------------------------------------
 
 RESUME = [o for o in TINY if o not in ("trainer=smoke", "logger=none")] + [
-    "trainer=cpu", "trainer.max_steps=40", "trainer.val_check_interval=20", "checkpoint_every=5",
+    "trainer=cpu", "trainer.max_steps=200", "trainer.val_check_interval=100", "checkpoint_every=5",
     "data.n_train=128", "evaluate=false", "logger=none", "+trainer.enable_progress_bar=false"]
 
 
@@ -40,7 +40,7 @@ def launch(run_dir: Path, cache: Path) -> subprocess.Popen:
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert ckpt["global_step"] == 40
+    assert ckpt["global_step"] == 200
     return ckpt["state_dict"]
 
 
@@ -49,13 +49,19 @@ def test_sigkill_then_same_command_resumes_to_identical_weights(tmp_path):
     assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
     killed = launch(tmp_path / "run", tmp_path / "cache")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    def step_of(path: Path) -> int:
+        try:
+            return torch.load(path, weights_only=True)["global_step"]
+        except Exception:  # not written yet
+            return -1
+
     deadline = time.time() + 240
-    while time.time() < deadline and not (last.exists() and torch.load(last, weights_only=True)["global_step"] >= 10):
-        time.sleep(0.2)
+    while time.time() < deadline and step_of(last) < 10:
+        time.sleep(0.1)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     step_at_kill = torch.load(last, weights_only=True)["global_step"]
-    assert 10 <= step_at_kill < 40, step_at_kill
+    assert 10 <= step_at_kill < 200, step_at_kill
     again = launch(tmp_path / "run", tmp_path / "cache")  # the same command
     assert again.wait(timeout=300) == 0, again.stderr.read()[-2000:]
     a, b = final_weights(tmp_path / "ref"), final_weights(tmp_path / "run")
