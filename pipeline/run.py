@@ -69,7 +69,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
 
 def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
     return dict(run_id=run_id, **describe(res.model), train_len=res.task.train_len,
-                train_task=res.task.name, stage=cfg.get("stage", "pretrain"), config_hash=res.config_hash)
+                train_task=res.task.name, stage=cfg.get("stage", "pretrain"), config_hash=res.config_hash,
+                variant=cfg.get("variant_name"))  # a study arm's name (conf/variant), if any
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -143,6 +143,8 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
         df["label"] = pd.Series(dtype=str)
         return df
     base = [base_label(*r) for r in df[["model", "pos", "attention", "cache"]].itertuples(index=False)]
+    if "variant" in df.columns:  # study arms that differ in training only (e.g. full FT vs LoRA)
+        base = [f"{b} [{v}]" if _present(v) else b for b, v in zip(base, df["variant"])]
     df["label"] = base
     lens = df.groupby("label")["train_len"].nunique()
     several = set(lens[lens > 1].index)
