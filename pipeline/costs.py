@@ -21,11 +21,13 @@ class TrainCostProbe(L.Callback):
         self.times: list[float] = []
         self.peak_bytes: int | None = None
         self._t0 = 0.0
+        self._probing = False
         self._tracker: AllocationTracker | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if trainer.global_step == self.probe_step and self.peak_bytes is None:
+        self._probing = trainer.global_step == self.probe_step and self.peak_bytes is None
+        if self._probing:
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(pl_module.device)
             else:
@@ -38,17 +40,18 @@ class TrainCostProbe(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         elapsed = time.perf_counter() - self._t0
-        probing = self._tracker is not None or (
-            pl_module.device.type == "cuda" and trainer.global_step - 1 == self.probe_step and self.peak_bytes is None)
-        if self._tracker is not None:
-            self._tracker.__exit__(None, None, None)
-            # optimizer state persists across steps, so count it with the module's own tensors
-            self.peak_bytes = module_bytes(pl_module) + optimizer_bytes(trainer) + self._tracker.peak
-            self._tracker = None
-        elif probing:
+        if not self._probing:
+            if trainer.global_step > self.skip:
+                self.times.append(elapsed)
+            return
+        self._probing = False
+        if self._tracker is None:
             self.peak_bytes = int(torch.cuda.max_memory_allocated(pl_module.device))
-        elif trainer.global_step > self.skip:
-            self.times.append(elapsed)
+            return
+        self._tracker.__exit__(None, None, None)
+        # optimizer state persists across steps, so count it with the module's own tensors
+        self.peak_bytes = module_bytes(pl_module) + optimizer_bytes(trainer) + self._tracker.peak
+        self._tracker = None
 
     def summary(self) -> dict[str, Any]:
         return {"train_step_s": sum(self.times) / len(self.times) if self.times else None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from models.duo import detach_duo_gates, save_gates
+from models.duo import detach_duo_gates
+from models.duo import save_gates as save_gate_file
 from models.lora import apply_lora, has_lora, merge_lora, trainable_parameters
 from models.registry import build_model
 from pipeline.checkpoint import load_weights, model_state, read_checkpoint
@@ -80,6 +80,9 @@ def count_params(model: torch.nn.Module) -> int:
 def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Path, run_id: str,
              device: torch.device, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     model.to(device)
+    learned = run_dir / "gates.pt"
+    if res.cache.policy == "duo" and res.cache.gates_path == "learned" and learned.exists():
+        res.cache.gates_path = str(learned)  # this run's (or its checkpoint's) gates
     base = dict(row_base(cfg, res, run_id), n_params=count_params(model), **(extra or {}))
     rows = evaluate_grid(
         model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
@@ -91,6 +94,14 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
                                       run_dir / ROWS_FILE, device)
     print_summary(rows, title=f"{run_id}: {describe(res.model)}")
     return rows
+
+
+def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
+    """Write learned DuoAttention gates as run_dir/gates.pt; evaluation serves them to
+    ``cache.gates_path=learned`` (validation accepts that name before the gates exist)."""
+    path = run_dir / "gates.pt"
+    save_gate_file(gates, str(path))
+    return path
 
 
 def build_module(cfg: DictConfig, res: Resolved, model: torch.nn.Module) -> L.LightningModule:
@@ -149,7 +160,7 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
         return rows + evaluate(model, cfg, res, run_dir, run_id, device_of(cfg), {"finetuned": False})
     lit = build_module(cfg, res, model)
     trainable = trainable_parameters(model)
-    log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
+    log.info("trainable parameters: %d of %d", trainable, count_params(model))
     data = TaskDataModule(res.task, res.vocab, res.data.n_train, res.data.n_val, res.data.batch_size,
                           int(cfg.seed), res.data.cache_dir, res.data.num_workers, res.data.shuffle)
     ckpt_dir = run_dir / "checkpoints"
@@ -171,12 +182,8 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
         trainer.save_checkpoint(resume)
     extra = dict(trainable_params=trainable, finetuned=bool(cfg.get("init_from")), **costs.summary())
     if cfg.get("stage") == "duo_gates":
-        gates_file = run_dir / "gates.pt"
-        save_gates(lit.gates, str(gates_file))
-        extra["gates_path"] = str(gates_file)
+        extra["gates_path"] = str(save_gates(lit.gates, run_dir))
         detach_duo_gates(model)
-        if res.cache.policy == "duo" and res.cache.gates_path == "learned":
-            res.cache.gates_path = str(gates_file)
     if has_lora(model):
         merge_lora(model)  # evaluation and export use plain merged weights
     if not cfg.get("evaluate", True):
@@ -236,11 +243,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str,
     load_weights(model, state, source=f"ckpt={cfg.ckpt}")
     if has_lora(model):
         merge_lora(model)
-    if gates is not None and res.cache.policy == "duo" and res.cache.gates_path == "learned":
-        gates_file = Path(run_dir_of(cfg)) / "gates.pt"
-        save_gates(gates, str(gates_file))
-        res.cache.gates_path = str(gates_file)
     run_dir = run_dir_of(cfg)
+    if gates is not None:
+        save_gates(gates, run_dir)
     run_id = cfg.get("run_id") or f"eval-{Path(str(cfg.ckpt)).parent.parent.name}-{uuid.uuid4().hex[:6]}"
-    os.makedirs(run_dir, exist_ok=True)
     return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
