@@ -185,6 +185,14 @@ def trainer_kwargs(node: Any) -> dict[str, Any]:
     return kwargs
 
 
+def attention_layers(model: Any) -> int:
+    """Layers a KV-cache policy acts on: all of a transformer's, a hybrid's ``A`` layers, none of Mamba's."""
+    if model.family == "mamba":
+        return 0
+    layers = getattr(model, "layers", None)
+    return layers.count("A") if isinstance(layers, str) else int(getattr(model, "n_layers", 1))
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Hash of the resolved config minus run-location keys, so equal experiments hash equal."""
     container = OmegaConf.to_container(cfg, resolve=False)
@@ -238,6 +246,12 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
                 raise ConfigError(str(err)) from None
     lora = to_dataclass(LoraPlusConfig, cfg.get("lora"), "lora")
     duo = to_dataclass(DuoConfig, cfg.get("duo"), "duo")
+    n_attention = attention_layers(model)
+    if cache.policy != "full" and n_attention == 0:
+        raise ConfigError(f"cache.policy={cache.policy!r} on model.family={model.family!r}"
+                          f"{'' if model.family == 'mamba' else f' (model.layers={model.layers!r})'}: a KV policy "
+                          "needs attention layers and this model has none (its decode state is constant); "
+                          "allowed: cache=full")
     if lora.enabled and stage == "duo_gates":
         raise ConfigError("lora.enabled=true with stage=duo_gates: the duo stage trains only the gates")
     if stage == "duo_gates" and model.family != "transformer":

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import ConfigError
 from pipeline.evaluate import is_oom
 from pipeline.rows import append_row, make_row
 
@@ -46,11 +50,46 @@ def record_failures(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig],
     def wrapped(cfg: DictConfig) -> Any:
         try:
             return main(cfg)
+        except ConfigError as err:
+            if single_run() and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                # A config error in a single run: the message alone, and no run directory left behind
+                # (it holds nothing yet). Sweeps keep the error row, so collect.py lists the failed job.
+                remove_empty_run_dir(_select(cfg, "run_dir"))
+                print(f"config error: {err}", file=sys.stderr)
+                sys.exit(2)
+            return _record(cfg, err)
         except Exception as err:
-            run_dir = _select(cfg, "run_dir")
-            if run_dir:
-                append_row(Path(run_dir) / "results.jsonl", failure_row(cfg, err))
-            log.error("job failed: %s", err)
-            raise
+            return _record(cfg, err)
 
     return wrapped
+
+
+def _record(cfg: DictConfig, err: Exception) -> Any:
+    run_dir = _select(cfg, "run_dir")
+    if run_dir:
+        append_row(Path(run_dir) / "results.jsonl", failure_row(cfg, err))
+    log.error("job failed: %s", err)
+    raise err
+
+
+def single_run() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.RUN
+    except Exception:  # called outside Hydra (tests): behave as a sweep job, which raises
+        return False
+
+
+def remove_empty_run_dir(run_dir: str | None) -> None:
+    """Delete a run directory that holds only Hydra's bookkeeping (.hydra/, the job log)."""
+    if not run_dir or not Path(run_dir).is_dir():
+        return
+    path = Path(run_dir)
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            path.parent.rmdir()  # the date folder, when this was its only run
+        except OSError:
+            pass

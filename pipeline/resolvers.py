@@ -12,3 +12,15 @@ def run_path(run_id: str | None, stamp: str, root: str = "outputs") -> str:
 
 if not OmegaConf.has_resolver("run_path"):
     OmegaConf.register_new_resolver("run_path", run_path)
+
+
+def times(base: int, factors: list[float] | float) -> list[int] | int:
+    """``${times:${task.train_len},[1,2,4,8]}``: lengths relative to the training length, so an
+    evaluation grid follows whatever task (and minimum length) a run trains on."""
+    if isinstance(factors, (int, float)):
+        return int(round(float(base) * factors))
+    return [int(round(float(base) * f)) for f in factors]
+
+
+if not OmegaConf.has_resolver("times"):
+    OmegaConf.register_new_resolver("times", times)

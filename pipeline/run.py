@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -12,9 +14,10 @@ import lightning as L
 import torch
 from filelock import FileLock
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from models.cache import CacheConfig
 from models.duo import detach_duo_gates
 from models.duo import save_gates as save_gate_file
 from models.lora import apply_lora, has_lora, merge_lora, trainable_parameters
@@ -24,13 +27,16 @@ from pipeline.config import Resolved, trainer_kwargs, validate
 from pipeline.costs import TrainCostProbe
 from pipeline.duo_stage import DuoGatesLM
 from pipeline.evaluate import evaluate_grid
+from pipeline.interrupt import CheckpointOnInterrupt
 from pipeline.module import LitLM
 from pipeline.prefix import evaluate_prefix_cache
+from pipeline.quiet import silence_known_noise
 from pipeline.summary import print_summary
 from tasks.datamodule import TaskDataModule
 
 log = logging.getLogger(__name__)
 ROWS_FILE = "results.jsonl"
+silence_known_noise()  # also in DDP worker processes, which import this module
 
 
 def describe(model_cfg: Any) -> dict[str, Any]:
@@ -84,16 +90,37 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
     if res.cache.policy == "duo" and res.cache.gates_path == "learned" and learned.exists():
         res.cache.gates_path = str(learned)  # this run's (or its checkpoint's) gates
     base = dict(row_base(cfg, res, run_id), n_params=count_params(model), **(extra or {}))
+    policy = scoped_policy(res.cache, res.model)
     rows = evaluate_grid(
         model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
-        res.eval.batch_size, res.cache, int(cfg.seed), base, run_dir / ROWS_FILE,
+        res.eval.batch_size, policy, int(cfg.seed), base, run_dir / ROWS_FILE,
         decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device)
     if res.eval.prefix_cache:
         rows += evaluate_prefix_cache(model, res.task, res.vocab, res.eval.lengths, res.eval.n_examples,
-                                      res.eval.batch_size, res.eval.n_questions, res.cache, int(cfg.seed), base,
+                                      res.eval.batch_size, res.eval.n_questions, policy, int(cfg.seed), base,
                                       run_dir / ROWS_FILE, device)
     print_summary(rows, title=f"{run_id}: {describe(res.model)}")
+    log.info("rows in %s", run_dir / ROWS_FILE)
     return rows
+
+
+@dataclasses.dataclass
+class ScopedCacheConfig(CacheConfig):
+    """A KV policy on a hybrid: it acts on the attention layers only, and its row label says so."""
+
+    scope: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{super().label}[{self.scope}]"
+
+
+def scoped_policy(policy: CacheConfig, model_cfg: Any) -> CacheConfig:
+    layers = getattr(model_cfg, "layers", None)
+    if policy.policy == "full" or not isinstance(layers, str):
+        return policy
+    fields = {f.name: getattr(policy, f.name) for f in dataclasses.fields(CacheConfig)}
+    return ScopedCacheConfig(**fields, scope=f"attn layers {layers.count('A')}/{len(layers)}")
 
 
 def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
@@ -114,29 +141,70 @@ def build_module(cfg: DictConfig, res: Resolved, model: torch.nn.Module) -> L.Li
 
 
 def base_config(cfg: DictConfig) -> DictConfig | None:
-    """Studies: the pretraining run that produces ``init_from``, from ``cfg.base`` (dotlist overrides)."""
+    """Studies: the pretraining run that produces ``init_from``, from ``cfg.base`` (dotlist overrides).
+
+    Its directory is ``<init_from's run dir>-<hash>``, the hash of everything that shapes the base
+    (model, task, data, optimiser, trainer, seed), so a base trained under other settings (a
+    smaller ``scale``, fewer steps) is never silently reused. It is evaluated at its own length only.
+    """
     if not cfg.get("base") or not cfg.get("init_from"):
         return None
     base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.set_struct(base, False)
     base.merge_with(OmegaConf.from_dotlist(list(cfg.base)))
     base.stage, base.init_from, base.base, base.fit, base.zero_shot_eval = "pretrain", None, None, True, False
-    base.run_dir = str(Path(cfg.init_from).parent.parent)
+    base.variant_name = None
+    base.eval.lengths, base.eval.tasks, base.eval.prefix_cache = [int(base.task.train_len)], None, False
+    shaping = {k: OmegaConf.to_container(base[k]) if isinstance(base.get(k), DictConfig) else base.get(k)
+               for k in ("model", "task", "data", "optim", "trainer", "seed", "vocab_size")}
+    digest = hashlib.md5(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    template = Path(cfg.init_from).parent.parent
+    base.run_dir = str(template.with_name(f"{template.name}-{digest}"))
     base.run_id = f"base-{Path(base.run_dir).name}"
     return base
 
 
+def base_accuracy(run_dir: Path, train_len: int) -> float | None:
+    """Held-out exact match (prefill + decode) of a base run at its training length, from its rows."""
+    rows_file = run_dir / ROWS_FILE
+    if not rows_file.exists():
+        return None
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip().startswith("{")]
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("eval_len") == train_len
+          and r.get("accuracy") is not None]
+    n = sum(r.get("n_examples") or 0 for r in ok)
+    return sum(r["accuracy"] * (r.get("n_examples") or 0) for r in ok) / n if n else None
+
+
 def ensure_base(cfg: DictConfig) -> None:
-    """Pretrain ``init_from`` once if it is missing; concurrent sweep jobs wait on a file lock."""
+    """Pretrain the study's base model once (concurrent sweep jobs wait on a file lock), point
+    ``init_from`` at it, and stop unless it learned its task (``base_min_accuracy``)."""
     base = base_config(cfg)
-    if base is None or Path(cfg.init_from).exists():
+    if base is None:
         return
     validate(base)
-    Path(base.run_dir).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(base.run_dir) + ".lock"):
-        if not Path(cfg.init_from).exists():
-            log.info("pretraining the study's base model into %s", base.run_dir)
+    run_dir = Path(base.run_dir)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(run_dir) + ".lock"):
+        if not ckpt.exists() or base_accuracy(run_dir, int(base.task.train_len)) is None:
+            log.info("pretraining the study's base model into %s", run_dir)
             train(base)
+    with open_dict(cfg):
+        cfg.init_from = str(ckpt)
+    acc = base_accuracy(run_dir, int(base.task.train_len))
+    floor = float(cfg.get("base_min_accuracy", 0.0) or 0.0)
+    if acc is None or acc < floor:
+        raise BaseNotLearned(
+            f"the study's base model {run_dir} reached exact match {acc if acc is None else round(acc, 3)} on "
+            f"held-out {base.task.name} at its length {base.task.train_len}, below base_min_accuracy={floor}: "
+            f"the study would compare noise. Train it longer (base_steps=...), change its task, or set "
+            f"base_min_accuracy=0 to go on anyway.")
+    log.info("base model %s: exact match %.3f at L=%s", run_dir, acc, base.task.train_len)
+
+
+class BaseNotLearned(RuntimeError):
+    """A study's base model did not learn its task; nothing downstream would mean anything."""
 
 
 def train(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -144,6 +212,7 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     res = validate(cfg)  # every config error surfaces here, before data or steps
     ensure_base(cfg)
     run_dir = run_dir_of(cfg)
+    log.info("run dir: %s", run_dir)
     run_id = cfg.get("run_id") or f"{res.model.family}-{res.task.name}-{uuid.uuid4().hex[:6]}"
     L.seed_everything(int(cfg.seed), workers=True)
     model = build_model(res.model)
@@ -167,8 +236,12 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.get("checkpoint_every", 200)))
     costs = TrainCostProbe()
-    trainer = L.Trainer(**trainer_kwargs(cfg.trainer), default_root_dir=str(run_dir), use_distributed_sampler=False,
-                        logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint, costs])
+    kwargs = trainer_kwargs(cfg.trainer)
+    callbacks = [checkpoint, costs, CheckpointOnInterrupt(ckpt_dir / "last.ckpt")]
+    if kwargs.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())
+    trainer = L.Trainer(**kwargs, default_root_dir=str(run_dir), use_distributed_sampler=False,
+                        logger=build_loggers(cfg, run_dir) or False, callbacks=callbacks)
     for lg in trainer.loggers:
         lg.log_hyperparams({"config_hash": res.config_hash, "trainable_params": trainable, **flat_config(cfg)})
     resume = ckpt_dir / "last.ckpt"
@@ -179,7 +252,7 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     if trainer.global_rank != 0:
         return []
     if not trainer.fast_dev_run:
-        trainer.save_checkpoint(resume)
+        trainer.save_checkpoint(resume, weights_only=False)  # a full checkpoint: the resume point
     extra = dict(trainable_params=trainable, finetuned=bool(cfg.get("init_from")), **costs.summary())
     if cfg.get("stage") == "duo_gates":
         extra["gates_path"] = str(save_gates(lit.gates, run_dir))
@@ -187,8 +260,17 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     if has_lora(model):
         merge_lora(model)  # evaluation and export use plain merged weights
     if not cfg.get("evaluate", True):
+        log.info("run dir: %s (evaluate=false)", run_dir)
         return rows
     return rows + evaluate(model, cfg, res, run_dir, run_id, device_of(cfg), extra)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's bar without "Epoch 0/-2": step-based runs have no epoch count to show."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        steps = self.trainer.max_steps
+        return f"step {self.trainer.global_step}" + (f"/{steps}" if steps and steps > 0 else "")
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
@@ -244,6 +326,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str,
     if has_lora(model):
         merge_lora(model)
     run_dir = run_dir_of(cfg)
+    log.info("run dir: %s", run_dir)
     if gates is not None:
         save_gates(gates, run_dir)
     run_id = cfg.get("run_id") or f"eval-{Path(str(cfg.ckpt)).parent.parent.name}-{uuid.uuid4().hex[:6]}"
