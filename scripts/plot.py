@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path] | str]:
             print(f"  {kind:15s} {len(pngs)} figure(s): {', '.join(p.name for p in pngs[:4])}"
                   f"{' ...' if len(pngs) > 4 else ''}")
     print(f"figures in {args.out}/ ({', '.join(args.format)})")
+    failed = [k for k, r in done.items() if isinstance(r, str) and r.startswith("failed:")]
+    if failed:
+        sys.exit(f"error: {len(failed)} figure kind(s) failed ({', '.join(failed)}); the others were drawn")
     return done
 
 

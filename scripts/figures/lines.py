@@ -1,47 +1,63 @@
 """Accuracy vs eval length and memory vs eval length: one line per label, one figure per task.
 
-Fine-tuned rows (stage extend / duo_gates, or finetuned=True) are solid and zero-shot rows dashed,
-whenever the table holds both kinds. Cells that ran out of memory are marked with an x on the axis
-edge in the label's colour, so an OOM never reads as accuracy 0 or as missing.
+Line style carries a study's arm only where it is one: a label evaluated both before and after
+fine-tuning (rows ``stage=zero_shot`` and fine-tuned rows) draws its zero-shot line dashed; everything
+else is solid. Accuracy points carry a 95% Wilson interval and the figure says n; labels are nudged
+apart on the length axis so coinciding lines stay visible. Cells that ran out of memory are marked
+with an x on the axis edge in the label's colour, so an OOM never reads as accuracy 0 or as missing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
+from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
 
-from .results import accuracy_by
-from .style import DOUBLE_COL, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save, stage_linestyle
+from .stats import accuracy_with_interval, n_note
+from .style import DOUBLE_COL, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save
 
-
-def stage_column(df: pd.DataFrame) -> pd.Series:
-    """``finetuned`` when present (True/False), else ``stage``; the line style follows it."""
-    if "finetuned" in df.columns and df["finetuned"].notna().any():
-        return df["finetuned"].astype(str)
-    if "stage" in df.columns:
-        return df["stage"].astype(str)
-    return pd.Series("pretrain", index=df.index)
+ZERO_SHOT, FINE_TUNED, TRAINED = "zero-shot", "fine-tuned", "trained"
 
 
-def _with_stage(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(_stage=stage_column(df))
+def phase_column(df: pd.DataFrame) -> pd.Series:
+    """``zero-shot`` (stage=zero_shot), ``fine-tuned`` (extend / duo_gates / finetuned=True) or ``trained``.
+
+    Rows without ``finetuned`` (eval.py runs, older rows) or with mixed types never break this."""
+    stage = df["stage"].astype(str) if "stage" in df.columns else pd.Series("pretrain", index=df.index)
+    tuned = df["finetuned"].map(lambda v: str(v).lower() == "true") if "finetuned" in df.columns else False
+    phase = np.where(stage == "zero_shot", ZERO_SHOT,
+                     np.where(stage.isin(["extend", "duo_gates"]) | tuned, FINE_TUNED, TRAINED))
+    return pd.Series(phase, index=df.index)
+
+
+def _compared_labels(acc: pd.DataFrame) -> set[str]:
+    """Labels seen both zero-shot and after training: only there does the line style mean something."""
+    phases = acc.groupby("label")["_phase"].nunique()
+    return set(phases[phases > 1].index)
 
 
 def _length_axis(ax: Axes, lengths: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [str(L) for L in lengths])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("eval length (tokens)")
     for label in ax.get_xticklabels():
         label.set_rotation(45 if len(lengths) > 5 else 0)
+    if lengths:  # room for the nudged points at both ends
+        ax.set_xlim(lengths[0] / 2**0.35, lengths[-1] * 2**0.35)
 
 
 def _train_lines(ax: Axes, df: pd.DataFrame) -> None:
+    """A dotted line at each training length, labelled ``train L=...`` at the top of the axes."""
     for t in sorted(df["train_len"].dropna().unique()):
         ax.axvline(float(t), color="0.4", linestyle=":", linewidth=0.9, zorder=0)
+        ax.annotate(f"train L={int(t)}", (float(t), 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -2), textcoords="offset points", fontsize=6, color="0.35", va="top",
+                    rotation=90)
 
 
 def _mark_oom(ax: Axes, df: pd.DataFrame, palette: Palette, y: float) -> bool:
@@ -58,49 +74,94 @@ def _mark_oom(ax: Axes, df: pd.DataFrame, palette: Palette, y: float) -> bool:
     return marked
 
 
-def _legend(fig, ax: Axes, labels: list[str], palette: Palette, stages: list[str], oom: bool) -> None:
+def _nudges(labels: list[str], width: float = 0.18) -> dict[str, float]:
+    """Multiplicative x offsets (log axis) spreading ``labels`` over +-width/2 octaves."""
+    if len(labels) < 2:
+        return {lb: 1.0 for lb in labels}
+    steps = np.linspace(-width / 2, width / 2, len(labels))
+    return {lb: float(2.0**s) for lb, s in zip(labels, steps)}
+
+
+def _legend(fig, labels: list[str], palette: Palette, styles: bool, oom: bool,
+            names: dict[str, str] | None = None) -> None:
     handles = [Line2D([], [], color=palette.color(lb), marker=palette.marker(lb)) for lb in labels]
-    names = list(labels)
-    if len(set(stages)) > 1:
+    text = [(names or {}).get(lb, lb) for lb in labels]
+    if styles:
         handles += [Line2D([], [], color="0.3", linestyle="-"), Line2D([], [], color="0.3", linestyle="--")]
-        names += ["fine-tuned", "zero-shot"]
+        text += [FINE_TUNED, ZERO_SHOT]
     if oom:
         handles.append(Line2D([], [], color="0.3", marker="x", linestyle="none"))
-        names.append("OOM")
-    legend_below(fig, handles, names)
+        text.append("OOM")
+    legend_below(fig, handles, text)
 
 
 def plot_accuracy_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
-    """Per task: accuracy (example-weighted over depths, slices, seeds) vs eval length."""
+    """Per task: accuracy (example-weighted over depths, slices, seeds) vs eval length, 95% Wilson bars."""
     import matplotlib.pyplot as plt
 
     paths: list[Path] = []
-    df = _with_stage(df)
+    df = df.assign(_phase=phase_column(df))
     for task, g in df.groupby("task", sort=True):
-        acc = accuracy_by(g, ["label", "_stage", "eval_len"])
+        acc = accuracy_with_interval(g, ["label", "_phase", "eval_len"])
         if acc.empty or acc["eval_len"].nunique() < 2:
             continue
-        stages = sorted(acc["_stage"].unique())
+        compared = _compared_labels(acc)
+        labels = palette.sort(acc["label"])
+        nudge = _nudges(labels)
         with paper_style():
-            fig, ax = plt.subplots(figsize=(SINGLE_COL, 2.2))
-            for (label, stage), s in sorted(acc.groupby(["label", "_stage"]),
+            fig, ax = plt.subplots(figsize=(SINGLE_COL, 2.4))
+            for (label, phase), s in sorted(acc.groupby(["label", "_phase"]),
                                             key=lambda kv: (palette.rank(kv[0][0]), kv[0][1])):
                 s = s.sort_values("eval_len")
-                ax.plot(s["eval_len"], s["accuracy"], color=palette.color(label),
-                        marker=palette.marker(label), linestyle=stage_linestyle(stage, stages))
+                x = s["eval_len"].astype(float) * nudge[label]
+                dashed = phase == ZERO_SHOT and label in compared
+                ax.errorbar(x, s["accuracy"], yerr=[s["accuracy"] - s["lo"], s["hi"] - s["accuracy"]],
+                            color=palette.color(label), marker=palette.marker(label),
+                            linestyle="--" if dashed else "-", capsize=1.5, elinewidth=0.6,
+                            markerfacecolor="white" if dashed else palette.color(label))
             _train_lines(ax, g)
             oom = _mark_oom(ax, g, palette, y=0.0)
             _length_axis(ax, sorted(g["eval_len"].dropna().astype(int).unique()))
             ax.set_ylim(-0.03, 1.03)
-            ax.set_ylabel("exact match")
-            ax.set_title(str(task))
-            _legend(fig, ax, palette.sort(acc["label"]), palette, stages, oom)
+            ax.set_ylabel("exact match (95% CI)")
+            ax.set_title(f"{task} ({n_note(acc['n'])})")
+            _legend(fig, labels, palette, bool(compared), oom)
             paths += save(fig, out, f"accuracy_vs_length_{task}")
     return paths
 
 
+def _merge_identical(m: pd.DataFrame, col: str, labels: list[str]) -> dict[str, list[str]]:
+    """Labels whose series are equal within 1% drawn once: first label -> every label it stands for."""
+    series = {lb: m[m["label"] == lb].set_index("eval_len")[col].sort_index() for lb in labels}
+    groups: dict[str, list[str]] = {}
+    for lb in labels:
+        for head in groups:
+            a, b = series[head], series[lb]
+            if a.index.equals(b.index) and np.allclose(a.values, b.values, rtol=0.01):
+                groups[head].append(lb)
+                break
+        else:
+            groups[lb] = [lb]
+    return groups
+
+
+def _log_bytes_axis(ax: Axes) -> None:
+    """Log y with labels at 1-2-5 steps, so even a range under one decade carries several ticks."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(PLAIN)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+MAMBA_CPU_CAVEAT = ("Mamba/hybrid peak memory on CPU counts the PyTorch scan's per-chunk tensors, an artefact of "
+                    "this implementation (CUDA kernels keep only the constant state)")
+
+
 def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
-    """Per task: peak memory and cache bytes per sequence vs eval length (log y), two panels."""
+    """Per task: peak memory and cache bytes per sequence vs eval length (log y), two panels.
+
+    Labels with identical values (e.g. every RoPE rule of one transformer) are drawn once and named
+    together in the legend, so no line hides another."""
     import matplotlib.pyplot as plt
 
     paths: list[Path] = []
@@ -108,32 +169,34 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
     ok = df[df["status"] == "ok"]
     for task, g in df.groupby("task", sort=True):
         gok = ok[ok["task"] == task]
-        have = [c for c in cols if (gok[c].fillna(0) > 0).any()]
+        have = [c for c in cols if (pd.to_numeric(gok[c], errors="coerce").fillna(0) > 0).any()]
         if not have or gok["eval_len"].nunique() < 2:
             continue
         with paper_style():
-            fig, axes = plt.subplots(1, len(have), figsize=(DOUBLE_COL if len(have) > 1 else SINGLE_COL, 2.1),
+            fig, axes = plt.subplots(1, len(have), figsize=(DOUBLE_COL if len(have) > 1 else SINGLE_COL, 2.2),
                                      squeeze=False)
-            oom = False
+            oom, names, drawn = False, {}, []
             for ax, col in zip(axes[0], have):
+                values = pd.to_numeric(gok[col], errors="coerce")
                 # max over depths / slices / seeds: memory is a worst case, not an average
-                m = gok[gok[col] > 0].groupby(["label", "eval_len"])[col].max().reset_index()
-                for label in palette.sort(m["label"]):
-                    s = m[m["label"] == label].sort_values("eval_len")
-                    ax.plot(s["eval_len"], s[col] / 2**20, color=palette.color(label),
-                            marker=palette.marker(label))
-                ax.set_yscale("log")
+                m = gok.assign(**{col: values})[values > 0].groupby(["label", "eval_len"])[col].max().reset_index()
+                groups = _merge_identical(m, col, palette.sort(m["label"]))
+                for head, members in groups.items():
+                    s = m[m["label"] == head].sort_values("eval_len")
+                    ax.plot(s["eval_len"], s[col] / 2**20, color=palette.color(head), marker=palette.marker(head))
+                    drawn.append(head)
+                    if len(members) > 1:
+                        names[head] = f"{head} (= {len(members) - 1} more: " + ", ".join(
+                            str(x).split("/")[1] if "/" in str(x) else str(x) for x in members[1:]) + ")"
+                _log_bytes_axis(ax)
                 ax.set_ylabel("MiB")
                 ax.set_title(f"{task}: " + {"peak_mem_bytes": "peak memory",
                                             "cache_bytes": "KV cache / state per sequence"}[col])
-                ax.yaxis.set_major_formatter(PLAIN)
-                if m[col].max() < 10 * m[col].min():  # under one decade: label the minor ticks too
-                    ax.yaxis.set_minor_formatter(PLAIN)
                 _train_lines(ax, g)
                 oom |= _mark_oom(ax, g, palette, y=1.0)
                 _length_axis(ax, sorted(g["eval_len"].dropna().astype(int).unique()))
-            labels = palette.sort(gok.loc[gok[have].fillna(0).gt(0).any(axis=1), "label"])
-            _legend(fig, axes[0][0], labels, palette, [], oom)
+            _legend(fig, palette.sort(drawn), palette, False, oom, names)
+            if "peak_mem_bytes" in have and gok["model"].astype(str).isin(["mamba", "hybrid"]).any():
+                fig.text(0.5, 0.0, MAMBA_CPU_CAVEAT, ha="center", va="top", fontsize=6, color="0.35", wrap=True)
             paths += save(fig, out, f"memory_vs_length_{task}")
     return paths
-

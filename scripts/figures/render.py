@@ -6,6 +6,8 @@ never an error, so one ``plot.py`` call over a mixed sweep yields every figure i
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,36 @@ def render(df: pd.DataFrame, out: str | Path, kinds: Iterable[str] | None = None
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown figure kinds {unknown}; allowed: {list(KINDS)}")
-    ctx = Context(df, Path(out), palette or make_palette(df), [Path(d) for d in dirs])
+    out = Path(out)
+    done: dict[str, list[Path] | str] = {}
     with save_options(formats, dpi):
-        return {kind: KINDS[kind](ctx) for kind in kinds}
+        for kind in kinds:
+            done[kind] = _draw_atomically(kind, df, out, palette or make_palette(df), [Path(d) for d in dirs])
+    return done
+
+
+class FigureError(RuntimeError):
+    """A figure kind failed; its message says which and why (the other kinds were still drawn)."""
+
+
+def _draw_atomically(kind: str, df: pd.DataFrame, out: Path, palette: Palette,
+                     dirs: list[Path]) -> list[Path] | str:
+    """Draw one kind into a scratch folder and move its files into ``out`` only when all of them were
+    written: a failure leaves no partial figure set behind; it is reported as ``failed: ...``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{kind}-") as scratch:
+        try:
+            result = KINDS[kind](Context(df, Path(scratch), palette, dirs))
+        except Exception as err:  # noqa: BLE001  (one broken kind never costs the others)
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+            return f"failed: {type(err).__name__}: {err}"
+        if isinstance(result, str):
+            return result
+        moved = []
+        for path in result:
+            target = out / Path(path).name
+            os.replace(path, target)
+            moved.append(target)
+        return moved
