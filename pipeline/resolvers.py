@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 
 def run_path(run_id: str | None, stamp: str, root: str = "outputs") -> str:
@@ -14,12 +14,12 @@ if not OmegaConf.has_resolver("run_path"):
     OmegaConf.register_new_resolver("run_path", run_path)
 
 
-def times(base: int, factors: list[float] | float) -> list[int] | int:
+def times(base: int, factors: list[float] | float) -> ListConfig | int:
     """``${times:${task.train_len},[1,2,4,8]}``: lengths relative to the training length, so an
     evaluation grid follows whatever task (and minimum length) a run trains on."""
     if isinstance(factors, (int, float)):
         return int(round(float(base) * factors))
-    return [int(round(float(base) * f)) for f in factors]
+    return ListConfig([int(round(float(base) * f)) for f in factors])  # a node: OmegaConf.resolve keeps it
 
 
 if not OmegaConf.has_resolver("times"):

@@ -76,7 +76,16 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
 def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
     return dict(run_id=run_id, **describe(res.model), train_len=res.task.train_len,
                 train_task=res.task.name, stage=cfg.get("stage", "pretrain"), config_hash=res.config_hash,
-                variant=cfg.get("variant_name"))  # a study arm's name (conf/variant), if any
+                variant=cfg.get("variant_name"),  # a study arm's name (conf/variant), if any
+                arm_hash=arm_hash(cfg))  # equal for seeds of one configuration; collect/plot keep others apart
+
+
+def arm_hash(cfg: DictConfig) -> str:
+    """Hash of what defines an experiment arm: the config without seed, run names and locations."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    for volatile in ("hydra", "paths", "run_dir", "run_id", "seed", "init_from", "evaluate", "checkpoint_every"):
+        container.pop(volatile, None)
+    return hashlib.md5(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -199,3 +199,138 @@ def test_plot_cli_on_a_collected_table(sweep: Path, tmp_path: Path, capsys: pyte
     for suffix in ("png", "pdf"):
         assert (tmp_path / "figs" / f"pareto_niah.{suffix}").stat().st_size > 0
     assert "pareto" in capsys.readouterr().out
+
+
+def test_wilson_interval_matches_closed_form_values() -> None:
+    from figures.stats import wilson
+
+    # Brown, Cai & DasGupta (2001) / textbook values: 0 of 10 -> [0, 0.2775]; 50 of 100 -> [0.4038, 0.5962]
+    assert wilson(0.0, 10) == pytest.approx((0.0, 0.27753), abs=1e-4)
+    assert wilson(0.5, 100) == pytest.approx((0.40383, 0.59617), abs=1e-4)
+    lo, hi = wilson(0.9, 64)
+    assert lo < 0.9 < hi and hi - lo < wilson(0.9, 16)[1] - wilson(0.9, 16)[0]  # narrower with more n
+
+
+def test_plot_survives_eval_rows_without_finetuned_and_leaves_no_partial_figures(sweep: Path, tmp_path: Path) -> None:
+    """An eval.py run dir (rows without `finetuned`) next to train.py rows (finetuned=True/False)."""
+    root = tmp_path / "outputs"
+    _write_run(root, "train", _niah_rows("transformer", "rope", "extend", 256, 1.0, "t", extra={"finetuned": True}))
+    _write_run(root, "zs", _niah_rows("transformer", "rope", "zero_shot", 256, 0.5, "t", extra={"finetuned": False}))
+    _write_run(root, "eval", _niah_rows("transformer", "rope", "pretrain", 256, 0.4, "e", cache="quest(32)"))
+    done = plot.main([str(root), "--out", str(tmp_path / "figs"), "--kind", "accuracy", "memory", "--format", "png",
+                      "--dpi", "50"])
+    assert all(not isinstance(v, str) for v in done.values()), done
+
+    def broken(ctx):  # writes one figure, then fails
+        import matplotlib.pyplot as plt
+        from figures.style import save
+        save(plt.figure(), ctx.out, "half_done")
+        raise RuntimeError("boom")
+
+    KINDS["broken"] = broken
+    try:
+        out = tmp_path / "figs2"
+        done = render(load_results([root]), out, ["broken", "accuracy"], formats=["png"], dpi=50)
+    finally:
+        del KINDS["broken"]
+    assert done["broken"].startswith("failed: RuntimeError: boom")
+    assert not (out / "half_done.png").exists() and (out / "accuracy_vs_length_niah.png").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch folder left
+
+
+def test_line_styles_legends_and_intervals_mean_what_they_say(tmp_path: Path, monkeypatch) -> None:
+    import figures.lines as lines
+    from matplotlib.figure import Figure
+
+    figs: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    # kv_policies-like: fit=false arms (finetuned=False) and a duo arm (finetuned=True): no style legend
+    rows = (_niah_rows("transformer", "rope", "pretrain", 256, 1.0, "f", extra={"finetuned": False})
+            + _niah_rows("transformer", "rope", "pretrain", 256, 1.0, "q", cache="quest(32)",
+                         extra={"finetuned": False})
+            + _niah_rows("transformer", "rope", "duo_gates", 256, 0.8, "d", cache="duo(0.5)",
+                         extra={"finetuned": True}))
+    _write_run(tmp_path / "kv", "0", rows)
+    df = load_results([tmp_path / "kv"])
+    lines.plot_accuracy_vs_length(df, tmp_path / "f1", make_palette(df))
+    ax = figs[-1].axes[0]
+    legend = [t.get_text() for t in figs[-1].legends[0].get_texts()]
+    assert "zero-shot" not in legend and "fine-tuned" not in legend
+    drawn = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(LENGTHS) and ln.get_linestyle() != "None"]
+    assert len(drawn) == 3 and all(ln.get_linestyle() == "-" for ln in drawn)  # caps are "None" lines
+    # full and quest coincide: their points are nudged apart, not drawn on top of each other
+    xs = [tuple(ln.get_xdata()) for ln in drawn]
+    assert len(set(xs)) == 3
+    assert "n=32-40 per point" in ax.get_title()  # 8 examples x 5 depths (4 at L=512)
+    assert any(t.get_text() == "train L=256" for t in ax.texts)
+    # rope_extension-like: one label evaluated zero-shot and fine-tuned -> dashed + style legend
+    _write_run(tmp_path / "rope", "0", _niah_rows("transformer", "yarn", "zero_shot", 256, 0.5, "y",
+                                                 extra={"finetuned": False})
+               + _niah_rows("transformer", "yarn", "extend", 256, 1.0, "y", extra={"finetuned": True}))
+    df = load_results([tmp_path / "rope"])
+    lines.plot_accuracy_vs_length(df, tmp_path / "f2", make_palette(df))
+    legend = [t.get_text() for t in figs[-1].legends[0].get_texts()]
+    assert "zero-shot" in legend and "fine-tuned" in legend
+    drawn = [ln for ln in figs[-1].axes[0].get_lines() if len(ln.get_xdata()) == len(LENGTHS)]
+    assert {ln.get_linestyle() for ln in drawn} - {"None"} == {"-", "--"}
+
+
+def test_identical_memory_lines_are_drawn_once_and_named_together(tmp_path: Path, monkeypatch) -> None:
+    import figures.lines as lines
+    from matplotlib.figure import Figure
+
+    figs: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    rows = []
+    for rule in ("rope", "linear", "ntk"):
+        rows += _niah_rows("transformer", rule, "extend", 256, 1.0, rule)
+    _write_run(tmp_path / "m", "0", rows)
+    df = load_results([tmp_path / "m"])
+    lines.plot_memory_vs_length(df, tmp_path / "f", make_palette(df))
+    ax = figs[-1].axes[0]
+    assert len([ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(LENGTHS)]) == 1  # three labels, one line
+    legend = [t.get_text() for t in figs[-1].legends[0].get_texts()]
+    assert len(legend) == 1 and "2 more" in legend[0] and "linear" in legend[0] and "ntk" in legend[0]
+    labelled = [t for t in ax.get_yticklabels() if t.get_text()]
+    assert len(labelled) >= 2  # 1-2-5 ticks: more than one label on a log axis
+
+
+def test_pareto_colours_by_label_when_one_policy_and_no_unused_legend_entries(tmp_path: Path, monkeypatch) -> None:
+    import figures.pareto as pareto
+    from matplotlib.figure import Figure
+
+    figs: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    rows = []
+    for i, rule in enumerate(("rope", "linear", "yarn")):
+        rows += _niah_rows("transformer", rule, "extend", 256, 0.5 + 0.2 * i, rule)
+    _write_run(tmp_path / "p", "0", rows)
+    df = load_results([tmp_path / "p"])
+    pareto.plot_pareto(df, tmp_path / "f", make_palette(df))
+    legend = [t.get_text() for t in figs[-1].legends[0].get_texts()]
+    assert "transformer" not in legend and "Pareto front" not in legend  # one family; one-point front
+    assert len(legend) == 3 and all(lb.startswith("transformer/") for lb in legend)
+
+
+def test_loss_curve_is_not_clipped(tmp_path: Path, monkeypatch) -> None:
+    from figures.curves import plot_training_curves, read_metrics
+    from matplotlib.figure import Figure
+
+    figs: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    run = _write_run(tmp_path, "r", [], metrics=True)  # losses 5.0 ... 1.0
+    m = read_metrics([run / "logs" / "version_0" / "metrics.csv"])
+    plot_training_curves(m, {}, tmp_path / "f", make_palette(pd.DataFrame()))
+    assert figs[-1].axes[0].get_ylim()[1] >= 5.0
+
+
+def test_unrelated_runs_under_one_label_are_kept_apart(tmp_path: Path) -> None:
+    small = _niah_rows("transformer", "rope", "pretrain", 256, 1.0, "a", extra={"arm_hash": "aaa", "n_params": 1e5})
+    seed1 = _niah_rows("transformer", "rope", "pretrain", 256, 0.9, "a1", extra={"arm_hash": "aaa", "n_params": 1e5})
+    big = _niah_rows("transformer", "rope", "pretrain", 256, 0.2, "b", extra={"arm_hash": "bbb", "n_params": 2e5})
+    _write_run(tmp_path, "0", small)
+    _write_run(tmp_path, "1", seed1)
+    _write_run(tmp_path, "2", big)
+    df = load_results([tmp_path])
+    assert df.groupby("label")["run_id"].nunique().to_dict() == {
+        "transformer/rope/full/full (100k params)": 2, "transformer/rope/full/full (200k params)": 1}

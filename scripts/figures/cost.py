@@ -19,6 +19,23 @@ COST_COLUMNS = {
 }
 
 
+UNITS = {  # column -> (name, divisor) from large to small; the first that keeps values >= 1 is used
+    "train_step_s": [("step time (s)", 1.0), ("step time (ms)", 1e-3)],
+    "train_peak_mem_bytes": [("peak train memory (GiB)", 2.0**30), ("peak train memory (MiB)", 2.0**20),
+                             ("peak train memory (KiB)", 2.0**10)],
+    "trainable_params": [("trainable params (M)", 1e6), ("trainable params (k)", 1e3)],
+}
+
+
+def readable_unit(col: str, values: pd.Series) -> tuple[str, float]:
+    """A unit that keeps the numbers readable (no 1e-6 axis offsets): MiB for a CPU run's memory, ms..."""
+    top = values.dropna().abs().max() if values.notna().any() else 0
+    for name, scale in UNITS.get(col, [COST_COLUMNS[col]]):
+        if top / scale >= 1:
+            return name, scale
+    return UNITS.get(col, [COST_COLUMNS[col]])[-1]
+
+
 def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     """label x cost column: per-run first value, averaged over runs."""
     cols = [c for c in COST_COLUMNS if c in df.columns and df[c].notna().any()]
@@ -42,7 +59,7 @@ def plot_cost(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
         fig, axes = plt.subplots(1, n, figsize=(DOUBLE_COL, 0.6 + 0.22 * len(labels)), sharey=True,
                                  squeeze=False)
         for ax, col in zip(axes[0], table.columns):
-            name, scale = COST_COLUMNS[col]
+            name, scale = readable_unit(col, table[col])
             values = table[col] / scale
             ax.barh(range(len(labels)), values.fillna(0), color=[palette.color(lb) for lb in labels],
                     height=0.7)
@@ -50,6 +67,7 @@ def plot_cost(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
                 ax.text(0 if pd.isna(v) else v, i, " n/a" if pd.isna(v) else f" {v:.3g}",
                         va="center", fontsize=6)
             ax.set_xlabel(name)
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)
             ax.grid(axis="y", visible=False)
             ax.margins(x=0.2)
         axes[0][0].set_yticks(range(len(labels)), labels)

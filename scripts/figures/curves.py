@@ -63,9 +63,10 @@ def plot_training_curves(metrics: pd.DataFrame, run_labels: dict[str, str], out:
         for ax, panel in zip(axes[0], panels):
             ax.set_xlabel("step")
             ax.set_ylabel(panel.replace("/", " ").replace("_", " "))
-            lo, hi = ax.get_ylim()
-            if panel == "loss" and lo > 0 and hi / lo > 20:  # log only when the loss spans decades
-                ax.set_yscale("log")
+            if panel == "loss":  # never clipped: the whole loss range, log only when it spans decades
+                values = pd.concat([metrics[c] for c in loss_cols]).dropna()
+                if len(values) and values.min() > 0 and values.max() / values.min() > 20:
+                    ax.set_yscale("log")
             else:
                 ax.set_ylim(-0.03, 1.03)
         labels = palette.sort(labels)

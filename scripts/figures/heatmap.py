@@ -79,11 +79,16 @@ def heatmap_figure(df: pd.DataFrame, title: str = "") -> tuple[Figure, pd.DataFr
         x = train_line_x(list(pivot.columns), float(t))
         if x is not None:
             ax.axvline(x, color="black", linestyle="--", linewidth=1.0)
+            ax.annotate(f"train L={int(t)}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
+                        textcoords="offset points", fontsize=6, va="bottom")
     cbar = fig.colorbar(im, ax=ax, pad=0.02, fraction=0.06)
     cbar.set_label("exact match")
     cbar.ax.tick_params(labelsize=6)
-    if title:
-        ax.set_title(title)
+    n = df[df["depth"].notna() & (df["status"] == "ok")].groupby(["depth", "eval_len"])["n_examples"].sum()
+    note = "" if n.empty else (f"n={int(n.min())} per cell" if n.min() == n.max()
+                                else f"n={int(n.min())}-{int(n.max())} per cell")
+    if title or note:
+        ax.set_title(f"{title or ''}\n{note}".strip(), pad=10)
     return fig, pivot
 
 

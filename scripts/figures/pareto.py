@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from .results import ok_rows, weighted_mean
+from .stats import n_note, wilson
 from .style import DOUBLE_COL, FAMILY_MARKERS, PLAIN, SINGLE_COL, Palette, cache_policy, legend_below, paper_style, save
 
 
@@ -31,10 +32,12 @@ def pareto_points(g: pd.DataFrame) -> pd.DataFrame:
     ok = ok[ok["cache_bytes"].fillna(0) > 0]
     rows = []
     for label, s in ok.groupby("label"):
+        acc = weighted_mean(s["accuracy"], s["n_examples"])
+        n = float(pd.to_numeric(s["n_examples"], errors="coerce").fillna(0).sum())
+        lo, hi = wilson(acc, n)
         rows.append({"label": label, "cache": s["cache"].iloc[0], "model": s["model"].iloc[0],
-                     "accuracy": weighted_mean(s["accuracy"], s["n_examples"]),
-                     "cache_bytes": float(s["cache_bytes"].max())})
-    return pd.DataFrame(rows, columns=["label", "cache", "model", "accuracy", "cache_bytes"])
+                     "accuracy": acc, "cache_bytes": float(s["cache_bytes"].max()), "n": n, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows, columns=["label", "cache", "model", "accuracy", "cache_bytes", "n", "lo", "hi"])
 
 
 def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
@@ -53,28 +56,48 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
         with paper_style():
             width = SINGLE_COL if len(panels) == 1 else DOUBLE_COL
             fig, axes = plt.subplots(1, len(panels), figsize=(width, 2.3), sharey=True, squeeze=False)
+            all_pts = pd.concat([p for _, p in panels])
+            # colour by cache policy when the points differ in it (kv_policies); else by label
+            # (rope_extension: every rule uses the full cache, so policy colours would all be black)
+            by_policy = all_pts["cache"].map(cache_policy).nunique() > 1
+            color = (lambda r: palette.cache_color(r.cache)) if by_policy else (lambda r: palette.color(r.label))
+            drew_front = False
             for ax, (length, pts) in zip(axes[0], panels):
                 front = pareto_front(pts)
-                ax.plot(front["cache_bytes"] / 2**20, front["accuracy"], color="0.5", linewidth=0.9,
-                        drawstyle="steps-post", zorder=1)
-                for r in pts.itertuples(index=False):
-                    ax.scatter(r.cache_bytes / 2**20, r.accuracy, color=palette.cache_color(r.cache),
-                               marker=palette.marker(r.label), s=22, zorder=2, edgecolor="white", linewidth=0.4)
+                if len(front) > 1:  # a front of one point is no front
+                    ax.plot(front["cache_bytes"] / 2**20, front["accuracy"], color="0.5", linewidth=0.9,
+                            drawstyle="steps-post", zorder=1)
+                    drew_front = True
+                # points at the same spot (e.g. quest matching full) are fanned out a little, not hidden
+                dup = pts.groupby([pts["cache_bytes"].round(-2), pts["accuracy"].round(3)]).cumcount()
+                for r, k in zip(pts.itertuples(index=False), dup):
+                    x = r.cache_bytes / 2**20 * (1.08 ** k)
+                    ax.errorbar(x, r.accuracy, yerr=[[r.accuracy - r.lo], [r.hi - r.accuracy]], color=color(r),
+                                marker=palette.marker(r.label), markersize=4.5, capsize=1.5, elinewidth=0.6,
+                                linestyle="none", zorder=2, markeredgecolor="white", markeredgewidth=0.4)
                 ax.set_xscale("log")
                 ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 0.02, 0.05, 0.1, ...
                 ax.xaxis.set_major_formatter(PLAIN)
                 ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded minor labels
                 ax.set_xlabel("KV cache / state (MiB/seq)")
                 ax.set_ylim(-0.03, 1.03)
-                ax.set_title(f"{task}, L={int(length)}")
-            axes[0][0].set_ylabel("exact match")
-            pts = pd.concat([p for _, p in panels])
-            policies = sorted({cache_policy(c) for c in pts["cache"]}, key=lambda c: (c != "full", c))
-            families = [f for f in FAMILY_MARKERS if f in set(pts["model"].astype(str))]
+                ax.set_title(f"{task}, L={int(length)} ({n_note(pts['n'])})")
+            axes[0][0].set_ylabel("exact match (95% CI)")
+            families = [f for f in FAMILY_MARKERS if f in set(all_pts["model"].astype(str))]
             dot = dict(marker="o", linestyle="none")
-            handles = [Line2D([], [], color=palette.cache_color(c), **dot) for c in policies]
-            handles += [Line2D([], [], color="0.3", **dict(dot, marker=FAMILY_MARKERS[f])) for f in families]
-            handles.append(Line2D([], [], color="0.5", linewidth=0.9))
-            legend_below(fig, handles, policies + families + ["Pareto front"], ncol=len(handles))
+            if by_policy:
+                names = sorted({cache_policy(c) for c in all_pts["cache"]}, key=lambda c: (c != "full", c))
+                handles = [Line2D([], [], color=palette.cache_color(c), **dot) for c in names]
+            else:
+                names = palette.sort(all_pts["label"])
+                handles = [Line2D([], [], color=palette.color(lb), **dict(dot, marker=palette.marker(lb)))
+                           for lb in names]
+            if by_policy and len(families) > 1:  # marker shapes explained only when they differ
+                handles += [Line2D([], [], color="0.3", **dict(dot, marker=FAMILY_MARKERS[f])) for f in families]
+                names = names + families
+            if drew_front:
+                handles.append(Line2D([], [], color="0.5", linewidth=0.9))
+                names = names + ["Pareto front"]
+            legend_below(fig, handles, names)
             paths += save(fig, out, f"pareto_{task}")
     return paths

@@ -151,6 +151,31 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
     if several:
         df["label"] = [f"{b} @L={int(t)}" if b in several and _present(t) else b
                        for b, t in zip(base, df["train_len"])]
+    return _split_unrelated(df)
+
+
+def _split_unrelated(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs of different configurations (``arm_hash``; seeds of one configuration share it) that still
+    share a label get told apart, by size (``133k params``) where that differs, else by ``cfg <hash>``:
+    averaging unrelated runs under one label would report a number no run produced."""
+    if "arm_hash" not in df.columns or not df["arm_hash"].map(_present).any():
+        return df
+    arms = df[df["arm_hash"].map(_present)].groupby("label")["arm_hash"].nunique()
+    mixed = set(arms[arms > 1].index)
+    if not mixed:
+        return df
+    params = df.groupby(["label", "arm_hash"])["n_params"].first() if "n_params" in df.columns else None
+
+    def suffix(label: str, arm: Any) -> str:
+        if label not in mixed or not _present(arm):
+            return label
+        if params is not None:
+            sizes = params.loc[label].dropna()
+            if sizes.nunique() == sizes.size > 1:
+                return f"{label} ({sizes.loc[arm] / 1e3:.0f}k params)"
+        return f"{label} [cfg {str(arm)[:6]}]"
+
+    df["label"] = [suffix(lb, a) for lb, a in zip(df["label"], df["arm_hash"])]
     return df
 
 

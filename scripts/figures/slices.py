@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from .results import accuracy_by
+from .stats import accuracy_with_interval, n_note
 from .style import DOUBLE_COL, SINGLE_COL, Palette, legend_below, paper_style, save
 
 KNOB_TITLES = {
@@ -40,7 +40,7 @@ def plot_slice(df: pd.DataFrame, out: Path, palette: Palette, knob: str) -> list
     name, xlabel = KNOB_TITLES.get(knob, (f"accuracy_vs_{knob}", knob))
     paths: list[Path] = []
     for task, g in df[df[col].notna()].groupby("task", sort=True):
-        acc = accuracy_by(g, ["label", "eval_len", col])
+        acc = accuracy_with_interval(g, ["label", "eval_len", col])
         if acc.empty or acc[col].nunique() < 2:
             continue
         numeric = pd.api.types.is_numeric_dtype(acc[col])
@@ -61,18 +61,20 @@ def plot_slice(df: pd.DataFrame, out: Path, palette: Palette, knob: str) -> list
                         x = s[col].astype(str).map(cats.index)
                         s, x = s.iloc[np.argsort(x.to_numpy())], np.sort(x.to_numpy())
                     # categories have no order between them: markers only, no connecting line
-                    ax.plot(x, s["accuracy"], color=palette.color(label), marker=palette.marker(label),
-                            linestyle="-" if numeric else "none", markersize=3.5 if numeric else 5)
+                    ax.errorbar(x, s["accuracy"], yerr=[s["accuracy"] - s["lo"], s["hi"] - s["accuracy"]],
+                                color=palette.color(label), marker=palette.marker(label), capsize=1.5,
+                                elinewidth=0.6, linestyle="-" if numeric else "none",
+                                markersize=3.5 if numeric else 5)
                 if not numeric:
                     ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
                 ax.set_title(f"L={length}")
                 ax.set_xlabel(xlabel)
                 ax.set_ylim(-0.03, 1.03)
-            axes[0][0].set_ylabel("exact match")
+            axes[0][0].set_ylabel("exact match (95% CI)")
             if n > 1:
-                fig.suptitle(str(task))
+                fig.suptitle(f"{task} ({n_note(acc['n'])})")
             else:
-                axes[0][0].set_title(f"{task}, L={lengths[0]}")
+                axes[0][0].set_title(f"{task}, L={lengths[0]} ({n_note(acc['n'])})")
             labels = palette.sort(acc["label"])
             handles = [Line2D([], [], color=palette.color(lb), marker=palette.marker(lb)) for lb in labels]
             legend_below(fig, handles, labels)

@@ -1,0 +1,194 @@
+"""Every command in README.md's bash blocks runs, in its smoke form, so the README cannot rot.
+
+The smoke form is the command as written plus the documented shrink switch: ``scale=smoke`` for
+``train.py`` / ``eval.py`` (two steps, a handful of examples; studies shrink their base and arms
+alike), ``--quick`` for the benchmarks. Placeholders take what an earlier command of the same test
+produced: ``ckpt=...`` / ``outputs/<run>/...`` the first trained checkpoint, ``multirun/<date>/<time>``
+the last study's sweep. Commands that cannot run on a CPU test machine are listed in NOT_RUN (each
+with the reason) or, for GPU/cluster configs, are composed and resolved (``--cfg``) instead of run.
+Commands run as subprocesses from a scratch directory, in four independent chains, two at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SCRIPTS = ("train.py", "eval.py")
+# Never run here: installing packages, the test suite itself, building CUDA kernels.
+NOT_RUN = {
+    "pip": "installs packages (this test runs in the installed environment)",
+    "pytest": "is the test suite itself",
+}
+# Configs for hardware a CPU test machine lacks: composed and resolved (--cfg) instead of run.
+COMPOSE_ONLY = {"hydra/launcher=slurm": "all", "trainer=fsdp": "job"}
+# Output a user should never see (silenced at the source, issue 19).
+NOISE = ("💡 Tip", "LeafSpec", "`weights_only` was not set", "Epoch 0/-2", "smaller than the logging interval",
+         "in eval mode at the start of training", "Traceback")
+
+
+def readme_commands(text: str | None = None) -> list[tuple[str, str]]:
+    """(section, command) for each command of each ```bash block: continuations joined, comments
+    dropped, ``a && b`` split into two commands."""
+    text = README.read_text() if text is None else text
+    out: list[tuple[str, str]] = []
+    section = ""
+    in_block = False
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#") and not in_block:
+            section = line.lstrip("#").strip()
+        if line.strip().startswith("```"):
+            if in_block:
+                joined = "\n".join(lines).replace("\\\n", " ")
+                for cmd_line in joined.splitlines():
+                    cmd_line = re.sub(r"(^|\s)#.*$", "", cmd_line)  # a trailing comment
+                    for part in re.split(r"\s&&\s", cmd_line):
+                        if part.strip():
+                            out.append((section, " ".join(part.split())))
+                lines = []
+            in_block = line.strip() == "```bash" if not in_block else False
+            continue
+        if in_block:
+            lines.append(line)
+    return out
+
+
+def test_readme_parser_joins_continuations_and_splits_chains():
+    text = "## S\n```bash\npip install x && python train.py a=1   # comment\npython eval.py \\\n    b=[1,2]\n```\n"
+    assert readme_commands(text) == [("S", "pip install x"), ("S", "python train.py a=1"),
+                                     ("S", "python eval.py b=[1,2]")]
+
+
+class Chain:
+    """Commands that share a scratch directory and run in order (later ones use earlier outputs)."""
+
+    def __init__(self, name: str, cwd: Path) -> None:
+        self.name, self.cwd = name, cwd
+        self.commands: list[str] = []
+        self.log: list[str] = []
+
+    def latest(self, pattern: str) -> Path:
+        found = sorted(self.cwd.glob(pattern), key=lambda p: p.stat().st_mtime)
+        assert found, f"{self.name}: no {pattern} under {self.cwd} for a placeholder"
+        return found[-1]
+
+    def smoke_argv(self, command: str) -> tuple[list[str], dict[str, str]] | None:
+        tokens = shlex.split(command)
+        env = {}
+        while tokens and re.fullmatch(r"[A-Z_]+=\S*", tokens[0]):
+            k, v = tokens.pop(0).split("=", 1)
+            env[k] = v
+        if tokens[0] in NOT_RUN or (tokens[:3] == ["python", "-m", "pytest"]):
+            return None
+        assert tokens[0] == "python", f"README command not understood by the test: {command}"
+        script, args = tokens[1], tokens[2:]
+        ckpt = None
+        out: list[str] = []
+        for a in args:
+            if a.startswith("ckpt="):
+                ckpt = ckpt or self.latest("outputs/**/checkpoints/last.ckpt")
+                a = f"ckpt={ckpt}"
+            if "multirun/<date>/<time>" in a:
+                a = str(self.latest("multirun/*/*"))
+            out.append(a)
+        if script in SCRIPTS:
+            out.append("scale=smoke")
+            for key, what in COMPOSE_ONLY.items():
+                if key in out:  # --cfg cannot be combined with -m
+                    out = [a for a in out if a != "-m"] + ["--cfg", what, "--resolve"]
+        elif script.startswith("scripts/bench_"):
+            out.append("--quick")
+        return [sys.executable, str(ROOT / script), *out], env
+
+    def run(self) -> list[str]:
+        failures = []
+        for command in self.commands:
+            spec = self.smoke_argv(command)
+            if spec is None:
+                continue
+            argv, extra_env = spec
+            env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline",
+                       LONGCTX_STUDY_DIR=str(self.cwd / "studies"), **extra_env)
+            proc = subprocess.run(argv, cwd=self.cwd, env=env, capture_output=True, text=True, timeout=600)
+            output = proc.stdout + proc.stderr
+            self.log.append(f"$ {command}\n{output[-3000:]}")
+            if proc.returncode != 0:
+                failures.append(f"[{self.name}] `{command}` exited {proc.returncode}:\n{output[-3000:]}")
+            noise = [n for n in NOISE if n in output]
+            if noise:
+                failures.append(f"[{self.name}] `{command}` printed known noise {noise}:\n{output[-2000:]}")
+        for rows_file in self.cwd.rglob("results.jsonl"):
+            rows = [json.loads(s) for s in rows_file.read_text().splitlines() if s.strip()]
+            bad = [r.get("error") for r in rows if r.get("status") != "ok"]
+            if bad:
+                failures.append(f"[{self.name}] {rows_file}: rows not ok: {bad[:3]}")
+        return failures
+
+
+def chains(tmp_path: Path) -> list[Chain]:
+    """Sections -> chains: each chain is independent of the others (own scratch directory)."""
+    by_name: dict[str, Chain] = {}
+    for section, command in readme_commands():
+        name = {"Benchmarks": "benchmarks", "From a laptop to a cluster": "cluster"}.get(section)
+        name = name or ("studies" if section.startswith("Studies") else "everyday")
+        if name not in by_name:
+            (tmp_path / name).mkdir()
+            by_name[name] = Chain(name, tmp_path / name)
+        by_name[name].commands.append(command)
+    return list(by_name.values())
+
+
+def _run_chains(selected: list[Chain]) -> None:
+    selected.sort(key=lambda ch: -len(ch.commands))  # longest first, two at a time (the suite's CPU budget)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = [f for fs in pool.map(Chain.run, selected) for f in fs]
+    assert not failures, "\n\n".join(failures)
+
+
+def test_every_readme_command_runs(tmp_path):
+    """Every train.py / eval.py / collect / plot command of the README, in smoke form."""
+    selected = [ch for ch in chains(tmp_path) if ch.name != "benchmarks"]
+    commands = [c for ch in selected for c in ch.commands]
+    assert any("train.py" in c for c in commands) and any("eval.py" in c for c in commands)
+    _run_chains(selected)
+
+
+def test_readme_benchmarks_start(tmp_path):
+    """The benchmarks' --quick runs take minutes (test_readme_benchmarks_run, slow); here each README
+    benchmark command at least imports and parses its arguments."""
+    bench = [ch for ch in chains(tmp_path) if ch.name == "benchmarks"]
+    assert bench and bench[0].commands
+    for command in bench[0].commands:
+        argv, _ = bench[0].smoke_argv(command)
+        proc = subprocess.run([*argv[:-1], "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert proc.returncode == 0 and "--quick" in proc.stdout, (command, proc.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_readme_benchmarks_run(tmp_path):
+    _run_chains([ch for ch in chains(tmp_path) if ch.name == "benchmarks"])
+
+
+@pytest.mark.parametrize("command", ["python train.py model.n_kv_heads=3", "python train.py cache=quest model=mamba"])
+def test_config_error_is_one_message_and_leaves_no_run_dir(command, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    argv = [sys.executable, str(ROOT / "train.py"), *shlex.split(command)[2:]]
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith("config error:") and "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*")), \
+        list((tmp_path / "outputs").rglob("*"))
