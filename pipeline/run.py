@@ -166,6 +166,8 @@ def base_config(cfg: DictConfig) -> DictConfig | None:
     base.eval.lengths, base.eval.tasks, base.eval.prefix_cache = [int(base.task.train_len)], None, False
     shaping = {k: OmegaConf.to_container(base[k]) if isinstance(base.get(k), DictConfig) else base.get(k)
                for k in ("model", "task", "data", "optim", "trainer", "seed", "vocab_size")}
+    for where in ("cache_dir", "num_workers"):  # where and how data is read does not change the model
+        shaping["data"].pop(where, None)
     digest = hashlib.md5(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:8]
     template = Path(cfg.init_from).parent.parent
     base.run_dir = str(template.with_name(f"{template.name}-{digest}"))
