@@ -35,6 +35,8 @@ class CheckpointOnInterrupt(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        log.info("training from step %d; Ctrl-C stops after the current step and writes %s",
+                 trainer.global_step, self.path)
 
     def _restore(self) -> None:
         if self._previous is not None and threading.current_thread() is threading.main_thread():

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from models.cache import CacheConfig
@@ -259,7 +261,10 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     if resume.exists():  # a killed or requeued run: continue where its last checkpoint left off
         read_checkpoint(resume)  # a truncated file fails here, naming it
         log.info("resuming from %s", resume)
-    trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    try:
+        trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    except SIGTERMException:  # checkpointed by CheckpointOnInterrupt; exit as a terminated process, not 0
+        raise SystemExit(128 + signal.SIGTERM) from None
     if trainer.global_rank != 0:
         return []
     if not trainer.fast_dev_run:

@@ -86,7 +86,7 @@ class Chain:
     def smoke_argv(self, command: str) -> tuple[list[str], dict[str, str]] | None:
         tokens = shlex.split(command)
         env = {}
-        while tokens and re.fullmatch(r"[A-Z_]+=\S*", tokens[0]):
+        while tokens and re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", tokens[0]):
             k, v = tokens.pop(0).split("=", 1)
             env[k] = v
         if tokens[0] in NOT_RUN or (tokens[:3] == ["python", "-m", "pytest"]):
@@ -192,3 +192,52 @@ def test_config_error_is_one_message_and_leaves_no_run_dir(command, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*")), \
         list((tmp_path / "outputs").rglob("*"))
+
+
+def _start(argv: list[str], cwd: Path, env: dict) -> tuple[subprocess.Popen, list[str]]:
+    """A process whose output lines are collected as they come (read by a thread)."""
+    import threading
+
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    return proc, lines
+
+
+def _wait_for(lines: list[str], text: str, timeout: float) -> bool:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(text in line for line in list(lines)):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_writes_a_checkpoint_the_same_command_resumes_from(sig, tmp_path):
+    """README: Ctrl-C (or SIGTERM) stops at the end of a step and writes checkpoints/last.ckpt first;
+    the same command then resumes from it."""
+    import signal
+    import time
+
+    import torch
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    argv = [sys.executable, str(ROOT / "train.py"), "run_id=intr", "scale=smoke", "trainer.max_steps=100000",
+            "checkpoint_every=100000", "trainer.val_check_interval=100000", "trainer.limit_val_batches=0",
+            "data.n_train=2000", "model.d_model=32", "model.n_heads=2"]
+    proc, lines = _start(argv, tmp_path, env)
+    assert _wait_for(lines, "Ctrl-C stops after the current step", 180), "".join(lines)[-3000:]
+    time.sleep(3)  # some steps, none of them checkpointed (checkpoint_every=100000)
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=120)
+    ckpt = tmp_path / "outputs" / "runs" / "intr" / "checkpoints" / "last.ckpt"
+    assert proc.returncode != 0 and ckpt.exists(), "".join(lines)[-3000:]
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] > 0
+    again, lines = _start(argv, tmp_path, env)
+    resumed = _wait_for(lines, "resuming from", 180)
+    again.terminate()
+    again.wait(timeout=120)
+    assert resumed, "".join(lines)[-3000:]
