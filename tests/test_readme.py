@@ -156,13 +156,77 @@ def _run_chains(selected: list[Chain]) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs(tmp_path):
-    """Every train.py / eval.py / collect / plot command of the README, in smoke form."""
+    """Every train.py / eval.py / collect / plot command of the README, run in smoke form (minutes;
+    the default suite validates every one of them and runs the first chain, below)."""
     selected = [ch for ch in chains(tmp_path) if ch.name != "benchmarks"]
     commands = [c for ch in selected for c in ch.commands]
     assert any("train.py" in c for c in commands) and any("eval.py" in c for c in commands)
     _run_chains(selected)
 
+
+# The everyday path, run for real in the default suite: train, another family and task, evaluate the
+# checkpoint under a KV policy, draw the figures.
+CORE = ("python train.py", "python train.py model=mamba task=kv_retrieval", "python eval.py ckpt=... cache=quest",
+        "python scripts/plot.py outputs/")
+
+
+def test_readme_core_commands_run(tmp_path):
+    everyday = next(ch for ch in chains(tmp_path) if ch.name == "everyday")
+    everyday.commands = [c for c in everyday.commands if any(c == k or c.startswith(k + " ") for k in CORE)]
+    assert len(everyday.commands) == len(CORE), everyday.commands
+    _run_chains([everyday])
+
+
+def _job_overrides(args: list[str]) -> list[list[str]]:
+    """The jobs of a command line: one per value of each comma sweep (not their product)."""
+    plain = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    sweeps = [a for a in plain if "," in a.split("=", 1)[-1] and "[" not in a]
+    fixed = [a for a in plain if a not in sweeps]
+    jobs = [fixed]
+    for sweep in sweeps:
+        key, values = sweep.split("=", 1)
+        jobs += [fixed + [f"{key}={v}"] for v in values.split(",")]
+    return jobs if not sweeps else jobs[1:]
+
+
+def test_every_readme_train_and_eval_command_validates(tmp_path, monkeypatch):
+    """In-process and fast: each train.py / eval.py command of the README (each arm of each study,
+    and each study's base model) composes at scale=smoke and passes validation."""
+    from conftest import compose_config
+
+    from pipeline.config import validate
+    from pipeline.run import base_config
+
+    monkeypatch.setenv("LONGCTX_STUDY_DIR", str(tmp_path / "studies"))
+    checked = 0
+    for _, command in readme_commands():
+        tokens = shlex.split(command)
+        if len(tokens) < 2 or tokens[0] != "python" or tokens[1] not in SCRIPTS:
+            continue
+        script = tokens[1]
+        for job in _job_overrides(tokens[2:]):
+            job = [a for a in job if not a.startswith("ckpt=")] + ["scale=smoke"]
+            # eval.py: the default checkpoint's (train.py) config with the command's overrides, as eval.py
+            # builds it (pipeline.run.apply_eval_overrides)
+            cfg = compose_config(job, run_dir=str(tmp_path / "run"))
+            arms = [[]]
+            preset = next((a.split("=", 1)[1] for a in job if a.startswith("experiment=")), None)
+            if preset:  # the study's own arms (hydra.sweeper.params in its yaml)
+                from omegaconf import OmegaConf
+
+                text = OmegaConf.load(ROOT / "conf" / "experiment" / f"{preset}.yaml")
+                sweeper = OmegaConf.select(text, "hydra.sweeper.params") or {}
+                arms = [[f"{k}={v}"] for k, vs in sweeper.items() for v in str(vs).split(",")] or [[]]
+            for arm in arms:
+                c = compose_config(job + arm, run_dir=str(tmp_path / "run")) if arm else cfg
+                validate(c)
+                base = base_config(c) if script == "train.py" else None
+                if base is not None:
+                    validate(base)
+                checked += 1
+    assert checked >= 20, checked
 
 def test_readme_benchmarks_start(tmp_path):
     """The benchmarks' --quick runs take minutes (test_readme_benchmarks_run, slow); here each README
