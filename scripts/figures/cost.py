@@ -23,7 +23,7 @@ UNITS = {  # column -> (name, divisor) from large to small; the first that keeps
     "train_step_s": [("step time (s)", 1.0), ("step time (ms)", 1e-3)],
     "train_peak_mem_bytes": [("peak train memory (GiB)", 2.0**30), ("peak train memory (MiB)", 2.0**20),
                              ("peak train memory (KiB)", 2.0**10)],
-    "trainable_params": [("trainable params (M)", 1e6), ("trainable params (k)", 1e3)],
+    "trainable_params": [("trainable params (M)", 1e6), ("trainable params (k)", 1e3), ("trainable params", 1.0)],
 }
 
 

@@ -130,19 +130,28 @@ def plot_accuracy_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> li
     return paths
 
 
-def _merge_identical(m: pd.DataFrame, col: str, labels: list[str]) -> dict[str, list[str]]:
-    """Labels whose series are equal within 1% drawn once: first label -> every label it stands for."""
-    series = {lb: m[m["label"] == lb].set_index("eval_len")[col].sort_index() for lb in labels}
+def _merge_identical(m: pd.DataFrame, cols: list[str], labels: list[str]) -> dict[str, list[str]]:
+    """Labels whose series are equal within 1% in every column, drawn once: first label -> its members."""
+    def series(lb: str, col: str) -> pd.Series:
+        return m[(m["label"] == lb) & m[col].notna()].set_index("eval_len")[col].sort_index()
+
     groups: dict[str, list[str]] = {}
     for lb in labels:
         for head in groups:
-            a, b = series[head], series[lb]
-            if a.index.equals(b.index) and np.allclose(a.values, b.values, rtol=0.01):
+            if all(series(head, c).index.equals(series(lb, c).index)
+                   and np.allclose(series(head, c).values, series(lb, c).values, rtol=0.01) for c in cols):
                 groups[head].append(lb)
                 break
         else:
             groups[lb] = [lb]
     return groups
+
+
+def _difference(label: str, head: str) -> str:
+    """The parts of ``label`` (model/pos/attention/cache) that differ from ``head``: ``linear``."""
+    a, b = str(label).split("/"), str(head).split("/")
+    diff = [x for i, x in enumerate(a) if i >= len(b) or x != b[i]]
+    return "/".join(diff) or str(label)
 
 
 def _log_bytes_axis(ax: Axes) -> None:
@@ -175,19 +184,22 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
         with paper_style():
             fig, axes = plt.subplots(1, len(have), figsize=(DOUBLE_COL if len(have) > 1 else SINGLE_COL, 2.2),
                                      squeeze=False)
-            oom, names, drawn = False, {}, []
+            oom, names = False, {}
+            values = gok.assign(**{c: pd.to_numeric(gok[c], errors="coerce") for c in have})
+            # max over depths / slices / seeds: memory is a worst case, not an average
+            m = values.groupby(["label", "eval_len"])[have].max().reset_index()
+            m = m.assign(**{c: m[c].where(m[c] > 0) for c in have})
+            groups = _merge_identical(m, have, palette.sort(m["label"]))
+            drawn = list(groups)
+            nudge = _nudges(drawn)
+            for head, members in groups.items():
+                if len(members) > 1:
+                    names[head] = f"{head} (= {', '.join(_difference(x, head) for x in members[1:])})"
             for ax, col in zip(axes[0], have):
-                values = pd.to_numeric(gok[col], errors="coerce")
-                # max over depths / slices / seeds: memory is a worst case, not an average
-                m = gok.assign(**{col: values})[values > 0].groupby(["label", "eval_len"])[col].max().reset_index()
-                groups = _merge_identical(m, col, palette.sort(m["label"]))
-                for head, members in groups.items():
-                    s = m[m["label"] == head].sort_values("eval_len")
-                    ax.plot(s["eval_len"], s[col] / 2**20, color=palette.color(head), marker=palette.marker(head))
-                    drawn.append(head)
-                    if len(members) > 1:
-                        names[head] = f"{head} (= {len(members) - 1} more: " + ", ".join(
-                            str(x).split("/")[1] if "/" in str(x) else str(x) for x in members[1:]) + ")"
+                for head in drawn:
+                    s = m[(m["label"] == head) & m[col].notna()].sort_values("eval_len")
+                    ax.plot(s["eval_len"] * nudge[head], s[col] / 2**20, color=palette.color(head),
+                            marker=palette.marker(head))
                 _log_bytes_axis(ax)
                 ax.set_ylabel("MiB")
                 ax.set_title(f"{task}: " + {"peak_mem_bytes": "peak memory",

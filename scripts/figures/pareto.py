@@ -81,8 +81,10 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
                 ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded minor labels
                 ax.set_xlabel("KV cache / state (MiB/seq)")
                 ax.set_ylim(-0.03, 1.03)
-                ax.set_title(f"{task}, L={int(length)} ({n_note(pts['n'])})")
+                ax.set_title(f"L={int(length)}" if len(panels) > 1 else f"{task}, L={int(length)} ({n_note(pts['n'])})")
             axes[0][0].set_ylabel("exact match (95% CI)")
+            if len(panels) > 1:
+                fig.suptitle(f"{task} ({n_note(all_pts['n'])})")
             families = [f for f in FAMILY_MARKERS if f in set(all_pts["model"].astype(str))]
             dot = dict(marker="o", linestyle="none")
             if by_policy:
