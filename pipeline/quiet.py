@@ -15,7 +15,6 @@ _LOG_NOISE = (
 _WARNING_NOISE = (
     r".*isinstance\(treespec, LeafSpec\)",  # Lightning's own call into a deprecated torch API
     r"The number of training batches \(\d+\) is smaller than the logging interval",  # step-based runs
-    r"Found \d+ module\(s\) in eval mode at the start of training",  # frozen models (duo gates) on purpose
 )
 
 

@@ -240,6 +240,7 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
                          {"stage": "zero_shot", "finetuned": False})
     if not cfg.get("fit", True):
         return rows + evaluate(model, cfg, res, run_dir, run_id, device_of(cfg), {"finetuned": False})
+    model.train()  # a zero-shot evaluation above left it in eval mode
     lit = build_module(cfg, res, model)
     trainable = trainable_parameters(model)
     log.info("trainable parameters: %d of %d", trainable, count_params(model))
