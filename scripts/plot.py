@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path] | str]:
     done = render(df, args.out, args.kind, dirs=dirs, formats=args.format, dpi=args.dpi)
     for kind, result in done.items():
         if isinstance(result, str):
-            print(f"  {kind:15s} skipped: {result}")
+            print(f"  {kind:15s} {'FAILED' if result.startswith('failed:') else 'skipped'}: "
+                  f"{result.removeprefix('failed: ')}")
         else:
             pngs = [p for p in result if p.suffix == ".png"]
             print(f"  {kind:15s} {len(pngs)} figure(s): {', '.join(p.name for p in pngs[:4])}"

@@ -334,3 +334,12 @@ def test_unrelated_runs_under_one_label_are_kept_apart(tmp_path: Path) -> None:
     df = load_results([tmp_path])
     assert df.groupby("label")["run_id"].nunique().to_dict() == {
         "transformer/rope/full/full (100k params)": 2, "transformer/rope/full/full (200k params)": 1}
+
+
+def test_intervals_at_zero_and_one_never_give_negative_error_bars() -> None:
+    from figures.stats import accuracy_with_interval
+
+    df = pd.DataFrame({"label": ["a"] * 3, "eval_len": [64, 128, 256], "status": "ok",
+                       "accuracy": [1.0, 0.0, 0.99 + 0.01], "n_examples": [32, 32, 29]})
+    g = accuracy_with_interval(df, ["label", "eval_len"])
+    assert ((g["accuracy"] - g["lo"]) >= 0).all() and ((g["hi"] - g["accuracy"]) >= 0).all()

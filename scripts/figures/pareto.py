@@ -40,12 +40,23 @@ def pareto_points(g: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "cache", "model", "accuracy", "cache_bytes", "n", "lo", "hi"])
 
 
+def final_phase(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop the zero-shot rows of labels that were also fine-tuned: one point is one model, never a
+    pool of before and after."""
+    if "stage" not in df.columns:
+        return df
+    zero = df["stage"].astype(str) == "zero_shot"
+    tuned = set(df.loc[~zero, "label"])
+    return df[~(zero & df["label"].isin(tuned))]
+
+
 def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
     """One panel per eval length (up to four, longest last): quality against bytes as length grows."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import LogLocator, NullFormatter
 
     paths: list[Path] = []
+    df = final_phase(df)
     for task, g in df.groupby("task", sort=True):
         ok = ok_rows(g)
         lengths = sorted(ok.loc[ok["cache_bytes"].fillna(0) > 0, "eval_len"].dropna().unique())
@@ -76,6 +87,8 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
                                 marker=palette.marker(r.label), markersize=4.5, capsize=1.5, elinewidth=0.6,
                                 linestyle="none", zorder=2, markeredgecolor="white", markeredgewidth=0.4)
                 ax.set_xscale("log")
+                lo, hi = pts["cache_bytes"].min() / 2**20, pts["cache_bytes"].max() / 2**20
+                ax.set_xlim(lo / 1.6, hi * 1.6)  # at least one 1-2-5 tick, points off the frame
                 ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 0.02, 0.05, 0.1, ...
                 ax.xaxis.set_major_formatter(PLAIN)
                 ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded minor labels

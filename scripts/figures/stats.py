@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 Z95 = 1.959963984540054
@@ -21,7 +22,7 @@ def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def accuracy_with_interval(df: pd.DataFrame, keys: list[str], value: str = "accuracy") -> pd.DataFrame:
@@ -35,8 +36,9 @@ def accuracy_with_interval(df: pd.DataFrame, keys: list[str], value: str = "accu
     g = g[g["n"] > 0]
     g[value] = g["k"] / g["n"]
     bounds = [wilson(p, n) for p, n in zip(g[value], g["n"])]
-    g["lo"] = [b[0] for b in bounds]
-    g["hi"] = [b[1] for b in bounds]
+    # never past the point itself (rounding at 0 and 1 would give matplotlib a negative error bar)
+    g["lo"] = np.minimum([b[0] for b in bounds], g[value])
+    g["hi"] = np.maximum([b[1] for b in bounds], g[value])
     return g.drop(columns="k")
 
 
