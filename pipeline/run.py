@@ -287,7 +287,7 @@ class StepProgressBar(RichProgressBar):
 
     def _get_train_description(self, current_epoch: int) -> str:
         steps = self.trainer.max_steps
-        return f"step {self.trainer.global_step}" + (f"/{steps}" if steps and steps > 0 else "")
+        return f"train (max_steps={steps})" if steps and steps > 0 else f"train, epoch {current_epoch}"
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
