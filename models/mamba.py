@@ -60,7 +60,7 @@ class MambaConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02  # embedding (and untied head) init
     kernel: str = "auto"  # auto: CUDA kernels if importable and on GPU | torch | cuda (required)
-    chunk_size: Optional[int] = None  # torch scan steps per chunk; None: ~sqrt(length)
+    chunk_size: Optional[int] = None  # torch scan: tokens per memory chunk; None: models.scan.DEFAULT_CHUNK
     prefill_block: int = 128  # no-grad prefill through a cache runs in blocks of this many tokens
 
     def __post_init__(self) -> None:
@@ -203,7 +203,7 @@ class MambaMixer(nn.Module):
             [self.cfg.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)  # (B, T, R), (B, T, N) x2
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2).contiguous()  # (B, d_inner, T); bias in the scan
         Bm, Cm = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()  # (B, N, T)
-        args = (x, dt, A, Bm, Cm, _at_least_fp32(self.D), z.contiguous())
+        args = (x, dt, A, Bm, Cm, _at_least_fp32(self.D), z.contiguous() if use_kernels else z)
         kw = dict(delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True,
                   return_last_state=layer_cache is not None)
         if use_kernels:
