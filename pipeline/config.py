@@ -160,6 +160,7 @@ class Resolved:
     config_hash: str
     lora: LoraPlusConfig = field(default_factory=LoraPlusConfig)
     duo: DuoConfig = field(default_factory=DuoConfig)
+    activation_checkpointing: bool = False  # trainer.activation_checkpointing
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -170,11 +171,24 @@ def task_nodes_from_conf() -> dict[str, Any]:
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / "task").glob("*.yaml"))}
 
 
+def activation_checkpointing(node: Any) -> bool:
+    """``trainer.activation_checkpointing``: ours (per-block recompute in models/lm.py), not Lightning's."""
+    value = (node or {}).get("activation_checkpointing", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"trainer.activation_checkpointing={value!r} must be true or false")
+    return value
+
+
 def trainer_kwargs(node: Any) -> dict[str, Any]:
-    """Lightning Trainer arguments, each name checked against the Trainer's signature."""
+    """Lightning Trainer arguments, each name checked against the Trainer's signature.
+
+    ``activation_checkpointing`` is validated and left out: the model applies it, the Trainer never sees it.
+    """
     import lightning as L
 
     kwargs = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    activation_checkpointing(kwargs)
+    kwargs.pop("activation_checkpointing", None)
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in kwargs:
         if key not in allowed:
@@ -255,4 +269,10 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
                           "set model.attention.eval=full, or allow_sparse_eval=true to study it on purpose")
     if "trainer" in cfg:
         trainer_kwargs(cfg.trainer)
-    return Resolved(model, task, vocab, cache, data, optim, eval_cfg, eval_tasks, config_hash(cfg), lora, duo)
+    if stage == "duo_gates" and activation_checkpointing(cfg.get("trainer")):
+        # the stage switches attention patterns around each forward; a recompute in the backward
+        # would run outside that switch, with the wrong pattern
+        raise ConfigError("trainer.activation_checkpointing=true with stage=duo_gates: not supported "
+                          "(the gates are the only weights trained; set it to false)")
+    return Resolved(model, task, vocab, cache, data, optim, eval_cfg, eval_tasks, config_hash(cfg), lora, duo,
+                    activation_checkpointing(cfg.get("trainer")))

@@ -107,6 +107,8 @@ def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
 def build_module(cfg: DictConfig, res: Resolved, model: torch.nn.Module) -> L.LightningModule:
     """The LightningModule of the configured stage (LoRA+ applied for extend when enabled)."""
     config = OmegaConf.to_container(cfg, resolve=True)
+    if hasattr(model, "set_activation_checkpointing"):
+        model.set_activation_checkpointing(res.activation_checkpointing)
     if cfg.get("stage") == "duo_gates":
         return DuoGatesLM(model, res.duo, query_token=res.vocab.QUERY, config=config)
     apply_lora(model, res.lora)
