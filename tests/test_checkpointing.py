@@ -133,3 +133,40 @@ def test_duo_gates_stage_refuses_checkpointing(tmp_path):
                                  "trainer.activation_checkpointing=true"])
     with pytest.raises(ConfigError, match="trainer.activation_checkpointing=true with stage=duo_gates"):
         validate(cfg)
+
+
+@pytest.mark.slow  # ~70 s: two spawned gloo processes
+def test_ddp_with_checkpointing_follows_one_plain_process(tmp_path):
+    """2 gloo processes recomputing every block: the loss trajectory of 1 process without recompute."""
+    from test_distributed import losses
+
+    from pipeline.run import train
+
+    common = [o for o in TINY if not o.startswith(("trainer=", "logger="))] + [
+        "logger=csv", "data.shuffle=false", "data.batch_size=8", "evaluate=false", "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1", "trainer.val_check_interval=4", "+trainer.limit_val_batches=1",
+        "+trainer.enable_progress_bar=false"]
+    train(compose_config(common + ["trainer=cpu"], run_dir=str(tmp_path / "one")))
+    train(compose_config(common + ["trainer=ddp", "trainer.activation_checkpointing=true"],
+                         run_dir=str(tmp_path / "two")))
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    assert two == pytest.approx(one, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.gpu
+def test_fsdp_with_checkpointing_follows_plain_training(tmp_path):
+    """FSDP (one GPU) recomputing every block: the loss trajectory of the same run without recompute."""
+    from test_distributed import losses
+
+    from pipeline.run import train
+
+    common = [o for o in TINY if not o.startswith(("trainer=", "logger="))] + [
+        "logger=csv", "data.shuffle=false", "data.batch_size=8", "evaluate=false", "trainer=fsdp",
+        "trainer.devices=1", "trainer.precision=32-true", "trainer.max_steps=4", "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=4", "+trainer.limit_val_batches=1", "+trainer.enable_progress_bar=false"]
+    train(compose_config(common, run_dir=str(tmp_path / "plain")))
+    train(compose_config(common + ["trainer.activation_checkpointing=true"], run_dir=str(tmp_path / "ckpt")))
+    plain, ckpt = losses(tmp_path / "plain"), losses(tmp_path / "ckpt")
+    assert len(plain) == len(ckpt) == 4
+    assert ckpt == pytest.approx(plain, rel=1e-4, abs=1e-5)
