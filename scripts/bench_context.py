@@ -28,6 +28,7 @@ the method's longest length, baseline = full_ft's, ratio = value / baseline (``c
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -95,7 +96,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def measure(model: torch.nn.Module, T: int, batch: int, vocab: int, device: torch.device) -> int:
+def measure(model: torch.nn.Module, T: int, *, batch: int, vocab: int, device: torch.device) -> int:
     """Peak bytes of one training step at length T: weights + everything the step allocates."""
     x = torch.randint(0, vocab, (batch, T), device=device)
     gc.collect()
@@ -178,8 +179,8 @@ def run(methods: list[str], size: Size, budget: int, step: int, batch: int, devi
     for method in methods:
         torch.manual_seed(0)
         model = build(method, size).to(device)
-        results[method] = longest_fit(lambda T: measure(model, T, batch, size.vocab, device), budget, step,
-                                      size.max_len)
+        results[method] = longest_fit(functools.partial(measure, model, batch=batch, vocab=size.vocab,
+                                                        device=device), budget, step, size.max_len)
         r = results[method]
         print(f"{method:<16}{r.longest:>9}{'+' if r.capped else ' '}{len(r.peaks):>7}{r.seconds:>9.1f}", flush=True)
         del model
