@@ -280,8 +280,9 @@ class MambaLM(DecoderLM):
     def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
         """As DecoderLM; a long no-grad prefill into a cache goes block by block, carrying the state.
 
-        The parallel scan materialises (B, T, d_inner, d_state); blocks bound that by
-        ``prefill_block`` tokens, so evaluation memory does not grow with the prompt.
+        The scan itself is chunked (models/scan.py), but the block's (B, T, d_inner) activations
+        are not; blocks of ``prefill_block`` tokens bound those too, so evaluation memory does not
+        grow with the prompt.
         """
         T, block = input_ids.shape[1], self.cfg.prefill_block
         if cache is None or torch.is_grad_enabled() or T <= block:
