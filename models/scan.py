@@ -121,6 +121,11 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk):
+        with torch.autocast(u.device.type, enabled=False):  # the state math stays in >= float32
+            return _SelectiveScan._forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk):
         Bsz, Dn, L = u.shape
         dt = torch.promote_types(u.dtype, torch.float32)
         inputs = (u, delta, A, Bm, Cm, D, z, bias)
@@ -142,6 +147,11 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
+        with torch.autocast(grad_y.device.type, enabled=False):
+            return _SelectiveScan._backward(ctx, grad_y, grad_last)
+
+    @staticmethod
+    def _backward(ctx, grad_y, grad_last):
         *inputs, entering = ctx.saved_tensors
         u, delta, A, Bm, Cm, D, z, bias = inputs
         L, chunk = u.shape[-1], ctx.chunk

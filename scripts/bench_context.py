@@ -9,8 +9,12 @@ peak exceeds the budget, then narrows the bracket [fits, does not fit] to one ``
 where a line through the bracket's measured peaks crosses the budget (memory is near-linear in T)
 and bisecting when that does not halve the bracket. Every probe is a real, measured training step.
 
-    python scripts/bench_context.py [--mem-gb 2] [--d-model 128 --layers 4 --heads 4 --vocab 256]
+    python scripts/bench_context.py [--mem-gb 0.05] [--d-model 128 --layers 4 --heads 4 --vocab 256]
         [--methods full_ft lora ...] [--quick] [--json PATH] [--plot PATH] [--device cpu|cuda]
+
+Runtime: the longest probe's attention costs ~ T^2, and T grows with the budget, so CPU time grows
+with the budget squared: the defaults (0.05 GiB, d_model 128, 4 layers) take ~5 min on one CPU
+core, ``--quick`` ~30 s; budgets of GiBs are for ``--device cuda`` (e.g. --mem-gb 16 --d-model 1024).
 
 Methods (``+ckpt``: each also with per-block activation checkpointing):
   full_ft   transformer, full attention, every weight trained
@@ -242,15 +246,15 @@ def plot(results: dict[str, Search], budget: int, title: str, path: str) -> None
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mem-gb", type=float, default=None, help="budget in GiB (default 2; --quick 0.25)")
+    ap.add_argument("--mem-gb", type=float, default=None, help="budget in GiB (default 0.05; --quick 0.01)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help=f"subset of {list(METHODS)}")
-    ap.add_argument("--d-model", type=int, default=None, help="default 128 (--quick 64)")
+    ap.add_argument("--d-model", type=int, default=None, help="default 128 (--quick 32)")
     ap.add_argument("--layers", type=int, default=None, help="default 4 (--quick 2)")
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--step", type=int, default=None, help="length granularity (default 256; --quick 128)")
+    ap.add_argument("--step", type=int, default=64, help="length granularity (a multiple of 8)")
     ap.add_argument("--max-len", type=int, default=65536, help="stop searching here (reported as capped)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -261,9 +265,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         ap.error(f"--methods {unknown} unknown; allowed: {list(METHODS)}")
-    mem_gb = args.mem_gb if args.mem_gb is not None else (0.25 if args.quick else 2.0)
-    step = args.step or (128 if args.quick else 256)
-    size = Size(d_model=args.d_model or (64 if args.quick else 128), layers=args.layers or (2 if args.quick else 4),
+    mem_gb = args.mem_gb if args.mem_gb is not None else (0.01 if args.quick else 0.05)
+    step = args.step
+    size = Size(d_model=args.d_model or (32 if args.quick else 128), layers=args.layers or (2 if args.quick else 4),
                 heads=args.heads, vocab=args.vocab, lora_r=args.lora_r, max_len=args.max_len)
     for name, value in (("--mem-gb", mem_gb), ("--step", step), ("--batch", args.batch), ("--max-len", size.max_len)):
         if value <= 0:
