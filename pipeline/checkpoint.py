@@ -105,7 +105,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], keep_previ
 
 def _keep_previous(path: Path) -> None:
     prev = previous_path(path)
-    link = prev.with_name(prev.name + TMP_MARK + uuid.uuid4().hex[:8])
+    link = prev.with_name(f".{prev.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
     try:  # a hard link keeps ``path`` in place until the new file replaces it
         os.link(path, link)
         os.replace(link, prev)
@@ -179,7 +179,7 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
         try:
             read_checkpoint(path)
         except CheckpointError as err:
-            errors.append(str(err))
+            errors.append(str(err)[:200])
             continue
         if errors:
             warnings.warn(f"resuming from {path}, the newest loadable checkpoint; skipped: " + "; ".join(errors),

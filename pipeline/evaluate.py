@@ -33,7 +33,7 @@ from tasks.vocab import Vocab
 log = logging.getLogger(__name__)
 
 
-OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory", "bad_alloc")
 
 
 class EstimatedOOM(MemoryError):

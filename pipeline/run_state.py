@@ -34,6 +34,14 @@ RESUME_MODES = ("auto", "force")
 class RunInUseError(RuntimeError):
     """Another process holds this run directory."""
 
+    foreign_run_dir = True  # pipeline.failures writes no error row into a run that is not ours
+
+
+class RunConfigMismatch(ConfigError):
+    """The run directory belongs to a run with another config."""
+
+    foreign_run_dir = True
+
 
 def is_launcher_rank() -> bool:
     """True in the process that owns the run (rank 0; DDP/SLURM workers share its directory)."""
@@ -107,7 +115,7 @@ def claim_run_config(cfg: DictConfig, run_dir: str | Path, config_hash: str) -> 
         diffs = config_differences(record.get("config", {}), current) or ["(fields equal; hash scheme changed)"]
         name = f"run_id={cfg.get('run_id')!r}" if cfg.get("run_id") else f"run_dir={str(run_dir)!r}"
         if mode != "force":
-            raise ConfigError(
+            raise RunConfigMismatch(
                 f"{name} was started with a different config, so resuming it would change what it means. "
                 f"Differing fields: {'; '.join(diffs)}. Use another run_id, or resume=force to continue this run "
                 f"under the new config")

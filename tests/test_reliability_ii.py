@@ -25,6 +25,7 @@ from models.transformer import Transformer, TransformerConfig
 from pipeline.checkpoint import AtomicCheckpointIO, CheckpointError, find_resume_checkpoint, read_checkpoint
 from pipeline.config import ConfigError
 from pipeline.evaluate import evaluate_grid, is_oom, run_cell
+from pipeline.failures import record_failures
 from pipeline.rows import append_row, make_row, read_rows
 from pipeline.run import train
 from pipeline.run_state import RunInUseError
@@ -210,7 +211,7 @@ def test_same_run_id_with_another_config_stops_naming_the_fields(tmp_path):
     n_rows = len(read_rows(tmp_path / "results.jsonl"))
     changed = TINY + ["run_id=rope-run", "model.pos.rule=alibi", "optim.lr=0.05"]
     with pytest.raises(ConfigError) as err:
-        train(compose_config(changed, run_dir=str(tmp_path)))
+        record_failures(train)(compose_config(changed, run_dir=str(tmp_path)))  # as train.py runs it
     msg = str(err.value)
     assert "model.pos.rule: 'rope' -> 'alibi'" in msg and "optim.lr: 0.003 -> 0.05" in msg and "resume=force" in msg
     assert read_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")["config"] == ckpt_before["config"]
@@ -245,7 +246,7 @@ def test_a_second_process_on_the_same_run_stops_with_a_clear_message(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunInUseError, match=rf"run_id='twin' is in use by another process \(pid {holder.pid}"):
-            train(compose_config(TINY + ["run_id=twin"], run_dir=str(tmp_path)))
+            record_failures(train)(compose_config(TINY + ["run_id=twin"], run_dir=str(tmp_path)))
         assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "results.jsonl").exists()
     finally:
         holder.kill()  # kill -9 releases the lock: the run can go on
@@ -298,3 +299,148 @@ def test_a_cpu_allocation_failure_is_an_oom_row(tmp_path):
     assert rows[0]["status"] == "oom", rows[0]["error"]
     assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
                                "you tried to allocate 4398046511104 bytes. Error code 12"))
+
+
+# --- 8. typed garbage, unreadable artefacts, atomic gates, sweep summary on failure -----------------
+
+
+def _garbage_sweep(root: Path) -> Path:
+    from test_figures import _niah_rows, _write_run
+
+    run = _write_run(root, "good", _niah_rows("transformer", "rope", "pretrain", 128, 1.0, "good"), gates=True)
+    with open(run / "results.jsonl", "a") as f:
+        good = json.loads((run / "results.jsonl").read_text().splitlines()[0])
+        for bad in ({"accuracy": "abc"}, {"accuracy": float("nan")}, {"depth": "middle"}, {"eval_len": "long"},
+                    {"depth": 7.0}, {"status": "maybe"}, {"peak_mem_bytes": float("inf")}):
+            f.write(json.dumps({**good, **bad, "run_id": "garbage"}) + "\n")  # json writes NaN / Infinity
+    broken = _write_run(root, "broken", _niah_rows("mamba", None, "pretrain", 128, 1.0, "broken"), gates=True)
+    (broken / "gates.pt").write_bytes((broken / "gates.pt").read_bytes()[:40])  # a torn gates file
+    return root
+
+
+def test_collect_and_plot_skip_and_report_rows_with_wrong_values_and_unreadable_artefacts(tmp_path, capsys, caplog):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import collect
+    import plot
+
+    sweep = _garbage_sweep(tmp_path / "sweep")
+    rep = collect.collect(sweep)
+    reasons = " | ".join(b["reason"] for b in rep.bad_rows)
+    assert len(rep.bad_rows) == 7, reasons
+    for what in ("accuracy='abc'", "accuracy=nan", "depth='middle'", "eval_len='long'", "depth=7.0", "'maybe'",
+                 "peak_mem_bytes=inf"):
+        assert what in reasons
+    assert "garbage" not in set(rep.table["run_id"]) and rep.table["accuracy"].dtype.kind == "f"
+    collect.print_report(rep, sweep)
+    assert "7 row(s) with wrong values" in " ".join(capsys.readouterr().out.split())
+    with caplog.at_level("WARNING"):
+        done = plot.main([str(sweep), "--out", str(tmp_path / "fig"), "--format", "png", "--dpi", "50",
+                          "--kind", "heatmap", "accuracy", "gates"])
+    out = capsys.readouterr().out
+    assert "skipped row" in out and all(isinstance(done[k], list) and done[k] for k in ("heatmap", "accuracy"))
+    assert [p.name for p in done["gates"] if p.suffix == ".png"] == ["gates_good.png"]
+    assert "broken" in caplog.text and "gates.pt" in caplog.text
+
+
+def test_gates_are_written_atomically(tmp_path, monkeypatch):
+    from models.duo import load_gates, save_gates
+
+    path = tmp_path / "gates.pt"
+    save_gates(torch.full((2, 2), 0.25), str(path))
+    real_save = torch.save
+
+    def killed_mid_write(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        f.truncate(20)
+        raise Killed()
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(Killed):
+        save_gates(torch.full((2, 2), 0.75), str(path))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(load_gates(str(path)), torch.full((2, 2), 0.25))
+    assert [p.name for p in tmp_path.iterdir()] == ["gates.pt"]
+
+
+def test_the_sweep_summary_is_printed_at_exit_when_hydra_skips_multirun_end(tmp_path, monkeypatch, capsys):
+    import atexit
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from pipeline.failures import failure_row
+    from pipeline.sweep_summary import SweepSummary
+
+    at_exit = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    cb = SweepSummary()
+    cb.on_multirun_start(config)
+    for i, seed in enumerate((-1, -2)):  # what Hydra does for two failing jobs, then it re-raises
+        err = ConfigError(f"seed={seed} is out of range")
+        append_row(tmp_path / str(i) / "results.jsonl", failure_row(OmegaConf.create({"seed": seed}), err))
+        job = JobReturn(overrides=[f"seed={seed}"], status=JobStatus.FAILED, _return_value=err)
+        cb.on_job_end(config, job)
+    assert at_exit == [cb.print]
+    at_exit[0]()  # interpreter exit
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 rows" in out and "2 job(s) failed" in out and "seed=-2: ConfigError" in out
+
+
+@pytest.mark.slow
+def test_the_sweep_summary_is_printed_when_jobs_fail(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", LONGCTX_DATA_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", *TINY, "seed=-1,-2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "sweep " in out and "2 rows" in out, out[-3000:]
+    assert "2 job(s) failed" in out and "seed=-1" in out and "seed=-2" in out
+
+
+# --- 9. every bad value of the corpus stopped before any data or step -----------------------
+
+# (overrides, what the message must say): the list, then more of the same kinds.
+CORPUS = [
+    (["cache=duo"], "cache.policy=duo with cache.gates_path=learned in a stage='pretrain' run"),
+    (["eval.depths=[]"], "eval.depths=[] must list at least one depth"),
+    (["model.pos.factor=inf"], "model.pos.factor=inf is not a finite number"),
+    (["optim.lr=nan"], "optim.lr=nan is not a finite number"),
+    (["optim.lr=inf"], "optim.lr=inf is not a finite number"),
+    (["model.pos.factor=nan"], "model.pos.factor=nan is not a finite number"),
+    (["model.norm_eps=-1"], "model.norm_eps=-1.0 must be > 0"),
+    (["seed=2000000000"], "seed=2000000000 is out of range; allowed: 0 <= seed < 1073741824"),
+    (["data.n_train=4"], "data.n_train=4 is smaller than data.batch_size=8"),
+    (["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be >= 1"),
+    (["eval.prefix_cache=true", "eval.n_questions=5"], "eval.n_questions=5 exceeds task.needles=1"),
+    (["vocab_size=abc"], "vocab_size='abc' has the wrong type; expected int"),
+    (["seed=-1"], "seed=-1 is out of range; allowed: 0 <= seed"),
+    (["seed=abc"], "seed='abc' has the wrong type; expected int"),
+    (["model.init_std=-0.02"], "model.init_std=-0.02 must be > 0"),
+    (["trainer.max_steps=abc"], "trainer.max_steps='abc' has the wrong type; expected an integer"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator='tpu' is not available on this machine; allowed here: ["),
+    (["checkpoint_every=-5"], "checkpoint_every=-5 must be >= 1"),
+    (["init_from=/nonexistent"], "init_from='/nonexistent' does not exist"),
+    # beyond the list
+    (["resume=maybe"], "resume='maybe'; allowed: ('auto', 'force')"),
+    (["trainer.val_check_interval=1.5"], "trainer.val_check_interval=1.5; allowed"),
+    (["+trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 must be a number >= 0"),
+    (["optim.weight_decay=nan"], "optim.weight_decay=nan is not a finite number"),
+    (["eval.depths=[0.5,nan]"], "eval.depths[1]=nan is not a finite number"),
+    (["eval.prefix_cache=true", "task=mqar"], "eval.prefix_cache=true needs a task with several needles"),
+    (["stage=extend", "init_from=/nonexistent.ckpt"], "init_from='/nonexistent.ckpt' does not exist"),
+    (["checkpoint_every=abc"], "checkpoint_every='abc' has the wrong type"),
+    (["+trainer.max_epochs=1.5"], "trainer.max_epochs=1.5 has the wrong type; expected an integer"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CORPUS, ids=[" ".join(o) for o, _ in CORPUS])
+def test_every_bad_value_is_stopped_before_any_data_or_step(overrides, message, tmp_path, monkeypatch):
+    import pipeline.run as run
+
+    monkeypatch.setattr(run, "build_model", lambda *a: pytest.fail("a model was built"))
+    with pytest.raises(ConfigError) as err:
+        train(compose_config(TINY + overrides, run_dir=str(tmp_path)))
+    assert message in str(err.value)
+    assert not (tmp_path / "data_cache").exists() and not (tmp_path / "checkpoints").exists()
