@@ -351,7 +351,11 @@ def test_gates_are_written_atomically(tmp_path, monkeypatch):
 
     def killed_mid_write(obj, f, *a, **k):
         real_save(obj, f, *a, **k)
-        f.truncate(20)
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "r+b") as handle:
+                handle.truncate(20)
+        else:
+            f.truncate(20)
         raise Killed()
 
     monkeypatch.setattr(torch, "save", killed_mid_write)
