@@ -132,6 +132,9 @@ def base_config(cfg: DictConfig) -> DictConfig | None:
     base.stage, base.init_from, base.base, base.fit, base.zero_shot_eval = "pretrain", None, None, True, False
     base.run_dir = str(Path(cfg.init_from).parent.parent)
     base.run_id = f"base-{Path(base.run_dir).name}"
+    # every arm of a study derives this base from its own config (kv_name, cache, ...); what the base
+    # is comes from cfg.base, so an arm that finds it half-trained resumes it rather than refusing
+    base.resume = "force"
     return base
 
 

@@ -94,6 +94,29 @@ def test_checkpoints_survive_a_run_dir_on_another_filesystem(second_filesystem):
     assert not [p for p in ckpt_dir(run).iterdir() if ".tmp-" in p.name]
 
 
+SHM = Path("/dev/shm")
+
+
+@pytest.mark.skipif(not SHM.is_dir() or not os.access(SHM, os.W_OK), reason="needs /dev/shm (a second filesystem)")
+def test_no_checkpoint_write_crosses_a_real_filesystem_boundary(tmp_path, monkeypatch):
+    import tempfile
+
+    tmp_other = Path(tempfile.mkdtemp(dir=SHM))
+    if tmp_other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as the run dir here")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_other))  # $TMPDIR on tmpfs, the run dir on disk
+
+    def no_copy(src, dst, *a, **k):
+        raise Killed(f"a checkpoint was copied across filesystems: {src} -> {dst}")
+
+    monkeypatch.setattr(shutil, "copyfile", no_copy)
+    try:
+        train(compose_config(STEPS + ["evaluate=false", "trainer.max_steps=2"], run_dir=str(tmp_path)))
+    finally:
+        shutil.rmtree(tmp_other, ignore_errors=True)
+    assert read_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")["global_step"] == 2
+
+
 def test_a_kill_or_full_disk_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
