@@ -189,9 +189,12 @@ def _train(cfg: DictConfig, res: Resolved, run_dir: Path) -> list[dict[str, Any]
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.get("checkpoint_every", 200)))
     costs = TrainCostProbe()
-    trainer = L.Trainer(**trainer_kwargs(cfg.trainer), default_root_dir=str(run_dir), use_distributed_sampler=False,
+    kwargs = trainer_kwargs(cfg.trainer)
+    plugins = kwargs.pop("plugins", None) or []
+    plugins = [plugins] if isinstance(plugins, (str, dict)) else list(plugins)
+    trainer = L.Trainer(**kwargs, default_root_dir=str(run_dir), use_distributed_sampler=False,
                         logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint, costs],
-                        plugins=[AtomicCheckpointIO()])
+                        plugins=[*plugins, AtomicCheckpointIO()])  # checkpoints: temp beside, fsync, rename
     for lg in trainer.loggers:
         lg.log_hyperparams({"config_hash": res.config_hash, "trainable_params": trainable, **flat_config(cfg)})
     # a killed or requeued run continues from its newest loadable checkpoint (a corrupt one is skipped)
