@@ -471,3 +471,15 @@ def test_every_bad_value_is_stopped_before_any_data_or_step(overrides, message, 
         train(compose_config(TINY + overrides, run_dir=str(tmp_path)))
     assert message in str(err.value)
     assert not (tmp_path / "data_cache").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.gpu
+def test_a_cell_beyond_the_gpus_memory_is_an_oom_row_before_allocating(tmp_path):
+    model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2))
+    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32, 2**30], [0.5], 4, 4, CacheConfig(), 0,
+                         {"run_id": "g"}, tmp_path / "rows.jsonl", device="cuda")
+    assert [(r["eval_len"], r["status"]) for r in rows] == [(32, "ok"), (2**30, "oom")]
+    assert "estimated" in rows[1]["error"] and "on cuda" in rows[1]["error"]
+    with pytest.raises(torch.OutOfMemoryError) as err:
+        torch.empty(2**50, dtype=torch.uint8, device="cuda")
+    assert is_oom(err.value)
