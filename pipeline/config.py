@@ -245,7 +245,11 @@ def check_trainer_values(kwargs: dict[str, Any]) -> None:
     clip = kwargs.get("gradient_clip_val")
     if clip is not None and not (_is_number(clip) and clip >= 0):
         raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (or null)")
-    accel = kwargs.get("accelerator")
+
+
+def check_accelerator(node: Any) -> None:
+    """The accelerator a training run asks for exists on this machine (eval.py picks its own device)."""
+    accel = node.get("accelerator") if node is not None else None
     if isinstance(accel, str):
         allowed = available_accelerators()
         if accel not in allowed:
@@ -401,6 +405,8 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
 
 def check_training(cfg: DictConfig, run: RunConfig, stage: str, data: DataConfig, cache: CacheConfig) -> None:
     """What only train.py needs: a batch the data fills, a start checkpoint, gates for the duo policy."""
+    if "trainer" in cfg:
+        check_accelerator(cfg.trainer)
     if run.fit and data.n_train < data.batch_size:
         raise ConfigError(f"data.n_train={data.n_train} is smaller than data.batch_size={data.batch_size}: not one "
                           f"full training batch; allowed: n_train >= batch_size")
