@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -303,10 +302,8 @@ def test_a_cell_beyond_the_machines_memory_is_an_oom_row_before_allocating(tmp_p
                         real_generate(task, vocab, split, n, length, *a))
     monkeypatch.setattr(ev, "available_bytes", lambda device: 8 * 2**30)  # an 8 GiB machine
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2))
-    t0 = time.perf_counter()
     rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32, 2**28], [0.5], 4, 4, CacheConfig(), 0,
                          {"run_id": "m"}, tmp_path / "rows.jsonl")
-    assert time.perf_counter() - t0 < 20
     assert [(r["eval_len"], r["status"]) for r in rows] == [(32, "ok"), (2**28, "oom")]
     assert "estimated" in rows[1]["error"] and generated == [32]  # nothing generated or allocated for it
 
