@@ -188,6 +188,20 @@ def test_rerunning_a_finished_named_run_adds_no_rows(tmp_path):
     assert len(read_rows(tmp_path / "results.jsonl")) == len(first) == len(second) == 4
 
 
+def test_rerunning_an_eval_command_skips_its_cells(tmp_path):
+    from pipeline.run import evaluate_checkpoint
+
+    train(compose_config(TINY + ["evaluate=false"], run_dir=str(tmp_path / "train")))
+    ov = [f"ckpt={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}", "run_id=ev", "eval.lengths=[32]",
+          "eval.depths=[0.0,1.0]", "eval.n_examples=4"]
+    first = evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path / "ev")), ov)
+    again = evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path / "ev")), ov)
+    assert len(first) == len(again) == len(read_rows(tmp_path / "ev" / "results.jsonl")) == 2
+    quest = ov + ["cache=quest"]  # another policy into the same dir: new cells, not skipped
+    evaluate_checkpoint(compose_config(quest, config_name="eval", run_dir=str(tmp_path / "ev")), quest)
+    assert len(read_rows(tmp_path / "ev" / "results.jsonl")) == 4
+
+
 def test_collect_reports_duplicate_cells(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import collect
