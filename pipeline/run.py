@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from models.duo import detach_duo_gates
 from models.duo import save_gates as save_gate_file
 from models.lora import apply_lora, has_lora, merge_lora, trainable_parameters
 from models.registry import build_model
-from pipeline.checkpoint import load_weights, model_state, read_checkpoint
+from pipeline.checkpoint import load_trained_model, load_weights, model_state, read_checkpoint
 from pipeline.config import ConfigError, Resolved, trainer_kwargs, validate
 from pipeline.costs import TrainCostProbe
 from pipeline.duo_stage import DuoGatesLM
@@ -246,14 +245,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str,
         raise ValueError(f"ckpt={cfg.ckpt!r} carries no config; it was not written by train.py")
     run_cfg = apply_eval_overrides(saved, cfg, overrides)
     res = validate(run_cfg)
-    model = build_model(res.model)
-    state = model_state(ckpt)
-    gates = state.pop("duo_gates", None)  # a duo_gates checkpoint: serve its gates to the duo policy
-    if any(".lora_A." in k for k in state):  # a LoRA(+) extension checkpoint: load adapters, then fold them
-        apply_lora(model, dataclasses.replace(res.lora, enabled=True))
-    load_weights(model, state, source=f"ckpt={cfg.ckpt}")
-    if has_lora(model):
-        merge_lora(model)
+    # a duo_gates checkpoint's gates are served to the duo policy
+    model, gates = load_trained_model(ckpt, res.model, res.lora, source=f"ckpt={cfg.ckpt}")
     run_dir = run_dir_of(cfg)
     if gates is not None:
         save_gates(gates, run_dir)
