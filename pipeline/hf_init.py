@@ -10,6 +10,7 @@ describe the real model.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.hf import HFFormatError, load_model, model_fields_from
 
+log = logging.getLogger(__name__)
 PREFIX = "hf:"
 CONF_MODEL = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -82,12 +84,25 @@ def imported_model_node(cfg: DictConfig, path: Path, overrides: list[str]) -> di
     return OmegaConf.to_container(node, resolve=False)
 
 
+def fields_window(node: dict[str, Any]) -> int | None:
+    """Mistral's sliding window, when the imported model has one."""
+    attn = node.get("attention") or {}
+    if attn.get("eval") == "sink_window" and attn.get("sink") == 0:
+        return int(attn["window"])
+    return None
+
+
 def with_hf_model(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
     """``cfg`` with its model node resolved from ``init_from=hf:PATH``; unchanged for other runs."""
     path = hf_path(cfg.get("init_from"))
     if path is None:
         return cfg
     node = imported_model_node(cfg, path, command_line_overrides() if overrides is None else overrides)
+    window = fields_window(node)
+    if window is not None:
+        log.warning("hf:%s has a sliding window of %d tokens (model.attention sink_window, sink=0); decoding "
+                    "keeps it with cache=sink_window cache.sink=0 cache.window=%d cache.positions=absolute",
+                    path, window, window - 1)
     out = cfg.copy()
     OmegaConf.set_struct(out, False)
     out.model = node

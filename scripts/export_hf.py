@@ -25,6 +25,7 @@ from models.lm import DTYPES  # noqa: E402
 from models.lora import LoraPlusConfig  # noqa: E402
 from pipeline.checkpoint import load_trained_model, read_checkpoint  # noqa: E402
 from pipeline.config import build_model_config, to_dataclass  # noqa: E402
+from pipeline.run import describe  # noqa: E402
 
 ARGS = {"ckpt": "a checkpoint of train.py", "out": "the directory to write",
         "dtype": f"optional: cast to one of {sorted(DTYPES)} (default: as trained)"}
@@ -65,7 +66,7 @@ def export(ckpt: str, out: str, dtype: str | None = None) -> Path:
         for name in CARRIED:
             if (Path(source[3:]) / name).is_file():
                 shutil.copy2(Path(source[3:]) / name, path / name)
-    print(f"wrote {path}/config.json and model.safetensors ({model_cfg.family}, pos={getattr(model_cfg, 'pos', None)})")
+    print(f"wrote {path}/config.json and model.safetensors ({model_cfg.family}, {describe(model_cfg)})")
     if gates is not None:
         print("note: the checkpoint's DuoAttention gates are not model weights and were not exported")
     return path

@@ -201,6 +201,17 @@ def test_imported_transformer_decodes_through_every_cache_policy(saved, tmp_path
             assert not torch.allclose(logits[:, prompt:], ref[:, prompt:], atol=1e-3), policy.label
 
 
+def test_mistral_window_decodes_exactly_through_a_sinkless_window_cache(saved):
+    """Mistral's sliding window W at decode time: cache=sink_window with sink=0, window=W-1 (the query itself
+    is the W-th key) and absolute positions, token by token."""
+    model = imported(saved["mistral"])
+    x = ids(1)
+    cache = model.new_cache(1, CacheConfig(policy="sink_window", sink=0, window=11, positions="absolute"))
+    with torch.no_grad():
+        logits = torch.cat([model(x[:, t : t + 1], cache) for t in range(T)], dim=1)
+    torch.testing.assert_close(logits, reference_logits(saved["mistral"], x), rtol=0, atol=1e-5)
+
+
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     dst.mkdir()
     (dst / "config.json").write_text((src / "config.json").read_text())
@@ -229,3 +240,14 @@ def test_unsupported_directory_errors_are_clear(saved, tmp_path):
                                                       "model_type": "gpt2"}))
     with pytest.raises(HFFormatError, match="GPT2LMHeadModel"):
         model_fields_from(tmp_path)
+
+
+def test_model_dtype_builds_in_that_dtype_and_rejects_unknown_names():
+    from models.registry import build_model
+    from models.transformer import TransformerConfig
+
+    model = build_model(TransformerConfig(vocab_size=64, d_model=32, n_heads=4, dtype="bfloat16"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # restored
+    with pytest.raises(ValueError, match="model.dtype='fp8'"):
+        TransformerConfig(dtype="fp8")

@@ -89,3 +89,20 @@ def test_hf_import_errors_before_any_work(llama_dir, tmp_path):
         ov = [f"init_from=hf:{llama_dir}", "model=mamba"]
         with_hf_model(compose_config(ov, run_dir=str(tmp_path)), ov)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_chosen_model_settings_win_over_the_imported_ones(llama_dir, tmp_path):
+    """Sizes and rope come from config.json unless chosen: on the command line (even a default value),
+    or by an experiment preset (a value unlike conf/model's default)."""
+    from pipeline.hf_init import with_hf_model
+
+    def model(ov):
+        return with_hf_model(compose_config(ov, run_dir=str(tmp_path)), ov).model
+
+    plain = model([f"init_from=hf:{llama_dir}"])
+    assert (plain.d_model, plain.n_kv_heads, plain.vocab_size, plain.pos.rule, plain.pos.factor) == \
+        (32, 2, 96, "llama3", 4.0)
+    assert model([f"init_from=hf:{llama_dir}", "model.pos.rule=rope"]).pos.rule == "rope"  # the default, chosen
+    preset = model([f"init_from=hf:{llama_dir}", "experiment=longlora"])  # sets pos linear x4
+    assert (preset.pos.rule, preset.pos.factor, preset.d_model) == ("linear", 4.0, 32)
+    assert plain.attention.train == "full" and plain.max_seq_len == 128  # from max_position_embeddings
