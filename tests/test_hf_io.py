@@ -251,3 +251,26 @@ def test_model_dtype_builds_in_that_dtype_and_rejects_unknown_names():
     assert torch.get_default_dtype() == torch.float32  # restored
     with pytest.raises(ValueError, match="model.dtype='fp8'"):
         TransformerConfig(dtype="fp8")
+
+
+def test_a_stored_head_beside_tied_embeddings_must_equal_them(saved, tmp_path):
+    def copy_head(state):
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+
+    same = _rewrite(saved["llama"], tmp_path / "same", copy_head)
+    imported(same)  # accepted: transformers ignores it too
+    other = _rewrite(saved["llama"], tmp_path / "other", lambda s: s.update({"lm_head.weight": torch.zeros(V, 32)}))
+    with pytest.raises(HFFormatError, match="lm_head.weight differs"):
+        imported(other)
+
+
+def test_export_refuses_what_transformers_cannot_express(saved, tmp_path):
+    from models.hybrid import Hybrid, HybridConfig
+
+    with pytest.raises(HFFormatError, match="model.family='hybrid'"):
+        save_pretrained(Hybrid(HybridConfig(vocab_size=64, d_model=32)), tmp_path / "hybrid")
+    model = imported(saved["llama"])
+    model.cfg.attention.eval = "duo"
+    with pytest.raises(HFFormatError, match="model.attention.eval='duo'"):
+        save_pretrained(model, tmp_path / "duo")
+    assert not (tmp_path / "duo").exists()  # nothing half-written
