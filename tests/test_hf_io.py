@@ -160,10 +160,21 @@ def test_sharded_directory_equals_single_file(saved, tmp_path):
         assert torch.equal(imported(tmp_path)(x), imported(saved["qwen2"])(x))
 
 
-def test_bf16_loads_in_bf16_and_model_dtype_overrides(saved, tmp_path):
+def test_bf16_loads_in_bf16_and_model_dtype_overrides(saved, tmp_path, monkeypatch):
+    """A bf16 directory becomes a bf16 model with no float32 copy: the model is built on the meta device
+    (its random init touches no memory) and allocated empty in bf16 before the stored tensors go in."""
     transformers.AutoModelForCausalLM.from_pretrained(saved["llama"], dtype=torch.bfloat16).save_pretrained(tmp_path)
     assert model_fields_from(tmp_path)["dtype"] == "bfloat16"
+    initialised = []
+    normal = torch.nn.init.normal_
+
+    def spy(*args, **kwargs):
+        initialised.append((args[0] if args else kwargs["tensor"]).device.type)
+        return normal(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", spy)
     model = imported(tmp_path)
+    assert initialised and set(initialised) == {"meta"}
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     x = ids()
     with torch.no_grad():
@@ -274,3 +285,43 @@ def test_export_refuses_what_transformers_cannot_express(saved, tmp_path):
     with pytest.raises(HFFormatError, match="model.attention.eval='duo'"):
         save_pretrained(model, tmp_path / "duo")
     assert not (tmp_path / "duo").exists()  # nothing half-written
+
+
+ROPE_RULES = {
+    "rope": {}, "linear": {"factor": 2.0}, "ntk": {"factor": 2.0},
+    "dynamic_ntk": {"factor": 2.0, "max_position_embeddings": 16},
+    "yarn": {"factor": 4.0, "original_max_position_embeddings": 16},
+    "llama3": {"factor": 4.0, "original_max_position_embeddings": 16},
+    "longrope": {"original_max_position_embeddings": 16, "max_position_embeddings": 64,
+                 "short_factor": [1.0, 1.0, 1.1, 1.2], "long_factor": [1.0, 1.5, 2.5, 4.0]},
+}
+
+
+@pytest.mark.parametrize("rule", list(ROPE_RULES))
+def test_every_rope_rule_exports_to_transformers_with_equal_logits(rule, tmp_path):
+    """Our rule -> transformers' rope_parameters (static NTK as plain RoPE with its raised base): same logits
+    at T=40, past every rule's original length (dynamic and longrope switch to their long form)."""
+    from models.registry import build_model
+    from models.rope import PosConfig
+    from models.transformer import TransformerConfig
+
+    cfg = TransformerConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=48,
+                            max_seq_len=64, init_std=0.2, pos=PosConfig(rule=rule, base=1000.0, **ROPE_RULES[rule]))
+    ours = build_model(cfg).eval()
+    save_pretrained(ours, tmp_path)
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(reference_logits(tmp_path, x), ours(x), rtol=0, atol=1e-5)
+    back = model_fields_from(tmp_path)["pos"]  # and back: the same rule (ntk reads as rope with its base)
+    assert back["rule"] == ("rope" if rule == "ntk" else rule)
+
+
+def test_v4_style_config_json_reads_like_v5(saved, tmp_path):
+    """Hub configs written by transformers 4.x: rope_theta at the top, rope_scaling with "type" or "rope_type"."""
+    cfg = json.loads((saved["llama"] / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = rope.pop("rope_theta")
+    cfg["rope_scaling"] = {**{k: v for k, v in rope.items() if k != "rope_type"}, "type": rope["rope_type"]}
+    tmp_path.joinpath("config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors").symlink_to(saved["llama"] / "model.safetensors")
+    assert model_fields_from(tmp_path) == model_fields_from(saved["llama"])
