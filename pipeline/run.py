@@ -148,11 +148,9 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     run_dir = run_dir_of(cfg)
     run_id = cfg.get("run_id") or f"{res.model.family}-{res.task.name}-{uuid.uuid4().hex[:6]}"
     L.seed_everything(int(cfg.seed), workers=True)
-    if hf_path(cfg.get("init_from")) is not None:
-        model = load_hf_model(res.model, cfg.init_from)
-    else:
-        model = build_model(res.model)
-    if cfg.get("init_from") and hf_path(cfg.init_from) is None:
+    hf_dir = hf_path(cfg.get("init_from"))
+    model = build_model(res.model) if hf_dir is None else load_hf_model(res.model, cfg.init_from)
+    if cfg.get("init_from") and hf_dir is None:  # a checkpoint of this project
         state = model_state(read_checkpoint(cfg.init_from))
         state.pop("duo_gates", None)  # gates of an earlier duo stage are not model weights
         load_weights(model, state, source=f"init_from={cfg.init_from}")
