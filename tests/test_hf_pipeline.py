@@ -54,10 +54,11 @@ def test_eval_py_on_an_imported_model_with_a_cache_policy(llama_dir, tmp_path):
 
 
 def test_train_extend_from_an_imported_model_then_export(llama_dir, tmp_path):
-    """stage=extend with yarn on the imported Llama; its checkpoint carries the imported architecture,
-    eval.py reads it back, and export_hf.py writes what transformers loads with our logits."""
+    """stage=extend with yarn and LoRA+ on the imported Llama; its checkpoint carries the imported architecture,
+    eval.py reads it back, and export_hf.py merges the adapters and writes what transformers loads with our logits."""
     ov = HF_TINY + ["stage=extend", f"init_from=hf:{llama_dir}", "model.pos.rule=yarn", "model.pos.factor=2",
-                    "task.train_len=64", "eval.lengths=[64]"]
+                    "task.train_len=64", "eval.lengths=[64]", "lora.enabled=true", "lora.trainable=[norm]",
+                    "trainer.max_steps=2"]
     rows = train(compose_config(ov, run_dir=str(tmp_path / "ext")))
     assert rows and all(r["status"] == "ok" and r["pos"] == "yarnx2" and r["stage"] == "extend" for r in rows)
     ckpt = tmp_path / "ext" / "checkpoints" / "last.ckpt"
@@ -69,11 +70,14 @@ def test_train_extend_from_an_imported_model_then_export(llama_dir, tmp_path):
     assert again[0]["status"] == "ok" and again[0]["token_accuracy"] == rows[0]["token_accuracy"]
 
     run(["scripts/export_hf.py", f"ckpt={ckpt}", f"out={tmp_path / 'hf'}"], tmp_path)
+    from models.lora import LoraPlusConfig, apply_lora, merge_lora
     from models.registry import build_model
     from pipeline.config import build_model_config
 
-    ours = build_model(build_model_config(saved)).eval()
+    ours = apply_lora(build_model(build_model_config(saved)), LoraPlusConfig(enabled=True, trainable=["norm"]))
     ours.load_state_dict(model_state(read_checkpoint(ckpt)))
+    assert any(".lora_B." in k and v.abs().sum() > 0 for k, v in ours.state_dict().items())  # adapters trained
+    ours = merge_lora(ours).eval()
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     x = torch.randint(0, 96, (2, 64))
     with torch.no_grad():
