@@ -338,8 +338,8 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
     task = build_task(cfg.task)
     eval_cfg = to_dataclass(EvalConfig, cfg.eval, "eval")
     cache = to_dataclass(CacheConfig, cfg.cache, "cache")
-    data = to_dataclass(DataConfig, cfg.data, "data")
-    optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+    data = to_dataclass(DataConfig, cfg.get("data"), "data")  # eval.py configs have no data/optim
+    optim = to_dataclass(OptimConfig, cfg.get("optim"), "optim")
     eval_tasks = [task]
     if eval_cfg.tasks:
         nodes = eval_task_nodes if eval_task_nodes is not None else task_nodes_from_conf()
@@ -410,7 +410,8 @@ def check_training(cfg: DictConfig, run: RunConfig, stage: str, data: DataConfig
     if run.fit and data.n_train < data.batch_size:
         raise ConfigError(f"data.n_train={data.n_train} is smaller than data.batch_size={data.batch_size}: not one "
                           f"full training batch; allowed: n_train >= batch_size")
-    if run.init_from and not cfg.get("base") and not Path(run.init_from).is_file():
+    hf_model = str(run.init_from or "").startswith("hf:")  # a Hugging Face directory: pipeline/hf_init checks it
+    if run.init_from and not cfg.get("base") and not hf_model and not Path(run.init_from).is_file():
         raise ConfigError(f"init_from={run.init_from!r} does not exist (or is not a file); allowed: a checkpoint "
                           f"written by train.py (e.g. outputs/runs/NAME/checkpoints/last.ckpt)")
     if run.evaluate and cache.policy == "duo" and cache.gates_path == "learned" and stage != "duo_gates":
