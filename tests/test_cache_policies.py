@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,6 +206,33 @@ def test_duo_mixed_heads_follow_their_role(rule):
     assert duo.full.k.shape == (B, 1, T, D) and duo.stream.k.shape == (B, 1, 6, D)
 
 
+def reference_sparsify(alpha: np.ndarray, sparsity: float, rng: np.random.Generator) -> np.ndarray:
+    """A port of duo_attn/utils.py::sparsify_attention_heads (its sparsity branch): True = retrieval."""
+    alpha = alpha + rng.uniform(0, 1e-6, alpha.shape)  # tie-breaking noise
+    threshold = np.quantile(alpha, sparsity)
+    if sparsity >= 1:
+        threshold = 2
+    if sparsity <= 0:
+        threshold = -1
+    return alpha >= threshold
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0])
+def test_deploy_gates_equals_reference_sparsify(sparsity):
+    gates = torch.rand(4, 6, generator=torch.Generator().manual_seed(3))  # distinct: no ties to break
+    ref = reference_sparsify(gates.double().numpy(), sparsity, np.random.default_rng(0))
+    assert deploy_gates(gates, sparsity=sparsity).numpy().tolist() == ref.tolist()
+    # ties (all gates equal, as untrained): the same number streams, the heads chosen at random by seed
+    tied = torch.ones(4, 6)
+    ref_tied = reference_sparsify(tied.double().numpy(), sparsity, np.random.default_rng(0))
+    picks = {tuple(deploy_gates(tied, sparsity=sparsity, seed=s).flatten().tolist()) for s in range(8)}
+    assert {sum(p) for p in picks} == {int(ref_tied.sum())}
+    if 0 < sparsity < 1:
+        assert len(picks) > 1  # not a fixed (layer, head) order
+    assert deploy_gates(tied, sparsity=sparsity, seed=5).tolist() == deploy_gates(tied, sparsity=sparsity,
+                                                                                  seed=5).tolist()
+
+
 def test_deploy_gates_global_cut_threshold_and_validation(tmp_path):
     gates = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.7, 0.6]])
     ret = deploy_gates(gates, sparsity=0.5)
@@ -212,8 +240,7 @@ def test_deploy_gates_global_cut_threshold_and_validation(tmp_path):
     assert ret.tolist() == [[True, False, False, False], [False, True, True, True]]
     assert deploy_gates(gates, sparsity=0.75).sum() == 8 - math.ceil(0.75 * 7)
     assert deploy_gates(gates, sparsity=0.0).all()
-    assert deploy_gates(gates, sparsity=1.0).sum() == 1  # quantile_1 = max: the top head stays retrieval
-    assert deploy_gates(torch.ones(2, 2), sparsity=0.5).sum() == 2  # ties: a deterministic half
+    assert not deploy_gates(gates, sparsity=1.0).any()  # sparsity 1: every head streams (the reference)
     assert deploy_gates(gates, threshold=0.6).tolist() == ret.tolist()
     path = write_gates(tmp_path, gates)
     torch.testing.assert_close(load_gates(path), gates)
@@ -387,3 +414,75 @@ def test_gate_optimisation_lowers_loss_and_separates_heads():
     assert losses[-1] < losses[0]
     assert gates.max() - gates.min() > 0.03, gates  # heads that matter keep high gates
     assert model.cfg.attention.train == "full"  # the pattern switch is restored
+
+
+def reference_two_way_loss(model: Transformer, gates: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                           lam: float = 0.05) -> torch.Tensor:
+    """A port of DuoAttention's training step on our weights: ``llama_duo_attention_forward_two_way`` per
+    layer (teacher q/k/v under no_grad, full attention; student (1-a) Stream(own q/k/v) + a Full(teacher)),
+    written as an explicit layer loop with naive masked attention, then train.py's loss."""
+    cfg = model.cfg
+    T, S, R = ids.shape[1], cfg.attention.sink, cfg.attention.window
+    H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    causal = j <= i
+    streaming = causal & ((j < S) | (j >= i - R + 1))  # duo-attention generate_streaming_mask
+    pos = torch.arange(T)
+    x_t = x_s = model.embed_tokens(ids)
+    for li, block in enumerate(model.layers):
+        attn = block.self_attn
+
+        def qkv(x, attn=attn):
+            Bx = x.shape[0]
+            q = attn.q_proj(x).view(Bx, T, H, hd).transpose(1, 2)
+            k = attn.k_proj(x).view(Bx, T, Hkv, hd).transpose(1, 2)
+            v = attn.v_proj(x).view(Bx, T, Hkv, hd).transpose(1, 2)
+            return attn.positional.rotate(q, pos, T), attn.positional.rotate(k, pos, T), v
+
+        with torch.no_grad():
+            full = naive_attention(*qkv(block.input_layernorm(x_t)), causal)
+        stream = naive_attention(*qkv(block.input_layernorm(x_s)), streaming)
+        a = gates[li].clamp(0, 1).repeat_interleave(H // Hkv).view(1, H, 1, 1)
+        mixed = (1 - a) * stream + a * full
+        x_t = x_t + attn.o_proj(full.transpose(1, 2).reshape(ids.shape[0], T, -1))
+        x_s = x_s + attn.o_proj(mixed.transpose(1, 2).reshape(ids.shape[0], T, -1))
+        x_t = x_t + block.mlp(block.post_attention_layernorm(x_t))
+        x_s = x_s + block.mlp(block.post_attention_layernorm(x_s))
+    h_t, h_s = model.norm(x_t), model.norm(x_s)
+    distill = ((h_t - h_s) ** 2).mean(-1)[mask].sum() / mask.sum()
+    return distill + lam * gates.abs().mean()
+
+
+def test_two_way_forward_equals_reference_loss_and_gate_gradient():
+    torch.manual_seed(0)
+    model = tiny_model(sink=2, window=6, init_std=0.3)
+    gates = attach_duo_gates(model)
+    with torch.no_grad():
+        gates.copy_(torch.rand_like(gates))
+    model.train()
+    ids = torch.randint(0, 64, (3, 40))
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    mask[:, 28:] = True
+    h_full, h_mix = duo_hidden_pair(model, ids)  # objective two_way
+    ours = duo_distill_loss(h_full, h_mix, mask, gates)
+    (g_ours,) = torch.autograd.grad(ours, gates)
+    ref_gates = gates.detach().clone().requires_grad_(True)
+    ref = reference_two_way_loss(model, ref_gates, ids, mask)
+    (g_ref,) = torch.autograd.grad(ref, ref_gates)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-7, rtol=1e-4)
+    # the earlier objective (full branch on the student's own states) is a different function
+    h_full2, h_mix2 = duo_hidden_pair(model, ids, objective="same_states")
+    same = duo_distill_loss(h_full2, h_mix2, mask, gates)
+    assert not torch.allclose(same, ref, rtol=1e-3)
+    assert model.cfg.attention.train == "full"
+
+
+def test_duo_schedule_matches_reference_lambda():
+    from pipeline.duo_stage import duo_schedule
+
+    for total in (10, 37, 2000):
+        ours = duo_schedule(total)
+        ref = [min(1, max((s + 1) / (total // 5), 0.1), max((total - s) / (total // 5), 0.1)) for s in range(total)]
+        assert [ours(s) for s in range(total)] == pytest.approx(ref)
+    assert duo_schedule(2000)(0) == 0.1  # the warm-up starts at the floor
