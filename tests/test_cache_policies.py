@@ -258,22 +258,25 @@ def test_deploy_gates_global_cut_threshold_and_validation(tmp_path):
 # ---------------------------------------------------------------- quest
 
 
-def test_quest_budget_covering_context_equals_full(ids):
+@pytest.mark.parametrize("selection,page", [("kernel", 8), ("eval", 1)])
+def test_quest_budget_covering_context_equals_full(ids, selection, page):
+    # (the eval path clips its budget to the keys and floors it to pages: with a partial last page it
+    # drops one page even when the budget covers the context, as the reference does; so page 1 there)
     model = tiny_model()
     full = run_cached(model, CacheConfig(policy="full"), ids, prompt=20)
-    quest = CacheConfig(policy="quest", budget=48, page_size=8, dense_layers=0)
+    quest = CacheConfig(policy="quest", budget=48, page_size=page, dense_layers=0, selection=selection)
     torch.testing.assert_close(run_cached(model, quest, ids, prompt=20), full, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("rule", ["rope", "alibi"])
 def test_quest_decode_reads_top_pages_per_query_head(rule):
-    """Pages scored by sum_i max(q_i m_i, q_i M_i) per query head; current page forced; exact softmax."""
+    """Kernel path: pages scored by sum_i max(q_i m_i, q_i M_i) per query head; current page forced."""
     P, budget, T0, steps = 4, 12, 30, 6
     pos = Positional(PosConfig(rule=rule), D, H)
     T = T0 + steps
     q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
     qr, kr = pos.rotate(q, torch.arange(T), T), pos.rotate(k, torch.arange(T), T)
-    cache = QuestCache(budget, P, sparse=True)
+    cache = QuestCache(budget, P, sparse=True, selection="kernel")
     cache.attend(q[:, :, :T0], k[:, :, :T0], v[:, :, :T0], pos, 0)
     for a in range(T0, T):
         out = cache.attend(q[:, :, a : a + 1], k[:, :, a : a + 1], v[:, :, a : a + 1], pos, a)
@@ -486,3 +489,99 @@ def test_duo_schedule_matches_reference_lambda():
         ref = [min(1, max((s + 1) / (total // 5), 0.1), max((total - s) / (total // 5), 0.1)) for s in range(total)]
         assert [ours(s) for s in range(total)] == pytest.approx(ref)
     assert duo_schedule(2000)(0) == 0.1  # the warm-up starts at the floor
+
+
+def reference_quest_mask(q: torch.Tensor, k: torch.Tensor, token_budget: int, chunk_size: int) -> torch.Tensor:
+    """A port of Quest's evaluation path (evaluation/quest_attention.py: the page estimate in ``forward``
+    and ``local_heavy_hitter_mask``) for one decode query: q (B, H, 1, D), k (B, H, N, D) rotated and
+    repeated per query head -> the (B, H, 1, N) bool mask of the tokens read."""
+    N = k.shape[-2]
+    sign = (q > 0) + (~(q > 0)) * -1
+    max_key = k * sign
+    pad = chunk_size - ((N - 1) % chunk_size + 1)
+    fill = torch.finfo(max_key.dtype).min
+    max_key = torch.cat([max_key, torch.ones(*max_key.shape[:2], pad, max_key.shape[3]) * fill], dim=-2)
+    chunk_max = max_key.reshape(*max_key.shape[:2], -1, chunk_size, max_key.shape[3]).amax(dim=-2)
+    chunk_max = chunk_max.unsqueeze(-2).repeat(1, 1, 1, chunk_size, 1).reshape(*k.shape[:2], -1, k.shape[3])[:, :, :N]
+    weights = (q * sign).float() @ chunk_max.transpose(2, 3)  # (B, H, 1, N)
+    budget = min(N, token_budget)
+    weights = torch.cat([weights, torch.ones(*weights.shape[:3], pad) * torch.finfo(weights.dtype).min], -1)
+    chunks = weights.reshape(*weights.shape[:3], -1, chunk_size).amax(dim=-1)
+    _, topk = chunks.topk(k=min(max(3, budget // chunk_size), chunks.size(-1)), dim=-1)
+    topk = topk.unsqueeze(-1).repeat(1, 1, 1, 1, chunk_size) * chunk_size + torch.arange(chunk_size)
+    topk = topk.reshape(*topk.shape[:3], -1)
+    mask = torch.zeros_like(weights, dtype=torch.bool)
+    mask.scatter_(-1, topk, True)
+    return mask[..., :N]
+
+
+@pytest.mark.parametrize("budget", [4, 12, 20, 200])
+def test_quest_eval_path_pages_equal_reference(budget):
+    """Eval path: page sets per query head and the outputs equal the port of quest_attention.py."""
+    P, T0, steps = 4, 30, 7
+    pos = Positional(PosConfig(rule="rope"), D, H)
+    T = T0 + steps
+    torch.manual_seed(1)
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
+    qr, kr = pos.rotate(q, torch.arange(T), T), pos.rotate(k, torch.arange(T), T)
+    cache = QuestCache(max(budget, P), P, sparse=True, selection="eval")
+    cache.attend(q[:, :, :T0], k[:, :, :T0], v[:, :, :T0], pos, 0)
+    G = H // HKV
+    for a in range(T0, T):
+        out = cache.attend(q[:, :, a : a + 1], k[:, :, a : a + 1], v[:, :, a : a + 1], pos, a)
+        keys = kr[:, :, : a + 1].repeat_interleave(G, dim=1)  # (B, H, a+1, D)
+        ref = reference_quest_mask(qr[:, :, a : a + 1], keys, budget, P)  # (B, H, 1, a+1)
+        ref_pages = [[set(torch.nonzero(ref[b, h, 0, ::P]).flatten().tolist()) for h in range(H)] for b in range(B)]
+        n_pages = a // P + 1
+        if min(max(3, min(a + 1, budget) // P), n_pages) < n_pages:
+            ours = cache.select_pages(qr[:, :, a : a + 1]).view(B, H, -1)  # (B, H, n)
+            assert [[set(ours[b, h].tolist()) for h in range(H)] for b in range(B)] == ref_pages
+        expected = naive_attention(qr[:, :, a : a + 1], kr[:, :, : a + 1], v[:, :, : a + 1], ref)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    if budget == 4:  # a budget of one page still reads three (max(3, budget // page))
+        assert cache.n_selected(40) == 3
+
+
+def test_quest_dense_layers_keep_the_last_layer_sparse():
+    from models.cache_quest import effective_dense_layers
+
+    assert effective_dense_layers(2, 32) == 2 and effective_dense_layers(2, 4) == 2
+    assert effective_dense_layers(2, 2) == 1 and effective_dense_layers(2, 1) == 0
+    cache = tiny_model().new_cache(1, CacheConfig(policy="quest", budget=16, page_size=4))  # 2 layers
+    assert [layer.sparse for layer in cache.layers] == [False, True]
+    with pytest.raises(ValueError, match="cache.selection"):
+        CacheConfig(policy="quest", selection="exact")
+
+
+def test_quest_preallocates_and_decode_memory_is_analytic():
+    """After reserve() nothing is reallocated: KV and page bounds are written in place from the first
+    chunk to the last decode step, and the decode loop's memory (cache + what steps allocate) stays
+    within 10% of the analytic bytes (KV + page min/max of the sparse layers) at 4096 tokens."""
+    from pipeline.memory import measure_peak, module_bytes
+
+    cfg = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, max_seq_len=8192)
+    model = Transformer(cfg).eval()
+    policy = CacheConfig(policy="quest", budget=64, page_size=16)
+    N, steps = 4096, 24
+    ids = torch.randint(0, 64, (1, N))
+    cache = model.new_cache(1, policy)
+    cache.reserve(N)
+    layer = cache.layers[1]  # the sparse one (layer 0 stays dense in a 2-layer model)
+    with torch.no_grad():
+        model(ids[:, :16], cache)
+        ptrs = (layer.kv.k.data_ptr(), layer.kmin.data_ptr(), layer.kmax.data_ptr())
+        for s in range(16, N - steps, 256):  # chunked prefill (a dense one would hold (T, T) scores)
+            model(ids[:, s : min(s + 256, N - steps)], cache)
+        held = cache.nbytes()
+        with measure_peak(model) as m:
+            for t in range(N - steps, N):
+                model(ids[:, t : t + 1], cache)
+    assert (layer.kv.k.data_ptr(), layer.kmin.data_ptr(), layer.kmax.data_ptr()) == ptrs  # written in place
+    per_token_head = 2 * cfg.head_dim * 4  # K and V, fp32
+    analytic = cfg.n_layers * cfg.n_kv_heads * N * per_token_head + 1 * cfg.n_kv_heads * (N // 16) * per_token_head
+    assert held == cache.nbytes() == analytic
+    # The tracker counts each storage an op returns a view of once: the cache (read through slices)
+    # and the parameters (through transposes) as well as what the steps allocate. Minus the
+    # parameters, that is the decode loop's memory.
+    decode_bytes = m.region_peak_bytes - module_bytes(model)
+    assert held <= decode_bytes <= 1.10 * analytic, (decode_bytes, analytic)
