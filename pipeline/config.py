@@ -220,8 +220,8 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
     task = build_task(cfg.task)
     eval_cfg = to_dataclass(EvalConfig, cfg.eval, "eval")
     cache = to_dataclass(CacheConfig, cfg.cache, "cache")
-    data = to_dataclass(DataConfig, cfg.data, "data")
-    optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+    data = to_dataclass(DataConfig, cfg.get("data"), "data")  # eval.py configs have no data/optim
+    optim = to_dataclass(OptimConfig, cfg.get("optim"), "optim")
     eval_tasks = [task]
     if eval_cfg.tasks:
         nodes = eval_task_nodes if eval_task_nodes is not None else task_nodes_from_conf()
