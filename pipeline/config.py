@@ -24,6 +24,7 @@ from models.attention import group_size
 from models.cache import CacheConfig
 from models.lora import LoraPlusConfig
 from models.registry import config_class
+from pipeline.decode import PROTOCOLS
 from pipeline.duo_stage import DuoConfig
 from tasks.base import MAX_SEED, Task
 from tasks.registry import TASKS
@@ -110,6 +111,8 @@ class EvalConfig:
     tasks: Optional[list[str]] = None  # None: the training task; else names of conf/task entries
     prefix_cache: bool = False
     n_questions: int = 4  # prefix_cache: questions asked of one context
+    protocol: str = "question_decoded"  # question_decoded | question_prefilled (ablation); pipeline/decode.py
+    decode_tail: Optional[int] = None  # None: decode the whole question token by token; N: the last N prompt tokens
 
     def __post_init__(self) -> None:
         if not self.lengths:
@@ -127,6 +130,13 @@ class EvalConfig:
             raise ConfigError(
                 f"eval.n_examples={self.n_examples}, eval.batch_size={self.batch_size} and "
                 f"eval.n_questions={self.n_questions} must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"eval.protocol={self.protocol!r}; allowed: {list(PROTOCOLS)}")
+        if self.decode_tail is not None and self.decode_tail < 0:
+            raise ConfigError(f"eval.decode_tail={self.decode_tail} must be null (the whole question) or >= 0")
+        if self.decode_tail is not None and self.protocol != "question_decoded":
+            raise ConfigError(f"eval.decode_tail={self.decode_tail} needs eval.protocol=question_decoded, "
+                              f"got {self.protocol!r}")
         if not (self.decode or self.teacher_forced):
             raise ConfigError("eval.decode=false and eval.teacher_forced=false: nothing to evaluate")
 

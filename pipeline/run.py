@@ -98,11 +98,12 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
     rows = evaluate_grid(
         model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
         res.eval.batch_size, res.cache, int(cfg.seed), base, run_dir / ROWS_FILE,
-        decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device)
+        decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device,
+        protocol=res.eval.protocol, decode_tail=res.eval.decode_tail)
     if res.eval.prefix_cache:
         rows += evaluate_prefix_cache(model, res.task, res.vocab, res.eval.lengths, res.eval.n_examples,
                                       res.eval.batch_size, res.eval.n_questions, res.cache, int(cfg.seed), base,
-                                      run_dir / ROWS_FILE, device)
+                                      run_dir / ROWS_FILE, device, protocol=res.eval.protocol)
     print_summary(rows, title=f"{run_id}: {describe(res.model)}")
     return rows
 
