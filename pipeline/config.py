@@ -24,8 +24,10 @@ from models.cache import CacheConfig
 from models.lora import LoraPlusConfig
 from models.registry import config_class
 from pipeline.duo_stage import DuoConfig
+from pipeline.eval_kinds import EVAL_KINDS, LmEvalConfig, LongBenchConfig, SinkProbeConfig
 from tasks.base import Task
 from tasks.registry import TASKS
+from tasks.text import bind_tokenizer
 from tasks.vocab import Vocab
 
 STAGES = ("pretrain", "extend", "duo_gates")
@@ -84,8 +86,19 @@ class EvalConfig:
     tasks: Optional[list[str]] = None  # None: the training task; else names of conf/task entries
     prefix_cache: bool = False
     n_questions: int = 4  # prefix_cache: questions asked of one context
+    kind: str = "grid"  # grid: tasks x lengths x depths | lm: perplexity by position | longbench | sinks
+    lm: LmEvalConfig = field(default_factory=LmEvalConfig)
+    longbench: LongBenchConfig = field(default_factory=LongBenchConfig)
+    sinks: SinkProbeConfig = field(default_factory=SinkProbeConfig)
 
     def __post_init__(self) -> None:
+        if self.kind not in EVAL_KINDS:
+            raise ConfigError(f"eval.kind={self.kind!r}; allowed: {list(EVAL_KINDS)}")
+        if self.kind == "longbench":
+            try:
+                self.longbench.check()  # the folder and every dataset file, before any model is built
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if not self.lengths:
             raise ConfigError("eval.lengths=[] must list at least one length")
         for length in self.lengths:
@@ -221,6 +234,7 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
         eval_tasks = [build_task(nodes[name], f"eval.tasks[{name}]") for name in eval_cfg.tasks]
     for t in eval_tasks + [task]:
         try:
+            bind_tokenizer(t, cfg.get("tokenizer") or "bytes")  # text tasks read the run's tokenizer
             t.check_vocab(vocab)
         except ValueError as err:
             raise ConfigError(str(err)) from None
