@@ -58,8 +58,8 @@ class Passkey(TextTask):
     def min_length(self) -> int:
         widest = "9" * self.digits  # a token spans at least one character: at most one more token per digit
         slack = 3 * self.digits
-        return self._fixed() + len(self.encode(NEEDLE.format(key=widest))) + len(self.encode(ANSWER.format(key=widest))) \
-            + slack
+        needle, answer = self.encode(NEEDLE.format(key=widest)), self.encode(ANSWER.format(key=widest))
+        return self._fixed() + len(needle) + len(answer) + slack
 
     def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
                  depth: float | None = None) -> TaskArrays:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import compose_config
+
 from models.cache import CacheConfig
 from models.transformer import Transformer, TransformerConfig
 from pipeline.lm_eval import LmEvalConfig, evaluate_lm, recompute_nll, stream_nll
@@ -81,7 +81,8 @@ def text_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra", [["cache=sink_window", "cache.sink=4", "cache.window=16"],
-                                   ["eval.lm.mode=recompute", "eval.lm.recompute_window=16"]], ids=["stream", "recompute"])
+                                   ["eval.lm.mode=recompute", "eval.lm.recompute_window=16"]],
+                         ids=["stream", "recompute"])
 def test_eval_py_lm_runs_on_a_checkpoint(text_checkpoint, tmp_path, extra) -> None:
     ov = [f"ckpt={text_checkpoint}", "eval=lm", "eval.lm.n_tokens=96", "eval.lm.n_streams=2", "eval.lm.bucket=32"]
     ov += extra

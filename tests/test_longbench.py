@@ -63,7 +63,8 @@ def test_missing_dir_is_a_config_error_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eval.longbench.dir"):
         validate(compose_config(["eval=longbench"]))
     with pytest.raises(ConfigError, match="qasper"):
-        validate(compose_config(["eval=longbench", f"eval.longbench.dir={FIXTURE}", "eval.longbench.datasets=[qasper]"]))
+        validate(compose_config(["eval=longbench", f"eval.longbench.dir={FIXTURE}",
+                                 "eval.longbench.datasets=[qasper]"]))
     assert LongBenchConfig(dir=str(FIXTURE), datasets=["lcc"]).check() == ["lcc"]
 
 
