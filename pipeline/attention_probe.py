@@ -31,6 +31,7 @@ class SinkProbeConfig:
     length: Optional[int] = None  # tokens per sequence; None: the training length
     n_sequences: int = 8
     skip: int = 1  # queries before this position are left out (query 0 can only see key 0)
+    start_token: Optional[int] = None  # an id put first in every sequence (a BOS), as the model was trained
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -90,13 +91,17 @@ def probe_sinks(model: nn.Module, cfg: SinkProbeConfig, tokenizer: str, train_le
     if step < 1:
         raise ValueError(f"eval.sinks: corpus split has {len(tokens)} tokens, too few for n_sequences="
                          f"{cfg.n_sequences} x length={length}")
-    x = torch.from_numpy(np.stack([tokens[i * step : i * step + length] for i in range(cfg.n_sequences)])).to(device)
+    seqs = np.stack([tokens[i * step : i * step + length] for i in range(cfg.n_sequences)])
+    if cfg.start_token is not None:
+        seqs = np.concatenate([np.full((cfg.n_sequences, 1), cfg.start_token), seqs[:, :-1]], axis=1)
+    x = torch.from_numpy(seqs).to(device)
     mass = sink_mass(model, x, cfg.skip)
     uniform = float(np.mean(1.0 / (np.arange(cfg.skip, length) + 1)))
     rows = []
     for layer, heads in enumerate(mass):
         for head, m in enumerate(heads):
-            rows.append(make_row(**row_base, task="sinks", corpus=cfg.corpus, eval_len=length, layer=layer, head=head,
+            rows.append(make_row(**row_base, task="sinks", corpus=cfg.corpus, start_token=cfg.start_token,
+                                 eval_len=length, layer=layer, head=head,
                                  sink_mass=float(m), uniform_mass=uniform, n_examples=cfg.n_sequences, status="ok"))
     for row in rows:
         if rows_path is not None:

@@ -44,6 +44,7 @@ class LmEvalConfig:
     mode: str = "stream"  # stream: through the cache policy | recompute: sliding window, re-computed
     recompute_window: int = 64  # mode=recompute: tokens of context per prediction
     recompute_batch: int = 256  # mode=recompute: windows per forward call
+    start_token: Optional[int] = None  # an id put before every stream (a BOS), as the model was trained
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -99,7 +100,10 @@ def evaluate_lm(model: nn.Module, cfg: LmEvalConfig, tokenizer: str, policy: Cac
     """Rows of mean NLL per position bucket under one policy (or the re-computation baseline)."""
     device = torch.device(device)
     model.eval()
-    x = torch.from_numpy(streams(corpus_tokens(cfg.corpus, tokenizer, cfg.split), cfg.n_streams, cfg.n_tokens))
+    x = streams(corpus_tokens(cfg.corpus, tokenizer, cfg.split), cfg.n_streams, cfg.n_tokens)
+    if cfg.start_token is not None:  # [start, t0 .. t(N-1)]: still N + 1 tokens, N predictions
+        x = np.concatenate([np.full((cfg.n_streams, 1), cfg.start_token), x[:, :-1]], axis=1)
+    x = torch.from_numpy(x)
     x = x.to(device)
     t0 = time.perf_counter()
     if cfg.mode == "recompute":
@@ -111,7 +115,8 @@ def evaluate_lm(model: nn.Module, cfg: LmEvalConfig, tokenizer: str, policy: Cac
         label, prefill = policy.label, "policy"
     seconds = time.perf_counter() - t0
     nll = nll.cpu().numpy()  # (B, N): column j predicts token j + 1
-    base = dict(row_base, task="lm", corpus=cfg.corpus, lm_split=cfg.split, tokenizer=tokenizer, eval_len=cfg.n_tokens,
+    base = dict(row_base, task="lm", corpus=cfg.corpus, start_token=cfg.start_token,
+                lm_split=cfg.split, tokenizer=tokenizer, eval_len=cfg.n_tokens,
                 cache=label, prefill=prefill, lm_mode=cfg.mode, seed=seed, depth=None, n_examples=cfg.n_streams,
                 cache_bytes=peak // cfg.n_streams, tokens_per_s=nll.size / seconds, status="ok")
     rows = []

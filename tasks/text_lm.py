@@ -6,6 +6,9 @@ every token after the first:
 
     t0 t1 t2 ... t(L-1)        answer_mask = [F, T, T, ..., T]
 
+``start_token=ID`` puts a fixed token first (``ID t0 ... t(L-2)``), as LLMs put BOS; ``eval=lm`` and
+``eval=sinks`` take the same knob (``eval.lm.start_token``) so streams begin the same way.
+
 This family has no prompt-only oracle (predicting text from its first token is the whole problem);
 its metric is perplexity by position (``eval=lm``), measured on the ``test`` split.
 """
@@ -13,7 +16,7 @@ its metric is perplexity by position (``eval=lm``), measured on the ``test`` spl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import numpy as np
 
@@ -32,10 +35,13 @@ class TextLM(TextTask):
     text_scored: ClassVar[bool] = False
     corpus: str = "default"
     split: str = "train"
+    start_token: Optional[int] = None  # an id put at position 0 of every row (a BOS); None: plain text windows
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"task.split={self.split!r}; allowed: {list(SPLITS)}")
+        if self.start_token is not None and self.start_token < 0:
+            raise ValueError(f"task.start_token={self.start_token} must be a token id >= 0 (or null)")
         super().__post_init__()
 
     def stream(self) -> np.ndarray:
@@ -50,6 +56,8 @@ class TextLM(TextTask):
                              f"split={self.split!r}")
         starts = rng.integers(0, len(stream) - length + 1, size=n)
         tokens = stream[starts[:, None] + np.arange(length)[None, :]].astype(np.int64)
+        if self.start_token is not None:  # [start, t0 .. t(L-2)]: the first text token is a target too
+            tokens = np.concatenate([np.full((n, 1), self.start_token), tokens[:, :-1]], axis=1)
         mask = np.ones((n, length), dtype=bool)
         mask[:, 0] = False
         return TaskArrays(tokens, mask, np.full(n, np.nan))

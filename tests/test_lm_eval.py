@@ -108,3 +108,19 @@ def test_eval_py_sinks_and_longbench_run_on_a_checkpoint(text_checkpoint, tmp_pa
     assert all(r["status"] == "ok" and r["n_truncated"] == 1 and 0 <= r["score"] <= 100 for r in rows)
     preds = (tmp_path / "lb" / "longbench" / "trec.jsonl").read_text().splitlines()
     assert json.loads(preds[0])["answers"] == ["Animal"]
+
+
+def test_plot_draws_the_streaming_figures(text_checkpoint, tmp_path) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import plot
+
+    for name, ov in (("lm", ["eval=lm", "eval.lm.n_tokens=64", "eval.lm.n_streams=2", "eval.lm.bucket=32"]),
+                     ("sinks", ["eval=sinks", "eval.sinks.n_sequences=2"])):
+        ov = [f"ckpt={text_checkpoint}"] + ov
+        evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path / name)), ov)
+    done = plot.main([str(tmp_path / "lm"), str(tmp_path / "sinks"), "--out", str(tmp_path / "fig"),
+                      "--kind", "nll_position", "sinks", "--format", "png", "--dpi", "50"])
+    assert all(isinstance(v, list) and v and v[0].exists() for v in done.values()), done
