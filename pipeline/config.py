@@ -250,6 +250,9 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
                 t.check_length(length, "eval.lengths")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+    if eval_cfg.kind == "sinks" and model.family == "mamba":
+        raise ConfigError("eval.kind=sinks probes attention heads; model.family='mamba' has none; "
+                          "allowed: transformer or hybrid")
     lora = to_dataclass(LoraPlusConfig, cfg.get("lora"), "lora")
     duo = to_dataclass(DuoConfig, cfg.get("duo"), "duo")
     if lora.enabled and stage == "duo_gates":
