@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from models.cache import CacheConfig
-from pipeline.decode import prefill
 from pipeline.rows import append_row, make_row
 from tasks.longbench import MAX_NEW_TOKENS, check_files, load_dataset
 from tasks.longbench_metrics import METRICS, score_example
@@ -58,10 +57,17 @@ def truncate_middle(ids: list[int], budget: int) -> list[int]:
 @torch.no_grad()
 def greedy_generate(model: nn.Module, prompt: list[int], max_new: int, policy: CacheConfig,
                     device: torch.device, stop_ids: list[int], stop_at: Optional[callable] = None) -> list[int]:
-    """Greedy continuation of one prompt through a cache policy (at most ``max_new`` tokens)."""
+    """Greedy continuation of one prompt through a cache policy (at most ``max_new`` tokens).
+
+    The prompt is prefilled in one call (``prefill=dense``) or in ``chunk_size`` chunks through the
+    policy (``prefill=policy``); every generated token then goes through the policy.
+    """
     cache = model.new_cache(1, policy)
     cache.reserve(len(prompt) + max_new)
-    logits = prefill(model, torch.tensor([prompt], device=device), cache, policy)  # (1, V)
+    ids = torch.tensor([prompt], device=device)
+    step = ids.shape[1] if policy.prefill == "dense" else policy.chunk_size  # policy: chunks through the cache
+    for start in range(0, ids.shape[1], step):
+        logits = model(ids[:, start : start + step], cache)[:, -1]  # (1, V)
     out: list[int] = []
     for _ in range(max_new):
         token = int(logits.argmax(-1))

@@ -73,3 +73,27 @@ def test_truncate_middle_keeps_both_ends() -> None:
     assert truncate_middle(ids, 10) == ids
     assert truncate_middle(ids, 5) == [0, 1, 2, 8, 9]
     assert truncate_middle(ids, 4) == [0, 1, 8, 9]
+
+
+@pytest.mark.parametrize("prefill", ["dense", "policy"])
+def test_greedy_generate_equals_recomputing_every_step(prefill: str) -> None:
+    import torch
+
+    from models.cache import CacheConfig
+    from models.transformer import Transformer, TransformerConfig
+    from pipeline.longbench_eval import greedy_generate
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, init_std=0.3)).eval()
+    prompt = torch.randint(0, 64, (11,)).tolist()
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(6):  # the reference: a fresh forward over everything so far, argmax of the last
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    got = greedy_generate(model, prompt, 6, CacheConfig(policy="full", prefill=prefill, chunk_size=4),
+                          torch.device("cpu"), stop_ids=[])
+    assert got == seq[len(prompt):]
+    new = seq[len(prompt):]
+    stop = new[2]
+    assert greedy_generate(model, prompt, 6, CacheConfig(), torch.device("cpu"), stop_ids=[stop]) == \
+        new[: new.index(stop)], "generation ends before the first stop token"
