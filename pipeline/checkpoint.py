@@ -7,11 +7,15 @@ built from the config, fail with a message naming the path or the mismatched ten
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from models.lora import LoraPlusConfig, apply_lora, has_lora, merge_lora
+from models.registry import build_model
 
 
 class CheckpointError(ValueError):
@@ -53,3 +57,17 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
             parts.append(f"shape mismatch: {shapes[:8]}")
         raise CheckpointError(f"{source} does not match the model config: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+def load_trained_model(ckpt: dict[str, Any], model_cfg: Any, lora: LoraPlusConfig,
+                       source: str) -> tuple[nn.Module, torch.Tensor | None]:
+    """The checkpoint's model with plain weights (LoRA adapters folded in), and its DuoAttention gates if any."""
+    model = build_model(model_cfg)
+    state = model_state(ckpt)
+    gates = state.pop("duo_gates", None)  # a duo_gates checkpoint: gates are not model weights
+    if any(".lora_A." in k for k in state):  # a LoRA(+) extension checkpoint: load adapters, then fold them
+        apply_lora(model, dataclasses.replace(lora, enabled=True))
+    load_weights(model, state, source=source)
+    if has_lora(model):
+        merge_lora(model)
+    return model, gates

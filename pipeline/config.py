@@ -28,6 +28,7 @@ from pipeline.eval_kinds import EVAL_KINDS, LmEvalConfig, LongBenchConfig, SinkP
 from tasks.base import Task
 from tasks.registry import TASKS
 from tasks.text import bind_tokenizer
+from tasks.tokenizer import load_tokenizer
 from tasks.vocab import Vocab
 
 STAGES = ("pretrain", "extend", "duo_gates")
@@ -223,8 +224,8 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
     task = build_task(cfg.task)
     eval_cfg = to_dataclass(EvalConfig, cfg.eval, "eval")
     cache = to_dataclass(CacheConfig, cfg.cache, "cache")
-    data = to_dataclass(DataConfig, cfg.data, "data")
-    optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+    data = to_dataclass(DataConfig, cfg.get("data"), "data")  # eval.py configs have no data/optim
+    optim = to_dataclass(OptimConfig, cfg.get("optim"), "optim")
     eval_tasks = [task]
     if eval_cfg.tasks:
         nodes = eval_task_nodes if eval_task_nodes is not None else task_nodes_from_conf()
@@ -241,7 +242,7 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
     max_len = model.max_seq_len
     if task.train_len > max_len:
         raise ConfigError(f"task.train_len={task.train_len} exceeds model.max_seq_len={max_len}")
-    for length in eval_cfg.lengths:
+    for length in eval_cfg.lengths if eval_cfg.kind == "grid" else []:  # other kinds have their own lengths
         if length > max_len:
             raise ConfigError(f"eval.lengths contains {length} > model.max_seq_len={max_len}; "
                               f"allowed: lengths <= {max_len} (raise model.max_seq_len)")
@@ -250,6 +251,15 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
                 t.check_length(length, "eval.lengths")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+    if eval_cfg.kind != "grid":  # text evaluations feed the tokenizer's ids straight to the model
+        spec = cfg.get("tokenizer") or "bytes"
+        try:
+            n = load_tokenizer(spec).vocab_size
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if n > model.vocab_size:
+            raise ConfigError(f"eval.kind={eval_cfg.kind}: tokenizer={spec!r} has {n} tokens but model.vocab_size="
+                              f"{model.vocab_size}; allowed: a tokenizer that fits the model (tokenizer=hf:PATH)")
     if eval_cfg.kind == "sinks" and model.family == "mamba":
         raise ConfigError("eval.kind=sinks probes attention heads; model.family='mamba' has none; "
                           "allowed: transformer or hybrid")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from pathlib import Path
@@ -19,12 +18,14 @@ from models.duo import detach_duo_gates
 from models.duo import save_gates as save_gate_file
 from models.lora import apply_lora, has_lora, merge_lora, trainable_parameters
 from models.registry import build_model
-from pipeline.checkpoint import load_weights, model_state, read_checkpoint
-from pipeline.config import Resolved, trainer_kwargs, validate
+from pipeline.checkpoint import load_trained_model, load_weights, model_state, read_checkpoint
+from pipeline.config import ConfigError, Resolved, trainer_kwargs, validate
 from pipeline.costs import TrainCostProbe
 from pipeline.duo_stage import DuoGatesLM
 from pipeline.eval_kinds import run_eval_kind
 from pipeline.evaluate import evaluate_grid
+from pipeline.hf_init import PREFIX as HF_PREFIX
+from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
 from pipeline.module import LitLM
 from pipeline.prefix import evaluate_prefix_cache
 from pipeline.summary import print_summary
@@ -119,7 +120,7 @@ def build_module(cfg: DictConfig, res: Resolved, model: torch.nn.Module) -> L.Li
 
 def base_config(cfg: DictConfig) -> DictConfig | None:
     """Studies: the pretraining run that produces ``init_from``, from ``cfg.base`` (dotlist overrides)."""
-    if not cfg.get("base") or not cfg.get("init_from"):
+    if not cfg.get("base") or not cfg.get("init_from") or str(cfg.init_from).startswith(HF_PREFIX):
         return None
     base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.set_struct(base, False)
@@ -145,13 +146,15 @@ def ensure_base(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> list[dict[str, Any]]:
     """Fit the model of ``cfg`` on its task, save checkpoints, evaluate the grid, write rows."""
+    cfg = with_hf_model(cfg)  # init_from=hf:PATH: the model node comes from PATH/config.json
     res = validate(cfg)  # every config error surfaces here, before data or steps
     ensure_base(cfg)
     run_dir = run_dir_of(cfg)
     run_id = cfg.get("run_id") or f"{res.model.family}-{res.task.name}-{uuid.uuid4().hex[:6]}"
     L.seed_everything(int(cfg.seed), workers=True)
-    model = build_model(res.model)
-    if cfg.get("init_from"):
+    hf_dir = hf_path(cfg.get("init_from"))
+    model = build_model(res.model) if hf_dir is None else load_hf_model(res.model, cfg.init_from)
+    if cfg.get("init_from") and hf_dir is None:  # a checkpoint of this project
         state = model_state(read_checkpoint(cfg.init_from))
         state.pop("duo_gates", None)  # gates of an earlier duo stage are not model weights
         load_weights(model, state, source=f"init_from={cfg.init_from}")
@@ -232,23 +235,33 @@ def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str
 
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
-    """eval.py: load a checkpoint, apply overrides, evaluate the grid under a cache policy."""
+    """eval.py: load a checkpoint (or init_from=hf:PATH), apply overrides, evaluate the grid under a cache policy."""
+    if hf_path(cfg.get("init_from")) is not None:
+        return evaluate_hf(cfg, overrides)
+    if not cfg.get("ckpt"):
+        raise ConfigError("eval.py needs ckpt=PATH (a checkpoint of train.py) or init_from=hf:PATH (a local "
+                          "Hugging Face model directory)")
     ckpt = read_checkpoint(cfg.ckpt)
     saved = OmegaConf.create(ckpt.get("config") or {})
     if "model" not in saved:
         raise ValueError(f"ckpt={cfg.ckpt!r} carries no config; it was not written by train.py")
     run_cfg = apply_eval_overrides(saved, cfg, overrides)
     res = validate(run_cfg)
-    model = build_model(res.model)
-    state = model_state(ckpt)
-    gates = state.pop("duo_gates", None)  # a duo_gates checkpoint: serve its gates to the duo policy
-    if any(".lora_A." in k for k in state):  # a LoRA(+) extension checkpoint: load adapters, then fold them
-        apply_lora(model, dataclasses.replace(res.lora, enabled=True))
-    load_weights(model, state, source=f"ckpt={cfg.ckpt}")
-    if has_lora(model):
-        merge_lora(model)
+    # a duo_gates checkpoint's gates are served to the duo policy
+    model, gates = load_trained_model(ckpt, res.model, res.lora, source=f"ckpt={cfg.ckpt}")
     run_dir = run_dir_of(cfg)
     if gates is not None:
         save_gates(gates, run_dir)
     run_id = cfg.get("run_id") or f"eval-{Path(str(cfg.ckpt)).parent.parent.name}-{uuid.uuid4().hex[:6]}"
     return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
+
+
+def evaluate_hf(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
+    """eval.py init_from=hf:PATH: the imported model as it is, under the config's rule and cache policy."""
+    if cfg.get("ckpt"):
+        raise ConfigError(f"ckpt={cfg.ckpt!r} and init_from={cfg.init_from!r}: give one model to evaluate")
+    run_cfg = with_hf_model(cfg, overrides)
+    res = validate(run_cfg)
+    model = load_hf_model(res.model, cfg.init_from)
+    run_id = cfg.get("run_id") or f"eval-hf-{hf_path(cfg.init_from).name}-{uuid.uuid4().hex[:6]}"
+    return evaluate(model, run_cfg, res, run_dir_of(cfg), run_id, device_of(cfg))

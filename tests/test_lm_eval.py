@@ -124,3 +124,23 @@ def test_plot_draws_the_streaming_figures(text_checkpoint, tmp_path) -> None:
     done = plot.main([str(tmp_path / "lm"), str(tmp_path / "sinks"), "--out", str(tmp_path / "fig"),
                       "--kind", "nll_position", "sinks", "--format", "png", "--dpi", "50"])
     assert all(isinstance(v, list) and v and v[0].exists() for v in done.values()), done
+
+
+def test_eval_lm_on_an_imported_hf_model(tmp_path) -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    ov = [f"init_from=hf:{tmp_path / 'llama'}", "eval=lm", "cache=sink_window", "cache.window=16",
+          "eval.lm.n_tokens=64", "eval.lm.n_streams=2", "eval.lm.bucket=32"]
+    rows = evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path / "ev")), ov)
+    assert len(rows) == 2 and all(r["status"] == "ok" and np.isfinite(r["nll"]) for r in rows)
+    cfg.vocab_size = 100  # bytes do not fit: a config error before any work
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "small")
+    from pipeline.config import ConfigError
+
+    ov[0] = f"init_from=hf:{tmp_path / 'small'}"
+    with pytest.raises(ConfigError, match="vocab_size"):
+        evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path / "ev2")), ov)
