@@ -18,7 +18,15 @@ from models.duo import detach_duo_gates
 from models.duo import save_gates as save_gate_file
 from models.lora import apply_lora, has_lora, merge_lora, trainable_parameters
 from models.registry import build_model
-from pipeline.checkpoint import load_trained_model, load_weights, model_state, read_checkpoint
+from pipeline.checkpoint import (
+    AtomicCheckpointIO,
+    find_resume_checkpoint,
+    load_trained_model,
+    load_weights,
+    model_state,
+    read_checkpoint,
+    remove_stale_temps,
+)
 from pipeline.config import ConfigError, Resolved, trainer_kwargs, validate
 from pipeline.costs import TrainCostProbe
 from pipeline.duo_stage import DuoGatesLM
@@ -28,8 +36,10 @@ from pipeline.hf_init import PREFIX as HF_PREFIX
 from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
 from pipeline.module import LitLM
 from pipeline.prefix import evaluate_prefix_cache
+from pipeline.run_state import RunLock, claim_run_config, is_launcher_rank
 from pipeline.summary import print_summary
 from tasks.datamodule import TaskDataModule
+from tasks.dataset import clean_stale_temps
 
 log = logging.getLogger(__name__)
 ROWS_FILE = "results.jsonl"
@@ -92,11 +102,12 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
     rows = evaluate_grid(
         model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
         res.eval.batch_size, res.cache, int(cfg.seed), base, run_dir / ROWS_FILE,
-        decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device)
+        decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device,
+        protocol=res.eval.protocol, decode_tail=res.eval.decode_tail)
     if res.eval.prefix_cache:
         rows += evaluate_prefix_cache(model, res.task, res.vocab, res.eval.lengths, res.eval.n_examples,
                                       res.eval.batch_size, res.eval.n_questions, res.cache, int(cfg.seed), base,
-                                      run_dir / ROWS_FILE, device)
+                                      run_dir / ROWS_FILE, device, protocol=res.eval.protocol)
     print_summary(rows, title=f"{run_id}: {describe(res.model)}")
     return rows
 
@@ -112,6 +123,8 @@ def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
 def build_module(cfg: DictConfig, res: Resolved, model: torch.nn.Module) -> L.LightningModule:
     """The LightningModule of the configured stage (LoRA+ applied for extend when enabled)."""
     config = OmegaConf.to_container(cfg, resolve=True)
+    if hasattr(model, "set_activation_checkpointing"):
+        model.set_activation_checkpointing(res.activation_checkpointing)
     if cfg.get("stage") == "duo_gates":
         return DuoGatesLM(model, res.duo, query_token=res.vocab.QUERY, config=config)
     apply_lora(model, res.lora)
@@ -128,6 +141,9 @@ def base_config(cfg: DictConfig) -> DictConfig | None:
     base.stage, base.init_from, base.base, base.fit, base.zero_shot_eval = "pretrain", None, None, True, False
     base.run_dir = str(Path(cfg.init_from).parent.parent)
     base.run_id = f"base-{Path(base.run_dir).name}"
+    # every arm of a study derives this base from its own config (kv_name, cache, ...); what the base
+    # is comes from cfg.base, so an arm that finds it half-trained resumes it rather than refusing
+    base.resume = "force"
     return base
 
 
@@ -150,12 +166,22 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     res = validate(cfg)  # every config error surfaces here, before data or steps
     ensure_base(cfg)
     run_dir = run_dir_of(cfg)
+    if not is_launcher_rank():  # a DDP/SLURM worker: rank 0 holds the lock and the run record
+        return _train(cfg, res, run_dir)
+    with RunLock(run_dir, cfg.get("run_id")):
+        claim_run_config(cfg, run_dir, res.config_hash)  # same run_id, other config: stop here
+        remove_stale_temps(run_dir / "checkpoints")  # writes a kill interrupted
+        clean_stale_temps(res.data.cache_dir)
+        return _train(cfg, res, run_dir)
+
+
+def _train(cfg: DictConfig, res: Resolved, run_dir: Path) -> list[dict[str, Any]]:
     run_id = cfg.get("run_id") or f"{res.model.family}-{res.task.name}-{uuid.uuid4().hex[:6]}"
     L.seed_everything(int(cfg.seed), workers=True)
     hf_dir = hf_path(cfg.get("init_from"))
     model = build_model(res.model) if hf_dir is None else load_hf_model(res.model, cfg.init_from)
     if cfg.get("init_from") and hf_dir is None:  # a checkpoint of this project
-        state = model_state(read_checkpoint(cfg.init_from))
+        state = model_state(read_checkpoint(cfg.init_from, field="init_from"))
         state.pop("duo_gates", None)  # gates of an earlier duo stage are not model weights
         load_weights(model, state, source=f"init_from={cfg.init_from}")
     rows: list[dict[str, Any]] = []
@@ -174,19 +200,23 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.get("checkpoint_every", 200)))
     costs = TrainCostProbe()
-    trainer = L.Trainer(**trainer_kwargs(cfg.trainer), default_root_dir=str(run_dir), use_distributed_sampler=False,
-                        logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint, costs])
+    kwargs = trainer_kwargs(cfg.trainer)
+    plugins = kwargs.pop("plugins", None) or []
+    plugins = [plugins] if isinstance(plugins, (str, dict)) else list(plugins)
+    trainer = L.Trainer(**kwargs, default_root_dir=str(run_dir), use_distributed_sampler=False,
+                        logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint, costs],
+                        plugins=[*plugins, AtomicCheckpointIO()])  # checkpoints: temp beside, fsync, rename
     for lg in trainer.loggers:
         lg.log_hyperparams({"config_hash": res.config_hash, "trainable_params": trainable, **flat_config(cfg)})
-    resume = ckpt_dir / "last.ckpt"
-    if resume.exists():  # a killed or requeued run: continue where its last checkpoint left off
-        read_checkpoint(resume)  # a truncated file fails here, naming it
+    # a killed or requeued run continues from its newest loadable checkpoint (a corrupt one is skipped)
+    resume = find_resume_checkpoint(ckpt_dir)
+    if resume is not None:
         log.info("resuming from %s", resume)
-    trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
     if trainer.global_rank != 0:
         return []
     if not trainer.fast_dev_run:
-        trainer.save_checkpoint(resume)
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     extra = dict(trainable_params=trainable, finetuned=bool(cfg.get("init_from")), **costs.summary())
     if cfg.get("stage") == "duo_gates":
         extra["gates_path"] = str(save_gates(lit.gates, run_dir))
@@ -246,14 +276,15 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str,
     if "model" not in saved:
         raise ValueError(f"ckpt={cfg.ckpt!r} carries no config; it was not written by train.py")
     run_cfg = apply_eval_overrides(saved, cfg, overrides)
-    res = validate(run_cfg)
+    res = validate(run_cfg, training=False)
     # a duo_gates checkpoint's gates are served to the duo policy
     model, gates = load_trained_model(ckpt, res.model, res.lora, source=f"ckpt={cfg.ckpt}")
     run_dir = run_dir_of(cfg)
     if gates is not None:
         save_gates(gates, run_dir)
     run_id = cfg.get("run_id") or f"eval-{Path(str(cfg.ckpt)).parent.parent.name}-{uuid.uuid4().hex[:6]}"
-    return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
+    with RunLock(run_dir, cfg.get("run_id")):  # a rerun into the same dir skips the cells it has
+        return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
 
 
 def evaluate_hf(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
@@ -261,7 +292,9 @@ def evaluate_hf(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     if cfg.get("ckpt"):
         raise ConfigError(f"ckpt={cfg.ckpt!r} and init_from={cfg.init_from!r}: give one model to evaluate")
     run_cfg = with_hf_model(cfg, overrides)
-    res = validate(run_cfg)
+    res = validate(run_cfg, training=False)
     model = load_hf_model(res.model, cfg.init_from)
     run_id = cfg.get("run_id") or f"eval-hf-{hf_path(cfg.init_from).name}-{uuid.uuid4().hex[:6]}"
-    return evaluate(model, run_cfg, res, run_dir_of(cfg), run_id, device_of(cfg))
+    run_dir = run_dir_of(cfg)
+    with RunLock(run_dir, cfg.get("run_id")):
+        return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
