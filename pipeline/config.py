@@ -26,8 +26,11 @@ from models.lora import LoraPlusConfig
 from models.registry import config_class
 from pipeline.decode import PROTOCOLS
 from pipeline.duo_stage import DuoConfig
+from pipeline.eval_kinds import EVAL_KINDS, LmEvalConfig, LongBenchConfig, SinkProbeConfig
 from tasks.base import MAX_SEED, Task
 from tasks.registry import TASKS
+from tasks.text import bind_tokenizer
+from tasks.tokenizer import load_tokenizer
 from tasks.vocab import Vocab
 
 STAGES = ("pretrain", "extend", "duo_gates")
@@ -113,8 +116,19 @@ class EvalConfig:
     n_questions: int = 4  # prefix_cache: questions asked of one context
     protocol: str = "question_decoded"  # question_decoded | question_prefilled (ablation); pipeline/decode.py
     decode_tail: Optional[int] = None  # None: decode the whole question token by token; N: the last N prompt tokens
+    kind: str = "grid"  # grid: tasks x lengths x depths | lm: perplexity by position | longbench | sinks
+    lm: LmEvalConfig = field(default_factory=LmEvalConfig)
+    longbench: LongBenchConfig = field(default_factory=LongBenchConfig)
+    sinks: SinkProbeConfig = field(default_factory=SinkProbeConfig)
 
     def __post_init__(self) -> None:
+        if self.kind not in EVAL_KINDS:
+            raise ConfigError(f"eval.kind={self.kind!r}; allowed: {list(EVAL_KINDS)}")
+        if self.kind == "longbench":
+            try:
+                self.longbench.check()  # the folder and every dataset file, before any model is built
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if not self.lengths:
             raise ConfigError("eval.lengths=[] must list at least one length")
         if not self.depths:
@@ -381,13 +395,14 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
         eval_tasks = [build_task(nodes[name], f"eval.tasks[{name}]") for name in eval_cfg.tasks]
     for t in eval_tasks + [task]:
         try:
+            bind_tokenizer(t, cfg.get("tokenizer") or "bytes")  # text tasks read the run's tokenizer
             t.check_vocab(vocab)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     max_len = model.max_seq_len
     if task.train_len > max_len:
         raise ConfigError(f"task.train_len={task.train_len} exceeds model.max_seq_len={max_len}")
-    for length in eval_cfg.lengths:
+    for length in eval_cfg.lengths if eval_cfg.kind == "grid" else []:  # other kinds have their own lengths
         if length > max_len:
             raise ConfigError(f"eval.lengths contains {length} > model.max_seq_len={max_len}; "
                               f"allowed: lengths <= {max_len} (raise model.max_seq_len)")
@@ -396,6 +411,18 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
                 t.check_length(length, "eval.lengths")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+    if eval_cfg.kind != "grid":  # text evaluations feed the tokenizer's ids straight to the model
+        spec = cfg.get("tokenizer") or "bytes"
+        try:
+            n = load_tokenizer(spec).vocab_size
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if n > model.vocab_size:
+            raise ConfigError(f"eval.kind={eval_cfg.kind}: tokenizer={spec!r} has {n} tokens but model.vocab_size="
+                              f"{model.vocab_size}; allowed: a tokenizer that fits the model (tokenizer=hf:PATH)")
+    if eval_cfg.kind == "sinks" and model.family == "mamba":
+        raise ConfigError("eval.kind=sinks probes attention heads; model.family='mamba' has none; "
+                          "allowed: transformer or hybrid")
     lora = to_dataclass(LoraPlusConfig, cfg.get("lora"), "lora")
     duo = to_dataclass(DuoConfig, cfg.get("duo"), "duo")
     n_attention = attention_layers(model)

@@ -36,6 +36,7 @@ from pipeline.checkpoint import (
 from pipeline.config import ConfigError, Resolved, trainer_kwargs, validate
 from pipeline.costs import TrainCostProbe
 from pipeline.duo_stage import DuoGatesLM
+from pipeline.eval_kinds import run_eval_kind
 from pipeline.evaluate import evaluate_grid
 from pipeline.hf_init import PREFIX as HF_PREFIX
 from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
@@ -113,6 +114,9 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
     if res.cache.policy == "duo" and res.cache.gates_path == "learned" and learned.exists():
         res.cache.gates_path = str(learned)  # this run's (or its checkpoint's) gates
     base = dict(row_base(cfg, res, run_id), n_params=count_params(model), **(extra or {}))
+    if res.eval.kind != "grid":  # perplexity, LongBench, sink probe (pipeline/eval_kinds.py)
+        return run_eval_kind(model, res, cfg.get("tokenizer") or "bytes", int(cfg.seed), base, run_dir / ROWS_FILE,
+                             device)
     policy = scoped_policy(res.cache, res.model)
     rows = evaluate_grid(
         model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
@@ -354,7 +358,7 @@ def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         root = key.split(".")[0]
-        if root in ("model", "task", "vocab_size"):
+        if root in ("model", "task", "vocab_size", "tokenizer"):
             OmegaConf.update(out, key, OmegaConf.select(cfg, key), merge=False)
     return out
 
