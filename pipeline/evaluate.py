@@ -55,7 +55,10 @@ def _batches(n: int, size: int) -> list[slice]:
 
 def run_cell(model: nn.Module, arrays: TaskArrays, policy: CacheConfig, batch_size: int,
              decode: bool, teacher_forced: bool, device: torch.device) -> CellResult:
-    tokens = torch.from_numpy(arrays.tokens).to(device)
+    # Tasks that blank their answers (TaskArrays.inputs: MQAR) feed the blanks, never predictions;
+    # exact match is the same either way (a row is right only if every earlier answer was).
+    free_running = arrays.inputs is None
+    tokens = torch.from_numpy(arrays.tokens if free_running else arrays.inputs).to(device)
     mask = torch.from_numpy(arrays.answer_mask).to(device)
     n, L = tokens.shape
     tf_preds, preds, peak, cache_bytes = [], [], 0, 0
@@ -78,10 +81,10 @@ def run_cell(model: nn.Module, arrays: TaskArrays, policy: CacheConfig, batch_si
             t0 = time.perf_counter()
             if i == 0:  # memory on the first batch only: the tracker slows every op
                 with measure_peak(model, device) as m:
-                    p, cb = decode_predictions(model, tokens[sl], mask[sl], policy)
+                    p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, free_running)
                 peak = m.peak_bytes
             else:
-                p, cb = decode_predictions(model, tokens[sl], mask[sl], policy)
+                p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, free_running)
             dec_time += time.perf_counter() - t0
             preds.append(p)
             cache_bytes = max(cache_bytes, cb // (sl.stop - sl.start))
