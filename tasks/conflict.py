@@ -152,8 +152,7 @@ class Conflict(Task):
             tokens[:, length - 4] = vocab.QUERY
         answer_mask = np.zeros((n, length), dtype=bool)
         answer_mask[:, -1] = True
-        achieved = np.where(in_context, starts[:, 0] / max(context - 3, 1), np.nan)
-        return TaskArrays(tokens, answer_mask, achieved,
+        return TaskArrays(tokens, answer_mask, depths[:, 0].copy(),
                           {"in_context": in_context.astype(np.int64), "conflict": conflict.astype(np.int64)})
 
     def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:

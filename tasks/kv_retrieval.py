@@ -101,7 +101,8 @@ class KvRetrieval(Task):
         return {"accuracy": 1.0 / self.pairs}
 
     def depth_resolution(self, length: int) -> float:
-        return 0.5 / max(self.pairs - 1, 1) + 1e-9
+        context = length - 2 - self.key_len - self.value_len
+        return (0.5 / (self.pairs - 1) if self.pairs > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
 
     def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:
         """achieved_depth: mean depth at which the gold record starts."""

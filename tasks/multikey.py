@@ -120,7 +120,8 @@ class Multikey(Task):
         return {"accuracy": 1.0 / self.records(length)}
 
     def depth_resolution(self, length: int) -> float:
-        return 0.5 / max(self.records(length) - 1, 1) + 1e-9
+        context = length - self.question_len - self.value_len
+        return (0.5 / (self.records(length) - 1) if self.records(length) > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
 
     def record_starts(self, length: int) -> np.ndarray:
         m, w = self.records(length), self.record_len

@@ -115,10 +115,12 @@ class Niah(Task):
         return np.arange(S) * w + (np.arange(S) * (context - S * w)) // max(S - 1, 1)
 
     def depth_resolution(self, length: int) -> float:
-        """How far the target's achieved depth may be from the depth asked (half a record)."""
+        """How far the target's achieved depth may be from the depth asked: half a record, plus one
+        record per other needle that may precede it."""
         if self.haystack != "distractor":
             return 1e-9
-        return 0.5 / max(self.slots(length) - 1, 1) + 1e-9
+        context = length - self.question_len - self.answer_len
+        return ((self.needles - 0.5) / (self.slots(length) - 1) if self.slots(length) > 1 else 1.0) + 1.0 / max(context - self.needle_len, 1)
 
     def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
         if self.haystack == "distractor":
@@ -162,7 +164,7 @@ class Niah(Task):
             tokens, slot_start = self._distractors(vocab, n, length, rng, keys[:, :, 0])
             slot = block_starts(depths, self.slots(length), 1)  # (n, m) distinct slots
             starts = np.take_along_axis(slot_start, slot, axis=1)
-            achieved = slot[:, 0] / max(self.slots(length) - 1, 1)
+            achieved = starts[:, 0] / max(context - self.needle_len, 1)
         else:
             tokens = noise if noise is not None else self._filler(vocab, n, length)
             starts = block_starts(depths, context, self.needle_len)

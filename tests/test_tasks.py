@@ -29,12 +29,26 @@ def test_exact_length_labels_only_at_answers_and_oracle(task, length):
 
 @pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
 def test_niah_depth_is_honoured(depth):
-    t = Niah(train_len=100)
+    t = Niah(train_len=100, haystack="noise")  # token-exact placement; distractor slots: next test
     a = generate(t, V, "test", 20, 100, seed=0, depth=depth)
     context = 100 - t.question_len - t.value_len
     starts = np.argmax(a.tokens == V.NEEDLE, axis=1)
     assert (starts == round(depth * (context - t.needle_len))).all()
     assert np.allclose(a.depth, depth)
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
+def test_niah_distractor_needle_is_in_the_slot_nearest_the_depth(depth):
+    t = Niah(train_len=100)
+    a = generate(t, V, "test", 20, 100, seed=0, depth=depth)
+    context = 100 - t.question_len - t.value_len
+    starts = np.flatnonzero(a.tokens[0, :context] == V.NEEDLE)
+    assert len(starts) == t.slots(100) and (starts == t.slot_starts(100)).all()  # records tile the context
+    for row, achieved in zip(a.tokens, a.depth):
+        at = int(np.flatnonzero((row[:context] == V.NEEDLE) & (np.roll(row, -1)[:context] == row[context + 1]))[0])
+        assert abs(at - depth * (context - t.needle_len)) <= t.needle_len  # within one record
+        assert np.isclose(achieved, at / (context - t.needle_len))
+        assert abs(achieved - depth) <= t.depth_resolution(100)
 
 
 def test_generation_is_deterministic_in_the_seed():
