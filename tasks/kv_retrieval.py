@@ -34,7 +34,7 @@ from tasks.vocab import Vocab
 class KvRetrieval(Task):
     name: ClassVar[str] = "kv_retrieval"
     has_depth: ClassVar[bool] = True
-    pairs: int = 16  # records in the context
+    pairs: int = 8  # records in the context
     key_len: int = 2
     value_len: int = 2
     gold_index: Optional[int] = None  # which record is asked; None: random

@@ -55,7 +55,7 @@ class Multikey(Task):
     has_depth: ClassVar[bool] = True
     key_len: int = 3  # tokens per key
     value_len: int = 2  # tokens per value (the answer)
-    distractors: Optional[int] = 16  # look-alike records; None: as many as fill the context
+    distractors: Optional[int] = 8  # look-alike records; None: as many as fill the context
     similarity: float = 0.67  # fraction of key tokens every record keeps from the hidden centre key
 
     def __post_init__(self) -> None:
