@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     df["holds"] = [r.baseline == "oracle" or r.accuracy <= r.floor + tolerance(r.floor, r.n_examples)
                    for r in df.itertuples()]
     table = df.pivot_table(index=["task", "baseline"], columns="eval_len", values="accuracy", sort=False)
+    table = table.reindex(sorted(table.columns), axis=1)
     floors = df.drop_duplicates(["task", "eval_len"]).pivot_table(index="task", columns="eval_len", values="floor")
     with pd.option_context("display.max_rows", None, "display.width", 160, "display.float_format", "{:.3f}".format):
         print("exact match of each prompt-only baseline (rows) per eval length (columns)\n")

@@ -35,8 +35,8 @@ class KvRetrieval(Task):
     name: ClassVar[str] = "kv_retrieval"
     has_depth: ClassVar[bool] = True
     pairs: int = 8  # records in the context
-    key_len: int = 2
-    value_len: int = 2
+    key_len: int = 1
+    value_len: int = 3
     gold_index: Optional[int] = None  # which record is asked; None: random
 
     def __post_init__(self) -> None:
