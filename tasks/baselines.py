@@ -25,7 +25,7 @@ import numpy as np
 
 from tasks.base import Task, TaskArrays, hide_answers
 from tasks.dataset import generate
-from tasks.vocab import N_SPECIAL, Vocab
+from tasks.vocab import Vocab
 
 OPENERS = (Vocab.QUERY, Vocab.HOP, Vocab.FREQ, Vocab.COUNT, Vocab.COPY, Vocab.REVERSE)
 

@@ -121,7 +121,8 @@ class Multikey(Task):
 
     def depth_resolution(self, length: int) -> float:
         context = length - self.question_len - self.value_len
-        return (0.5 / (self.records(length) - 1) if self.records(length) > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
+        m = self.records(length)
+        return (0.5 / (m - 1) if m > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
 
     def record_starts(self, length: int) -> np.ndarray:
         m, w = self.records(length), self.record_len

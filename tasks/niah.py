@@ -120,7 +120,8 @@ class Niah(Task):
         if self.haystack != "distractor":
             return 1e-9
         context = length - self.question_len - self.answer_len
-        return ((self.needles - 0.5) / (self.slots(length) - 1) if self.slots(length) > 1 else 1.0) + 1.0 / max(context - self.needle_len, 1)
+        S = self.slots(length)
+        return ((self.needles - 0.5) / (S - 1) if S > 1 else 1.0) + 1.0 / max(context - self.needle_len, 1)
 
     def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
         if self.haystack == "distractor":

@@ -1,6 +1,7 @@
 """Variable tracking (RULER ``vt``): follow chains of assignments, a multi-hop retrieval.
 
-Layout (chains=2, hops=2; the default has 6 chains of 4 hops), L tokens in all; variables are key tokens, values value tokens:
+Layout (chains=2, hops=2; the default has 6 chains of 4 hops), L tokens in all; variables are key
+tokens, values value tokens:
 
     h ASSIGN X1 v h ASSIGN Y1 u h h ASSIGN X2 X1 h ASSIGN Y2 Y1 ASSIGN X3 X2 h ASSIGN Y3 Y2 h
     HOP v ANSWER | X1 X2 X3

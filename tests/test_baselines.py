@@ -82,3 +82,26 @@ def test_every_family_states_a_floor() -> None:
         task = default_task(family)
         floor = task.chance_floor(V, task.train_len)
         assert 0.0 < floor["accuracy"] < 0.5, (family, floor)
+
+
+def test_baseline_script_writes_rows_and_arch_compare_plots_state_vs_accuracy(tmp_path) -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import arch_compare
+    import baselines as script
+
+    df = script.main(["--families", "niah", "--lengths", "64", "--n", "50", "--out", str(tmp_path / "b.jsonl")])
+    lines = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert len(lines) == len(df) and {r["baseline"] for r in lines} >= {"oracle", "first_value"}
+    assert all(r["holds"] for r in lines)
+    rows = [dict(run_id=f"{m}-{d}", model=m, task="mqar", train_len=64, eval_len=64, depth=None, n_examples=32,
+                 accuracy=acc, cache_bytes=b, n_params=1000, status="ok")
+            for m, d, acc, b in [("transformer", 32, 0.9, 8192), ("transformer", 64, 1.0, 16384),
+                                 ("mamba", 32, 0.2, 4096), ("mamba", 64, 0.5, 8192)]]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pts = arch_compare.main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "fig.png")])
+    assert (tmp_path / "fig.png").stat().st_size > 0
+    mamba = pts[pts.model == "mamba"]
+    assert list(mamba.state_bytes) == [4096, 8192] and list(mamba.accuracy) == [0.2, 0.5]
