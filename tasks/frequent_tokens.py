@@ -14,8 +14,8 @@ Chance floor: the top k of half the context (the counts of a uniformly placed mu
 a window are multivariate hypergeometric; the floor is the probability, estimated from 4000
 seeded draws, that the window's top k is the whole context's top k in order, ties broken in the
 answer's favour, so it bounds every tie-breaking rule). At ``alpha`` 1 the second half alone
-answers about half the rows, so the default is 0.5
-(floor 0.33, the plug-in half window scores 0.21): the counts are flatter, the whole context is needed.
+answers about half the rows, so the default is 0.5 (floor 0.33, the plug-in half window scores
+0.21): the counts are flatter, the whole context is needed.
 """
 
 from __future__ import annotations
