@@ -89,7 +89,7 @@ class Conflict(Task):
         return {"accuracy": world_right + (1 - world_right) / self.facts}
 
     def check_vocab(self, vocab: Vocab) -> None:
-        if self.facts > len(vocab.keys) or len(vocab.values) < 3:
+        if self.facts > len(vocab.keys):
             raise ValueError(f"task.facts={self.facts} exceeds the {len(vocab.keys)} keys of vocab_size={vocab.size}")
         if self.world_keys is not None and self.world_keys > len(vocab.keys):
             raise ValueError(
