@@ -3,6 +3,7 @@
     python eval.py ckpt=outputs/.../checkpoints/last.ckpt eval.lengths=[256,512,1024,2048]
     python eval.py ckpt=... model.pos.rule=yarn model.pos.factor=4 model.pos.original_max_position_embeddings=256
     python eval.py ckpt=... cache=quest cache.budget=256
+    python eval.py init_from=hf:/models/Llama-3.2-1B model.max_seq_len=32768 cache=sink_window
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@ states. The ``duo_gates`` stage is then, per batch::
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -133,8 +136,20 @@ def deploy_gates(gates: torch.Tensor, sparsity: float | None = None,
 
 
 def save_gates(gates: torch.Tensor, path: str) -> None:
-    """torch.save the clamped gates (n_layers, n_kv_heads) as a plain CPU float tensor."""
-    torch.save(gates.detach().float().clamp(0.0, 1.0).cpu(), path)
+    """torch.save the clamped gates (n_layers, n_kv_heads) as a plain CPU float tensor, atomically:
+    through a temp file beside ``path``, fsync'd, then renamed, so a reader never sees half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(gates.detach().float().clamp(0.0, 1.0).cpu(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def load_gates(path: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 
 from models.attention import AttentionConfig
 from models.cache import KV_POLICIES, CacheConfig, ModelCache
-from models.lm import DecoderLM
+from models.lm import DecoderLM, check_dtype
 from models.mamba import MambaBlock, MambaConfig, require_kernels, validate_mamba_knobs
 from models.positional import Positional
 from models.rope import PosConfig
@@ -52,6 +52,7 @@ class HybridConfig:
     tie_embeddings: bool = False
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    dtype: Optional[str] = None  # parameter dtype (models/lm.py DTYPES); None: float32
 
     def __post_init__(self) -> None:
         if self.family != "hybrid":
@@ -61,6 +62,7 @@ class HybridConfig:
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
         validate_mamba_knobs(self, ("vocab_size", "d_model", "max_seq_len"))
+        check_dtype(self.dtype)
         # the attention blocks' own checks (heads divide d_model, ...) run here, before training
         tcfg = self.transformer_config()
         self.n_kv_heads, self.mlp_hidden = tcfg.n_kv_heads, tcfg.mlp_hidden

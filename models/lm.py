@@ -13,6 +13,15 @@ from torch import nn
 
 from models.cache import ModelCache
 
+# model.dtype: the parameter dtype a family is built in (None: float32, or the stored dtype on import)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def check_dtype(value: Optional[str]) -> None:
+    if value is not None and value not in DTYPES:
+        raise ValueError(f"model.dtype={value!r}; allowed: None (float32, or the stored dtype on import), "
+                         f"{sorted(DTYPES)}")
+
 
 class DecoderLM(nn.Module):
     """forward(input_ids (B, T), cache=None) -> logits (B, T, V); blocks take (x, layer_cache, start)."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.cache import CacheConfig, LayerCache, ModelCache
-from models.lm import DecoderLM
+from models.lm import DecoderLM, check_dtype
 from models.scan import selective_scan
 from models.transformer import RMSNorm
 
@@ -57,6 +57,7 @@ class MambaConfig:
     # the language model
     max_seq_len: int = 8192  # longest input evaluation may ask for (no positional limit)
     tie_embeddings: bool = True  # the reference ties the head to the embedding
+    dtype: Optional[str] = None  # parameter dtype (models/lm.py DTYPES); None: float32 / stored on import
     norm_eps: float = 1e-5
     init_std: float = 0.02  # embedding (and untied head) init
     kernel: str = "auto"  # auto: CUDA kernels if importable and on GPU | torch | cuda (required)
@@ -69,6 +70,7 @@ class MambaConfig:
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
         validate_mamba_knobs(self, ("vocab_size", "d_model", "n_layers", "max_seq_len"))
+        check_dtype(self.dtype)
 
     @property
     def d_inner(self) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 
 from models.attention import AttentionConfig, attend
 from models.cache import KV_POLICIES, CacheConfig, ModelCache
-from models.lm import DecoderLM
+from models.lm import DecoderLM, check_dtype
 from models.positional import Positional
 from models.rope import PosConfig
 
@@ -32,6 +32,8 @@ class TransformerConfig:
     mlp_hidden: Optional[int] = None  # None: 8/3 d_model rounded up to a multiple of 16 (SwiGLU)
     max_seq_len: int = 8192  # longest input evaluation may ask for
     tie_embeddings: bool = False
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2)
+    dtype: Optional[str] = None  # parameter dtype (models/lm.py DTYPES); None: float32 / stored on import
     norm_eps: float = 1e-5
     init_std: float = 0.02
     pos: PosConfig = field(default_factory=PosConfig)
@@ -59,6 +61,7 @@ class TransformerConfig:
             self.mlp_hidden = 16 * ((8 * self.d_model // 3 + 15) // 16)
         if self.mlp_hidden < 1:
             raise ValueError(f"model.mlp_hidden={self.mlp_hidden} must be >= 1")
+        check_dtype(self.dtype)
 
     @property
     def head_dim(self) -> int:
@@ -80,9 +83,9 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.hd, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=False)
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.d_model, bias=False)
         self.positional = positional  # shared by all layers
         self.duo_gate: torch.Tensor | None = None  # (Hkv,) DuoAttention gates, set by the duo stage
@@ -151,6 +154,8 @@ class Transformer(DecoderLM):
     def _init(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     @property
     def positional(self) -> Positional:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,15 +25,40 @@ from models.cache import CacheConfig
 from models.lora import LoraPlusConfig
 from models.registry import config_class
 from pipeline.duo_stage import DuoConfig
-from tasks.base import Task
+from tasks.base import MAX_SEED, Task
 from tasks.registry import TASKS
 from tasks.vocab import Vocab
 
 STAGES = ("pretrain", "extend", "duo_gates")
+RESUME_MODES = ("auto", "force")  # force: continue a named run whose config changed
 
 
 class ConfigError(ValueError):
     """A config value that cannot run; the message names field, value and what is allowed."""
+
+
+@dataclass
+class RunConfig:
+    """The top-level scalars of train.py / eval.py configs (those present are checked)."""
+
+    seed: int = 0
+    vocab_size: int = 256
+    checkpoint_every: int = 200
+    run_id: Optional[str] = None
+    init_from: Optional[str] = None
+    resume: str = "auto"
+    evaluate: bool = True
+    fit: bool = True
+    zero_shot_eval: bool = False
+    allow_sparse_eval: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < MAX_SEED:
+            raise ConfigError(f"seed={self.seed} is out of range; allowed: 0 <= seed < {MAX_SEED}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every={self.checkpoint_every} must be >= 1 (training steps)")
+        if self.resume not in RESUME_MODES:
+            raise ConfigError(f"resume={self.resume!r}; allowed: {RESUME_MODES}")
 
 
 @dataclass
@@ -88,6 +114,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.lengths:
             raise ConfigError("eval.lengths=[] must list at least one length")
+        if not self.depths:
+            raise ConfigError("eval.depths=[] must list at least one depth in [0, 1] (tasks without a depth "
+                              "ignore it)")
         for length in self.lengths:
             if length < 2:
                 raise ConfigError(f"eval.lengths contains {length}; every length must be >= 2")
@@ -119,8 +148,9 @@ def to_dataclass(cls: type, node: Any, prefix: str) -> Any:
         key = getattr(err, "full_key", None) or "?"
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         top = str(key).split(".")[0]
+        name = f"{prefix}.{key}" if prefix else str(key)
         raise ConfigError(
-            f"{prefix}.{key}={getattr(err, 'value', None)!r} has the wrong type; expected {types.get(top, '?')}"
+            f"{name}={getattr(err, 'value', None)!r} has the wrong type; expected {types.get(top, '?')}"
         ) from None
     except ConfigError:
         raise
@@ -170,6 +200,63 @@ def task_nodes_from_conf() -> dict[str, Any]:
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / "task").glob("*.yaml"))}
 
 
+TRAINER_INTS = ("max_steps", "min_steps", "max_epochs", "min_epochs", "log_every_n_steps", "num_sanity_val_steps",
+                "accumulate_grad_batches", "check_val_every_n_epoch", "num_nodes")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def available_accelerators() -> list[str]:
+    """Accelerator names Lightning can use on this machine ('auto' always)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    names = {"auto"}
+    for name in AcceleratorRegistry.available_accelerators():
+        if AcceleratorRegistry[name]["accelerator"].is_available():
+            names.add(name)
+            if name in ("cuda", "mps"):
+                names.add("gpu")
+    return sorted(names)
+
+
+def check_trainer_values(kwargs: dict[str, Any]) -> None:
+    for key in TRAINER_INTS:
+        v = kwargs.get(key)
+        if v is not None and not _is_int(v):
+            raise ConfigError(f"trainer.{key}={v!r} has the wrong type; expected an integer")
+    steps = kwargs.get("max_steps", -1)
+    if steps is not None and steps != -1 and steps < 1:
+        raise ConfigError(f"trainer.max_steps={steps} must be >= 1 (or -1 for epochs)")
+    vci = kwargs.get("val_check_interval")
+    if vci is not None:
+        if _is_int(vci):
+            if vci < 1:
+                raise ConfigError(f"trainer.val_check_interval={vci} must be >= 1 (training steps), or a "
+                                  "fraction of an epoch in (0, 1]")
+        elif not (_is_number(vci) and 0 < vci <= 1):
+            raise ConfigError(f"trainer.val_check_interval={vci!r}; allowed: an integer >= 1 (training steps) "
+                              "or a fraction of an epoch in (0, 1]")
+    clip = kwargs.get("gradient_clip_val")
+    if clip is not None and not (_is_number(clip) and clip >= 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (or null)")
+
+
+def check_accelerator(node: Any) -> None:
+    """The accelerator a training run asks for exists on this machine (eval.py picks its own device)."""
+    accel = node.get("accelerator") if node is not None else None
+    if isinstance(accel, str):
+        allowed = available_accelerators()
+        if accel not in allowed:
+            raise ConfigError(f"trainer.accelerator={accel!r} is not available on this machine; "
+                              f"allowed here: {allowed}")
+
+
 def trainer_kwargs(node: Any) -> dict[str, Any]:
     """Lightning Trainer arguments, each name checked against the Trainer's signature."""
     import lightning as L
@@ -179,22 +266,63 @@ def trainer_kwargs(node: Any) -> dict[str, Any]:
     for key in kwargs:
         if key not in allowed:
             raise ConfigError(f"trainer.{key} is not a Lightning Trainer argument; allowed: {sorted(allowed)}")
-    steps = kwargs.get("max_steps", -1)
-    if steps is not None and steps != -1 and steps < 1:
-        raise ConfigError(f"trainer.max_steps={steps} must be >= 1 (or -1 for epochs)")
+    check_trainer_values(kwargs)
     return kwargs
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved config minus run-location keys, so equal experiments hash equal."""
+# Keys that say where or how visibly a run goes, not what it computes: outside the config hash.
+UNHASHED = ("hydra", "paths", "run_dir", "resume", "logger", "evaluate")
+UNHASHED_NESTED = {"data": ("num_workers", "cache_dir"),
+                   "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")}
+
+
+def hashed_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config a run's identity is made of: unresolved, minus run-location and display keys."""
     container = OmegaConf.to_container(cfg, resolve=False)
-    for volatile in ("hydra", "paths", "run_dir"):
+    for volatile in UNHASHED:
         container.pop(volatile, None)
-    return hashlib.md5(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    for group, keys in UNHASHED_NESTED.items():
+        if isinstance(container.get(group), dict):
+            container[group] = {k: v for k, v in container[group].items() if k not in keys}
+    return container
 
 
-def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> Resolved:
-    """Check the whole config; raise ConfigError before anything is generated or trained."""
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of ``hashed_config``, so equal experiments hash equal wherever they run."""
+    return hashlib.md5(json.dumps(hashed_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_finite(node: Any, prefix: str = "") -> None:
+    """No NaN or infinity anywhere in the config (comparisons with NaN pass every bound check)."""
+    if isinstance(node, DictConfig):
+        for key in node:
+            if prefix == "" and key == "hydra":
+                continue
+            try:
+                value = node[key]
+            except Exception:  # an interpolation only the running job can resolve (run_dir)
+                continue
+            check_finite(value, f"{prefix}{key}.")
+    elif isinstance(node, (list, tuple)) or OmegaConf.is_list(node):
+        for i, value in enumerate(node):
+            check_finite(value, f"{prefix[:-1]}[{i}].")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{prefix[:-1]}={node} is not a finite number; allowed: finite values")
+
+
+def run_config(cfg: DictConfig) -> RunConfig:
+    names = [f.name for f in dataclasses.fields(RunConfig)]
+    return to_dataclass(RunConfig, {k: cfg[k] for k in names if k in cfg}, "")
+
+
+def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, training: bool = True) -> Resolved:
+    """Check the whole config; raise ConfigError before anything is generated or trained.
+
+    ``training=False`` for eval.py's config (a checkpoint's training config plus overrides): what
+    only a training run needs (init_from on disk, a data set that fills a batch) is not checked.
+    """
+    run = run_config(cfg)
+    check_finite(cfg)
     stage = cfg.get("stage", "pretrain")
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r}; allowed: {STAGES}")
@@ -210,8 +338,8 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
     task = build_task(cfg.task)
     eval_cfg = to_dataclass(EvalConfig, cfg.eval, "eval")
     cache = to_dataclass(CacheConfig, cfg.cache, "cache")
-    data = to_dataclass(DataConfig, cfg.data, "data")
-    optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+    data = to_dataclass(DataConfig, cfg.get("data"), "data")  # eval.py configs have no data/optim
+    optim = to_dataclass(OptimConfig, cfg.get("optim"), "optim")
     eval_tasks = [task]
     if eval_cfg.tasks:
         nodes = eval_task_nodes if eval_task_nodes is not None else task_nodes_from_conf()
@@ -253,6 +381,40 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None) -> 
     if attn is not None and attn.eval == "shifted_sparse" and not cfg.get("allow_sparse_eval", False):
         raise ConfigError("model.attention.eval=shifted_sparse: LongLoRA evaluates with full attention; "
                           "set model.attention.eval=full, or allow_sparse_eval=true to study it on purpose")
+    for name in ("norm_eps", "init_std"):
+        value = getattr(model, name, None)
+        if value is not None and not value > 0:
+            raise ConfigError(f"model.{name}={value} must be > 0")
+    if eval_cfg.prefix_cache:
+        if not hasattr(task, "questions"):
+            raise ConfigError(f"eval.prefix_cache=true needs a task with several needles to ask about (niah); "
+                              f"got task.name={task.name!r}")
+        needles = getattr(task, "needles", None)
+        if needles is not None and eval_cfg.n_questions > needles:
+            raise ConfigError(f"eval.n_questions={eval_cfg.n_questions} exceeds task.needles={needles}; "
+                              f"allowed with eval.prefix_cache=true: n_questions <= needles")
+        if getattr(task, "haystack", None) == "distractor":
+            raise ConfigError("eval.prefix_cache=true with task.haystack='distractor': questions need needles "
+                              "told apart from the haystack; allowed: task.haystack=noise or filler")
     if "trainer" in cfg:
         trainer_kwargs(cfg.trainer)
+    if training:
+        check_training(cfg, run, stage, data, cache)
     return Resolved(model, task, vocab, cache, data, optim, eval_cfg, eval_tasks, config_hash(cfg), lora, duo)
+
+
+def check_training(cfg: DictConfig, run: RunConfig, stage: str, data: DataConfig, cache: CacheConfig) -> None:
+    """What only train.py needs: a batch the data fills, a start checkpoint, gates for the duo policy."""
+    if "trainer" in cfg:
+        check_accelerator(cfg.trainer)
+    if run.fit and data.n_train < data.batch_size:
+        raise ConfigError(f"data.n_train={data.n_train} is smaller than data.batch_size={data.batch_size}: not one "
+                          f"full training batch; allowed: n_train >= batch_size")
+    hf_model = str(run.init_from or "").startswith("hf:")  # a Hugging Face directory: pipeline/hf_init checks it
+    if run.init_from and not cfg.get("base") and not hf_model and not Path(run.init_from).is_file():
+        raise ConfigError(f"init_from={run.init_from!r} does not exist (or is not a file); allowed: a checkpoint "
+                          f"written by train.py (e.g. outputs/runs/NAME/checkpoints/last.ckpt)")
+    if run.evaluate and cache.policy == "duo" and cache.gates_path == "learned" and stage != "duo_gates":
+        raise ConfigError(f"cache.policy=duo with cache.gates_path=learned in a stage={stage!r} run: no gates are "
+                          f"learned here; allowed: stage=duo_gates (learns them), cache.gates_path=PATH of a gates.pt, "
+                          f"or evaluate a duo_gates checkpoint with eval.py")

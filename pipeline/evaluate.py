@@ -24,8 +24,8 @@ from torch import nn
 
 from models.cache import CacheConfig
 from pipeline.decode import decode_predictions, teacher_forced_predictions
-from pipeline.memory import measure_peak
-from pipeline.rows import append_row, make_row
+from pipeline.memory import available_bytes, estimate_eval_bytes, measure_peak
+from pipeline.rows import CELL_KEYS, append_rows, cell_key, make_row, read_rows
 from tasks.base import Task, TaskArrays
 from tasks.dataset import generate
 from tasks.vocab import Vocab
@@ -33,10 +33,42 @@ from tasks.vocab import Vocab
 log = logging.getLogger(__name__)
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory", "bad_alloc")
+
+
+class EstimatedOOM(MemoryError):
+    """A cell whose memory lower bound exceeds what the device has: not attempted."""
+
+
 def is_oom(err: BaseException) -> bool:
+    """CUDA and CPU allocation failures (``DefaultCPUAllocator: can't allocate memory``) alike."""
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in OOM_MESSAGES)
+
+
+def check_fits(model: nn.Module, n_examples: int, length: int, batch_size: int, full_logits: bool,
+               device: torch.device) -> None:
+    """Raise EstimatedOOM before allocating when even a lower bound of the cell's memory is too much."""
+    need = estimate_eval_bytes(model, n_examples, length, batch_size, full_logits)
+    have = available_bytes(device)
+    if need > have:
+        raise EstimatedOOM(f"out of memory (estimated, not attempted): L={length} x batch {batch_size} needs at "
+                           f"least {need / 2**30:.2f} GiB, {have / 2**30:.2f} GiB available on {device.type}")
+
+
+def completed_cells(rows_path: str | Path | None, run_id: Any, config_hash: Any) -> dict[tuple, list[dict]]:
+    """Rows already written for this run and config, by cell: a resumed evaluation skips them.
+
+    Error rows do not count (a rerun retries the cell); ok and oom rows are results.
+    """
+    if rows_path is None or run_id is None or not Path(rows_path).exists():
+        return {}
+    done: dict[tuple, list[dict]] = {}
+    for row in read_rows(rows_path):
+        if row.get("run_id") == run_id and row.get("config_hash") == config_hash and row.get("status") in ("ok", "oom"):
+            done.setdefault(cell_key(row), []).append(row)
+    return done
 
 
 @dataclass
@@ -141,13 +173,20 @@ def evaluate_grid(
     model.eval()
     cells = [(t, L, d) for t in tasks for L in lengths for d in (depths if t.has_depth else [None])]
     out: list[dict[str, Any]] = []
+    done = completed_cells(rows_path, row_base.get("run_id"), row_base.get("config_hash"))
     with Progress(transient=True) as progress:
         bar = progress.add_task("evaluating", total=len(cells))
         for task, length, depth in cells:
             progress.update(bar, description=f"{task.name} L={length} depth={depth}")
             base = dict(row_base, task=task.name, eval_len=length, depth=depth, seed=seed,
                         cache=policy.label, prefill=policy.prefill)
+            key = tuple(base.get(k) for k in CELL_KEYS)
+            if key in done:  # written by an earlier (killed or finished) run of this config
+                out += done[key]
+                progress.advance(bar)
+                continue
             try:
+                check_fits(model, n_examples, length, batch_size, teacher_forced or policy.prefill == "dense", device)
                 arrays = generate(task, vocab, "test", n_examples, length, seed, depth)
                 res = cell_runner(model, arrays, policy, batch_size, decode, teacher_forced, device)
                 rows = []
@@ -175,9 +214,9 @@ def evaluate_grid(
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+            if rows_path is not None:
+                append_rows(rows_path, rows)  # one write per cell: a kill leaves whole cells
             for row in rows:
-                if rows_path is not None:
-                    append_row(rows_path, row)
                 if on_row is not None:
                     on_row(row)
                 out.append(row)

@@ -48,7 +48,7 @@ def record_failures(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig],
             return main(cfg)
         except Exception as err:
             run_dir = _select(cfg, "run_dir")
-            if run_dir:
+            if run_dir and not getattr(err, "foreign_run_dir", False):  # never into another run's rows
                 append_row(Path(run_dir) / "results.jsonl", failure_row(cfg, err))
             log.error("job failed: %s", err)
             raise

@@ -91,3 +91,37 @@ def measure_peak(module: torch.nn.Module | None = None, device: torch.device | s
         reading.region_peak_bytes = tracker.peak
         reading.peak_bytes = module_bytes(module) + tracker.peak
         reading.seconds = time.perf_counter() - start
+
+
+def available_bytes(device: torch.device | str) -> int:
+    """Memory an allocation can still get: free GPU memory (plus PyTorch's cached blocks), or the
+    host's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate_eval_bytes(model: torch.nn.Module, n_examples: int, length: int, batch_size: int,
+                        full_logits: bool = True) -> int:
+    """A lower bound on the memory one evaluation cell needs, from shapes alone (nothing allocated).
+
+    Counted: the model, the cell's token and mask arrays (host and device copies), and one batch's
+    final hidden states (B, L, d_model); ``full_logits`` (teacher forcing, dense prefill) adds the
+    (B, L, vocab) logits. Attention
+    scores, caches and other activations come on top, so a cell over this bound cannot fit.
+    """
+    embed = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
+    if embed is None:
+        return module_bytes(model)
+    vocab, d_model = embed.num_embeddings, embed.embedding_dim
+    elem = embed.weight.element_size()
+    b = min(batch_size, n_examples)
+    inputs = 2 * n_examples * length * (8 + 1)  # int64 tokens + bool mask, host and device
+    activations = b * length * d_model * elem
+    if full_logits:
+        activations += b * length * vocab * elem
+    return module_bytes(model) + inputs + activations

@@ -16,7 +16,8 @@ from torch import nn
 
 from models.cache import CacheConfig, ModelCache
 from pipeline.decode import prefill
-from pipeline.rows import append_row, make_row
+from pipeline.evaluate import completed_cells
+from pipeline.rows import CELL_KEYS, append_row, make_row
 from tasks.dataset import generate
 from tasks.vocab import Vocab
 
@@ -43,7 +44,13 @@ def evaluate_prefix_cache(model: nn.Module, task: Any, vocab: Vocab, lengths: li
                          f"got task {task.name!r}")
     model.eval()
     rows = []
+    done = completed_cells(rows_path, row_base.get("run_id"), row_base.get("config_hash"))  # resumed: skip them
     for length in lengths:
+        key = dict(row_base, task=task.name, eval_len=length, depth=None, cache=policy.label, prefill=policy.prefill,
+                   prefix_cache=True)
+        if tuple(key.get(k) for k in CELL_KEYS) in done:
+            rows += done[tuple(key.get(k) for k in CELL_KEYS)]
+            continue
         arrays = generate(task, vocab, "test", n_examples, length, seed)
         context_len, qa = task.questions(vocab, arrays, n_questions)
         tokens = torch.from_numpy(arrays.tokens).to(device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from pathlib import Path
@@ -19,15 +18,27 @@ from models.duo import detach_duo_gates
 from models.duo import save_gates as save_gate_file
 from models.lora import apply_lora, has_lora, merge_lora, trainable_parameters
 from models.registry import build_model
-from pipeline.checkpoint import load_weights, model_state, read_checkpoint
-from pipeline.config import Resolved, trainer_kwargs, validate
+from pipeline.checkpoint import (
+    AtomicCheckpointIO,
+    find_resume_checkpoint,
+    load_trained_model,
+    load_weights,
+    model_state,
+    read_checkpoint,
+    remove_stale_temps,
+)
+from pipeline.config import ConfigError, Resolved, trainer_kwargs, validate
 from pipeline.costs import TrainCostProbe
 from pipeline.duo_stage import DuoGatesLM
 from pipeline.evaluate import evaluate_grid
+from pipeline.hf_init import PREFIX as HF_PREFIX
+from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
 from pipeline.module import LitLM
 from pipeline.prefix import evaluate_prefix_cache
+from pipeline.run_state import RunLock, claim_run_config, is_launcher_rank
 from pipeline.summary import print_summary
 from tasks.datamodule import TaskDataModule
+from tasks.dataset import clean_stale_temps
 
 log = logging.getLogger(__name__)
 ROWS_FILE = "results.jsonl"
@@ -115,7 +126,7 @@ def build_module(cfg: DictConfig, res: Resolved, model: torch.nn.Module) -> L.Li
 
 def base_config(cfg: DictConfig) -> DictConfig | None:
     """Studies: the pretraining run that produces ``init_from``, from ``cfg.base`` (dotlist overrides)."""
-    if not cfg.get("base") or not cfg.get("init_from"):
+    if not cfg.get("base") or not cfg.get("init_from") or str(cfg.init_from).startswith(HF_PREFIX):
         return None
     base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.set_struct(base, False)
@@ -123,6 +134,9 @@ def base_config(cfg: DictConfig) -> DictConfig | None:
     base.stage, base.init_from, base.base, base.fit, base.zero_shot_eval = "pretrain", None, None, True, False
     base.run_dir = str(Path(cfg.init_from).parent.parent)
     base.run_id = f"base-{Path(base.run_dir).name}"
+    # every arm of a study derives this base from its own config (kv_name, cache, ...); what the base
+    # is comes from cfg.base, so an arm that finds it half-trained resumes it rather than refusing
+    base.resume = "force"
     return base
 
 
@@ -141,14 +155,26 @@ def ensure_base(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> list[dict[str, Any]]:
     """Fit the model of ``cfg`` on its task, save checkpoints, evaluate the grid, write rows."""
+    cfg = with_hf_model(cfg)  # init_from=hf:PATH: the model node comes from PATH/config.json
     res = validate(cfg)  # every config error surfaces here, before data or steps
     ensure_base(cfg)
     run_dir = run_dir_of(cfg)
+    if not is_launcher_rank():  # a DDP/SLURM worker: rank 0 holds the lock and the run record
+        return _train(cfg, res, run_dir)
+    with RunLock(run_dir, cfg.get("run_id")):
+        claim_run_config(cfg, run_dir, res.config_hash)  # same run_id, other config: stop here
+        remove_stale_temps(run_dir / "checkpoints")  # writes a kill interrupted
+        clean_stale_temps(res.data.cache_dir)
+        return _train(cfg, res, run_dir)
+
+
+def _train(cfg: DictConfig, res: Resolved, run_dir: Path) -> list[dict[str, Any]]:
     run_id = cfg.get("run_id") or f"{res.model.family}-{res.task.name}-{uuid.uuid4().hex[:6]}"
     L.seed_everything(int(cfg.seed), workers=True)
-    model = build_model(res.model)
-    if cfg.get("init_from"):
-        state = model_state(read_checkpoint(cfg.init_from))
+    hf_dir = hf_path(cfg.get("init_from"))
+    model = build_model(res.model) if hf_dir is None else load_hf_model(res.model, cfg.init_from)
+    if cfg.get("init_from") and hf_dir is None:  # a checkpoint of this project
+        state = model_state(read_checkpoint(cfg.init_from, field="init_from"))
         state.pop("duo_gates", None)  # gates of an earlier duo stage are not model weights
         load_weights(model, state, source=f"init_from={cfg.init_from}")
     rows: list[dict[str, Any]] = []
@@ -167,19 +193,23 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.get("checkpoint_every", 200)))
     costs = TrainCostProbe()
-    trainer = L.Trainer(**trainer_kwargs(cfg.trainer), default_root_dir=str(run_dir), use_distributed_sampler=False,
-                        logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint, costs])
+    kwargs = trainer_kwargs(cfg.trainer)
+    plugins = kwargs.pop("plugins", None) or []
+    plugins = [plugins] if isinstance(plugins, (str, dict)) else list(plugins)
+    trainer = L.Trainer(**kwargs, default_root_dir=str(run_dir), use_distributed_sampler=False,
+                        logger=build_loggers(cfg, run_dir) or False, callbacks=[checkpoint, costs],
+                        plugins=[*plugins, AtomicCheckpointIO()])  # checkpoints: temp beside, fsync, rename
     for lg in trainer.loggers:
         lg.log_hyperparams({"config_hash": res.config_hash, "trainable_params": trainable, **flat_config(cfg)})
-    resume = ckpt_dir / "last.ckpt"
-    if resume.exists():  # a killed or requeued run: continue where its last checkpoint left off
-        read_checkpoint(resume)  # a truncated file fails here, naming it
+    # a killed or requeued run continues from its newest loadable checkpoint (a corrupt one is skipped)
+    resume = find_resume_checkpoint(ckpt_dir)
+    if resume is not None:
         log.info("resuming from %s", resume)
-    trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
     if trainer.global_rank != 0:
         return []
     if not trainer.fast_dev_run:
-        trainer.save_checkpoint(resume)
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     extra = dict(trainable_params=trainable, finetuned=bool(cfg.get("init_from")), **costs.summary())
     if cfg.get("stage") == "duo_gates":
         extra["gates_path"] = str(save_gates(lit.gates, run_dir))
@@ -228,23 +258,36 @@ def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str
 
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
-    """eval.py: load a checkpoint, apply overrides, evaluate the grid under a cache policy."""
+    """eval.py: load a checkpoint (or init_from=hf:PATH), apply overrides, evaluate the grid under a cache policy."""
+    if hf_path(cfg.get("init_from")) is not None:
+        return evaluate_hf(cfg, overrides)
+    if not cfg.get("ckpt"):
+        raise ConfigError("eval.py needs ckpt=PATH (a checkpoint of train.py) or init_from=hf:PATH (a local "
+                          "Hugging Face model directory)")
     ckpt = read_checkpoint(cfg.ckpt)
     saved = OmegaConf.create(ckpt.get("config") or {})
     if "model" not in saved:
         raise ValueError(f"ckpt={cfg.ckpt!r} carries no config; it was not written by train.py")
     run_cfg = apply_eval_overrides(saved, cfg, overrides)
-    res = validate(run_cfg)
-    model = build_model(res.model)
-    state = model_state(ckpt)
-    gates = state.pop("duo_gates", None)  # a duo_gates checkpoint: serve its gates to the duo policy
-    if any(".lora_A." in k for k in state):  # a LoRA(+) extension checkpoint: load adapters, then fold them
-        apply_lora(model, dataclasses.replace(res.lora, enabled=True))
-    load_weights(model, state, source=f"ckpt={cfg.ckpt}")
-    if has_lora(model):
-        merge_lora(model)
+    res = validate(run_cfg, training=False)
+    # a duo_gates checkpoint's gates are served to the duo policy
+    model, gates = load_trained_model(ckpt, res.model, res.lora, source=f"ckpt={cfg.ckpt}")
     run_dir = run_dir_of(cfg)
     if gates is not None:
         save_gates(gates, run_dir)
     run_id = cfg.get("run_id") or f"eval-{Path(str(cfg.ckpt)).parent.parent.name}-{uuid.uuid4().hex[:6]}"
-    return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
+    with RunLock(run_dir, cfg.get("run_id")):  # a rerun into the same dir skips the cells it has
+        return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
+
+
+def evaluate_hf(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
+    """eval.py init_from=hf:PATH: the imported model as it is, under the config's rule and cache policy."""
+    if cfg.get("ckpt"):
+        raise ConfigError(f"ckpt={cfg.ckpt!r} and init_from={cfg.init_from!r}: give one model to evaluate")
+    run_cfg = with_hf_model(cfg, overrides)
+    res = validate(run_cfg, training=False)
+    model = load_hf_model(res.model, cfg.init_from)
+    run_id = cfg.get("run_id") or f"eval-hf-{hf_path(cfg.init_from).name}-{uuid.uuid4().hex[:6]}"
+    run_dir = run_dir_of(cfg)
+    with RunLock(run_dir, cfg.get("run_id")):
+        return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))

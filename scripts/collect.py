@@ -4,8 +4,10 @@
 
 Writes PREFIX.parquet and PREFIX.csv (default: SWEEP_DIR/collected) and prints a report: jobs
 with no results file (missing, with the last line of their train.log), rows with status oom/error
-(failed), unreadable lines (a torn last line is skipped, but reported and counted), then a summary
-table of the sweep. Every readable row is kept, failed ones included.
+(failed), unreadable lines (a torn last line is skipped, but reported and counted), rows with wrong
+values (a string or NaN in a numeric column, an impossible depth: skipped, reported), cells written
+more than once (duplicates: same run, config hash and cell), then a summary table of the sweep.
+Every sound row is kept, failed ones included.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from figures.results import RESULTS_FILE, find_jobs, load_results, make_palette,
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from pipeline.rows import CELL_KEYS  # noqa: E402
+
 
 @dataclass
 class Report:
@@ -36,6 +40,8 @@ class Report:
     failed: pd.DataFrame = field(default_factory=pd.DataFrame)  # rows with status oom / error
     bad_lines: list[dict[str, Any]] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)  # files written
+    bad_rows: list[dict[str, Any]] = field(default_factory=list)  # rows with wrong values (skipped)
+    duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # ok/oom rows of cells written twice
 
 
 def _overrides(job: Path) -> str:
@@ -70,12 +76,27 @@ def collect(sweep: str | Path, out: str | Path | None = None) -> Report:
         by_dir = {d: _overrides(Path(d)) for d in df["run_dir"].dropna().unique()}  # one read per job
         df["overrides"] = df["run_dir"].map(by_dir).fillna("")
     failed = df[df["status"].isin(["oom", "error"])] if not df.empty else df
+    dups = duplicate_cells(df)
     prefix = Path(out) if out else sweep / "collected"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = [prefix.with_name(prefix.name + ".parquet"), prefix.with_name(prefix.name + ".csv")]
     df.to_parquet(paths[0], index=False)
     df.to_csv(paths[1], index=False)
-    return Report(df, missing, failed, df.attrs.get("bad_lines", []), paths)
+    return Report(df, missing, failed, df.attrs.get("bad_lines", []), paths, df.attrs.get("bad_rows", []), dups)
+
+
+def duplicate_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Results (ok / oom rows) of one cell of one run and config written more than once.
+
+    A cell is its run, config hash, stage, task, length, depth, cache policy and slice group; an
+    error row followed by a retry is not a duplicate.
+    """
+    if df.empty:
+        return df
+    keys = [k for k in CELL_KEYS if k in df.columns] + sorted(c for c in df.columns if c.startswith("slice_"))
+    results = df[df["status"].isin(["ok", "oom"]) & df["run_id"].notna()]
+    filled = results[keys].astype(str)  # NaN-safe grouping
+    return results[filled.duplicated(keep=False)]
 
 
 def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
@@ -120,7 +141,8 @@ def print_report(rep: Report, sweep: str | Path, console: Console | None = None)
     n_files = len(df.attrs.get("files", []))
     console.print(f"[bold]{sweep}[/]: {len(df)} rows from {n_files} {RESULTS_FILE} file(s); "
                   f"{len(rep.missing)} job(s) missing, {len(rep.failed)} failed row(s), "
-                  f"{len(rep.bad_lines)} unreadable line(s)")
+                  f"{len(rep.bad_lines)} unreadable line(s), {len(rep.bad_rows)} row(s) with wrong values, "
+                  f"{len(rep.duplicates)} duplicated row(s)")
     if rep.missing:
         t = Table(title=f"missing: {len(rep.missing)} job(s) without {RESULTS_FILE}")
         for col in ("job", "overrides", "last train.log line"):
@@ -143,6 +165,17 @@ def print_report(rep: Report, sweep: str | Path, console: Console | None = None)
     for b in rep.bad_lines:
         kind = "torn last line" if b["last"] else "corrupt line"
         console.print(f"[yellow]unreadable[/] {b['path']}:{b['line']} ({kind}, skipped): {b['text']!r}")
+    for b in rep.bad_rows:
+        console.print(f"[yellow]wrong value[/] {b['path']}:{b['line']} (row skipped): {b['reason']}")
+    if not rep.duplicates.empty:
+        t = Table(title=f"duplicates: {len(rep.duplicates)} row(s) of cells written more than once")
+        for col in ("run_id", "config_hash", "task", "eval_len", "depth", "cache", "rows", "where"):
+            t.add_column(col, overflow="fold")
+        d = rep.duplicates
+        for key, g in d.groupby(["run_id", "config_hash", "task", "eval_len", "depth", "cache"], dropna=False):
+            where = ", ".join(f"{Path(str(s)).name}:{int(n)}" for s, n in zip(g["source"], g["line"]) if pd.notna(n))
+            t.add_row(*(str(k) for k in key), str(len(g)), where[:200])
+        console.print(t)
     if not df.empty:
         console.print(summary_table(df, title=f"sweep summary: {sweep}"))
     console.print("written: " + ", ".join(str(p) for p in rep.paths))

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path] | str]:
     for b in df.attrs.get("bad_lines", []):
         print(f"warning: skipped unreadable line {b['path']}:{b['line']}"
               f"{' (torn last line)' if b['last'] else ''}")
+    for b in df.attrs.get("bad_rows", []):
+        print(f"warning: skipped row {b['path']}:{b['line']}: {b['reason']}")
     print(f"{len(df)} rows from {len(df.attrs.get('files', []))} file(s)")
     dirs = [p for p in args.results if Path(p).is_dir()]
     if not df.empty:  # the run dirs named in a collected table, where they still exist

@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow as pa
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from tasks.base import Task, TaskArrays, make_rng
 from tasks.vocab import Vocab
@@ -129,3 +129,26 @@ def materialize(task: Task, vocab: Vocab, split: str, n: int, length: int, seed:
             shutil.rmtree(path)
         os.replace(tmp, path)
         return datasets.load_from_disk(str(path))
+
+
+def clean_stale_temps(cache_dir: str | os.PathLike | None) -> list[Path]:
+    """Delete temporary folders that an interrupted generation left in the cache (run on start).
+
+    A folder is only deleted when nobody holds its dataset's lock, so a concurrent job that is
+    writing it right now keeps it.
+    """
+    if cache_dir is None or not Path(cache_dir).is_dir():
+        return []
+    removed = []
+    for tmp in Path(cache_dir).glob(".tmp-*"):
+        name = tmp.name[len(".tmp-"):].rsplit("-", 1)[0]  # .tmp-<dataset name>-<8 hex>
+        lock = FileLock(str(Path(cache_dir) / name) + ".lock", timeout=0)
+        try:
+            with lock:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except Timeout:  # being written now
+            continue
+        removed.append(tmp)
+    if removed:
+        log.info("removed %d stale temporary dataset folder(s) from %s", len(removed), cache_dir)
+    return removed

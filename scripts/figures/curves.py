@@ -6,6 +6,7 @@ Resumed runs write several ``version_*`` folders; they are joined and sorted by 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def read_metrics(files: Iterable[Path]) -> pd.DataFrame:
     for f in files:
         try:
             m = pd.read_csv(f)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        except Exception as err:  # empty, truncated or binary: skip it, say so
+            logging.getLogger(__name__).warning("skipped unreadable %s: %s", f, f"{type(err).__name__}: {err}"[:200])
             continue
         if "step" in m.columns and not m.empty:
             frames.append(m.assign(run_dir=str(run_dir_of(f))))

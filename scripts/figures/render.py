@@ -6,6 +6,7 @@ never an error, so one ``plot.py`` call over a mixed sweep yields every figure i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from .pareto import plot_pareto
 from .results import find_files, make_palette, run_dir_of
 from .slices import plot_slice
 from .style import Palette, save_options, slug
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,11 +80,18 @@ def _gates(ctx: Context) -> list[Path] | str:
         return "no gates.pt under the given directories"
     labels = _run_labels(ctx.df)
     paths: list[Path] = []
+    skipped = []
     for f in files:
         run = run_dir_of(f)
         title = labels.get(str(run), run.name)
-        paths += plot_gates(load_gates(f), ctx.out, f"gates_{slug(run.name)}", title=title)
-    return paths
+        try:
+            gates = load_gates(f)
+        except Exception as err:  # truncated, not a tensor, wrong shape: one bad file never stops the rest
+            log.warning("skipped unreadable %s: %s", f, f"{type(err).__name__}: {err}"[:200])
+            skipped.append(f)
+            continue
+        paths += plot_gates(gates, ctx.out, f"gates_{slug(run.name)}", title=title)
+    return paths or f"no readable gates.pt ({len(skipped)} unreadable)"
 
 
 KINDS: dict[str, Callable[[Context], list[Path] | str]] = {

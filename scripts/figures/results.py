@@ -3,7 +3,9 @@
 Accepts run directories, sweep directories (every ``results.jsonl`` below), ``results.jsonl`` files
 and tables written by ``scripts/collect.py`` (``.parquet`` / ``.csv``). Nothing is dropped quietly:
 a line that is not JSON (a torn last line after a crash) is skipped, but listed in
-``df.attrs["bad_lines"]`` and logged, so the caller can report and count it.
+``df.attrs["bad_lines"]`` and logged; a row with a wrong value (a string or NaN in a numeric
+column, a depth outside [0, 1], an unknown status) is skipped and listed in ``df.attrs["bad_rows"]``,
+so the caller can report and count both.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.rows import ROW_FIELDS
+from pipeline.rows import ROW_FIELDS, STATUSES
 
 from .style import Palette, cache_policy, label_sort_key
 
@@ -56,6 +58,57 @@ def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[BadLine]]:
         row.update(source=str(path), line=i + 1, run_dir=str(path.parent))
         rows.append(row)
     return rows, bad
+
+
+# Columns that must hold a finite number (or nothing); fractions must lie in [0, 1].
+NUMERIC = ("train_len", "eval_len", "depth", "seed", "n_examples", "accuracy", "token_accuracy", "peak_mem_bytes",
+           "cache_bytes", "tokens_per_s", "tf_accuracy", "tf_token_accuracy", "decode_tf_agreement",
+           "decode_tokens_per_s", "train_step_s", "train_peak_mem_bytes", "trainable_params", "n_params")
+FRACTIONS = ("depth", "accuracy", "token_accuracy", "tf_accuracy", "tf_token_accuracy", "decode_tf_agreement")
+
+
+@dataclass
+class BadRow:
+    path: str
+    line: int  # 1-based line of a results.jsonl, or the table row (1-based, after the header)
+    reason: str
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """Why a row cannot be used (a wrong type or an impossible value), or None if it is sound."""
+    status = row.get("status")
+    if status not in STATUSES:
+        return f"status={status!r}; allowed: {STATUSES}"
+    for col in NUMERIC:
+        v = row.get(col)
+        if v is None:
+            continue
+        if not _is_number(v):
+            return f"{col}={v!r} is not a number"
+        if not math.isfinite(v):
+            return f"{col}={v!r} is not finite"
+        if col in FRACTIONS and not 0 <= v <= 1:
+            return f"{col}={v!r} is outside [0, 1]"
+    if status == "ok" and row.get("accuracy") is None:
+        return "status='ok' without an accuracy"
+    return None
+
+
+def _table_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a collected table as dicts, missing cells as None (CSV has no None)."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v.item() if hasattr(v, "item") else v)
+             for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def split_bad_rows(rows: list[dict[str, Any]], path: str | Path, lines: list[int]) -> tuple[list[dict], list[BadRow]]:
+    good, bad = [], []
+    for row, line in zip(rows, lines):
+        problem = row_problem(row)
+        if problem is None:
+            good.append(row)
+        else:
+            bad.append(BadRow(str(path), line, problem))
+    return good, bad
 
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
@@ -162,24 +215,34 @@ def load_results(paths: Iterable[str | Path] | str | Path) -> pd.DataFrame:
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    frames, bad = [], []
+    frames, bad, bad_rows = [], [], []
     files = find_results(paths)
     for f in files:
-        if f.suffix == ".parquet":
-            frames.append(pd.read_parquet(f))
-        elif f.suffix == ".csv":
-            frames.append(pd.read_csv(f))
+        if f.suffix in TABLE_SUFFIXES:
+            try:
+                table = pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f)
+            except Exception as err:  # a truncated or foreign file: skip it, say so
+                bad_rows.append(BadRow(str(f), 0, f"unreadable table ({type(err).__name__}: {err})"[:200]))
+                continue
+            rows = _table_rows(table)
+            lines = list(range(1, len(rows) + 1))
         else:
             rows, b = read_jsonl(f)
             bad += b
-            frames.append(pd.DataFrame(rows))
+            lines = [r["line"] for r in rows]
+        rows, b_rows = split_bad_rows(rows, f, lines)
+        bad_rows += b_rows
+        frames.append(pd.DataFrame(rows))
     for b in bad:
         log.warning("unreadable line %s:%d (%s): %r", b.path, b.line, "torn last line" if b.last else
                     "corrupt", b.text)
+    for r in bad_rows:
+        log.warning("skipped row %s:%d: %s", r.path, r.line, r.reason)
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
     df = add_labels(tidy(df))
     df.attrs["bad_lines"] = [asdict(b) for b in bad]
+    df.attrs["bad_rows"] = [asdict(r) for r in bad_rows]
     df.attrs["files"] = [str(f) for f in files]
     return df
 
