@@ -32,7 +32,8 @@ class CacheConfig:
     positions: str = "cache_relative"  # sink_window: cache_relative (StreamingLLM) | absolute (Duo)
     budget: int = 256  # quest: tokens read per query head
     page_size: int = 16  # quest
-    dense_layers: int = 2  # quest: the first layers stay dense
+    dense_layers: int = 2  # quest: the first layers stay dense (at most n_layers - 1; models/cache_quest.py)
+    selection: str = "eval"  # quest: eval (quest_attention.py, the paper's accuracy) | kernel (current page forced)
     gates_path: Optional[str] = None  # duo: learned gates (.pt), (n_layers, n_kv_heads)
     sparsity: Optional[float] = None  # duo: fraction of heads made streaming (global quantile)
     threshold: Optional[float] = None  # duo: alternatively, retrieval iff gate >= threshold

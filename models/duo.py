@@ -1,9 +1,16 @@
 """DuoAttention gates: attach, train by distillation, deploy as retrieval/streaming head roles.
 
-One gate alpha per layer and KV head, init 1.0, clamped to [0, 1]; the ``duo`` attention pattern
-mixes alpha * full + (1 - alpha) * sink_window per head. Only the gates train: the student
-(pattern ``duo``) is distilled against the frozen model's full attention on the final hidden
-states. The ``duo_gates`` stage is then, per batch::
+One gate alpha per layer and KV head, init 1.0, clamped to [0, 1]. Only the gates train: the
+student is distilled against the frozen model's full attention on the final hidden states.
+
+The training forward is DuoAttention's two-way forward (``llama_duo_attention_forward_two_way``):
+the batch is run twice side by side, teacher half then student half, and in every layer, per head,
+    teacher = Full(teacher q/k/v)                       (no grad)
+    student = (1 - alpha) * Stream(student q/k/v) + alpha * Full(teacher q/k/v)
+so the full branch always reads the teacher's states and alpha's gradient comes only through the
+mix (pattern ``duo_two_way``). ``objective="same_states"`` keeps the earlier ablation: one pass,
+alpha * Full + (1 - alpha) * Stream both on the student's own states (pattern ``duo``).
+The ``duo_gates`` stage is then, per batch::
 
     h_full, h_mix = duo_hidden_pair(model, batch["input_ids"])
     loss = duo_distill_loss(h_full, h_mix, batch["labels"] != -100, model.duo_gates)
@@ -13,7 +20,6 @@ states. The ``duo_gates`` stage is then, per batch::
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +27,27 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from models.attention import AttentionConfig, causal_sdpa, register, sink_window
+
+OBJECTIVES = ("two_way", "same_states")
+
+
+@register("duo_two_way")
+def duo_two_way(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: AttentionConfig,
+                bias: torch.Tensor | None = None, gate: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+    """Batch [teacher; student] (2B, ...) -> [Full(teacher); (1-a) Stream(student) + a Full(teacher)]."""
+    if gate is None:
+        raise ValueError("attention pattern 'duo_two_way' needs per-head gates (Hkv,): "
+                         "call models.duo.attach_duo_gates(model) first")
+    if q.shape[0] % 2:
+        raise ValueError(f"duo_two_way needs the batch doubled (teacher; student), got batch {q.shape[0]}")
+    B, H, Hkv = q.shape[0] // 2, q.shape[1], k.shape[1]
+    with torch.no_grad():  # the teacher's full attention on its own states
+        full = causal_sdpa(q[:B], k[:B], v[:B], bias=bias)  # (B, H, T, D)
+    stream = sink_window(q[B:], k[B:], v[B:], cfg, bias=bias)  # the student's own states
+    g = gate.clamp(0.0, 1.0).to(q.dtype).repeat_interleave(H // Hkv).view(1, H, 1, 1)  # GQA group shares
+    return torch.cat((full, (1 - g) * stream + g * full))
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -88,8 +115,16 @@ def attention_pattern(model: nn.Module, pattern: str) -> Iterator[None]:
         cfg.train, cfg.eval = saved
 
 
-def duo_hidden_pair(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def duo_hidden_pair(model: nn.Module, input_ids: torch.Tensor,
+                    objective: str = "two_way") -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states (B, T, d) of the full-attention teacher (no grad) and the gated student."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"duo.objective={objective!r}; allowed: {list(OBJECTIVES)}")
+    if objective == "two_way":
+        B = input_ids.shape[0]
+        with attention_pattern(model, "duo_two_way"):
+            h = model.hidden_states(torch.cat((input_ids, input_ids)))  # (2B, T, d): teacher; student
+        return h[:B].detach(), h[B:]
     with torch.no_grad(), attention_pattern(model, "full"):
         h_full = model.hidden_states(input_ids)
     with attention_pattern(model, "duo"):
@@ -111,28 +146,29 @@ def duo_distill_loss(h_full: torch.Tensor, h_mix: torch.Tensor, mask: torch.Tens
 
 
 def deploy_gates(gates: torch.Tensor, sparsity: float | None = None,
-                 threshold: float | None = None) -> torch.Tensor:
+                 threshold: float | None = None, seed: int = 0) -> torch.Tensor:
     """Gates (n_layers, n_kv_heads) -> bool, True = retrieval head (full KV).
 
-    ``sparsity`` s: one global cut over all layers x heads; as DuoAttention's quantile threshold
-    (alpha >= quantile_s is retrieval) the ceil(s * (N - 1)) lowest gates become streaming. Ties
-    are broken deterministically by (layer, head) order instead of the reference's 1e-6 noise.
-    ``threshold``: retrieval iff alpha >= threshold. Exactly one must be given.
+    ``sparsity`` s (DuoAttention's ``sparsify_attention_heads``): one global cut over all layers x
+    heads, retrieval iff alpha >= the s-quantile; s = 1 makes every head streaming, s = 0 none.
+    Ties are broken at random, as the reference does, by adding uniform [0, 1e-6) noise drawn from
+    a generator seeded with ``seed`` (so a deployment is reproducible).
+    ``threshold``: retrieval iff alpha >= threshold (no noise). Exactly one must be given.
     """
     if (sparsity is None) == (threshold is None):
         raise ValueError(f"deploy_gates needs exactly one of sparsity, threshold; got {sparsity}, "
                          f"{threshold}")
-    alpha = gates.detach().float().clamp(0.0, 1.0).cpu()
+    alpha = gates.detach().double().clamp(0.0, 1.0).cpu()
     if threshold is not None:
         return alpha >= threshold
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity={sparsity} must be in [0, 1]")
-    n = alpha.numel()
-    n_streaming = min(n, math.ceil(sparsity * (n - 1) - 1e-9)) if n > 1 else round(sparsity)
-    order = torch.sort(alpha.flatten(), stable=True).indices  # ascending; ties in index order
-    retrieval = torch.ones(n, dtype=torch.bool)
-    retrieval[order[:n_streaming]] = False
-    return retrieval.view_as(alpha)
+    if sparsity >= 1.0:
+        return torch.zeros_like(alpha, dtype=torch.bool)
+    if sparsity <= 0.0:
+        return torch.ones_like(alpha, dtype=torch.bool)
+    noisy = alpha + 1e-6 * torch.rand(alpha.shape, generator=torch.Generator().manual_seed(seed), dtype=alpha.dtype)
+    return noisy >= torch.quantile(noisy.flatten(), sparsity)
 
 
 def save_gates(gates: torch.Tensor, path: str) -> None:

@@ -2,6 +2,11 @@
 
 A family subclasses ``DecoderLM``, builds ``embed_tokens``, ``layers``, ``norm`` and ``lm_head``, and
 implements ``new_cache``; the forward contract is then the same for all of them.
+
+Activation checkpointing (``set_activation_checkpointing``) is per block: a training forward keeps
+only each block's input and recomputes the block inside the backward (non-reentrant
+``torch.utils.checkpoint``, which composes with peft's LoRA layers, DDP and FSDP and replays the
+RNG state for dropout). Decoding through a cache and no-grad forwards never checkpoint.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.cache import ModelCache
 
@@ -30,13 +36,22 @@ class DecoderLM(nn.Module):
     layers: nn.ModuleList
     norm: nn.Module
     lm_head: nn.Linear
+    activation_checkpointing: bool = False  # set_activation_checkpointing turns it on per model
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute every block in the backward instead of storing its activations."""
+        self.activation_checkpointing = bool(enabled)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
         """Final hidden states after the last norm, (B, T, d_model); advances ``cache.seen``."""
         start = 0 if cache is None else cache.seen
         x = self.embed_tokens(input_ids)  # (B, T, d_model)
+        recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, None if cache is None else cache.layers[i], start)
+            if recompute:
+                x = checkpoint(layer, x, None, start, use_reentrant=False)
+            else:
+                x = layer(x, None if cache is None else cache.layers[i], start)
         if cache is not None:
             cache.seen += input_ids.shape[1]
         return self.norm(x)

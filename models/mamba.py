@@ -61,7 +61,7 @@ class MambaConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02  # embedding (and untied head) init
     kernel: str = "auto"  # auto: CUDA kernels if importable and on GPU | torch | cuda (required)
-    chunk_size: Optional[int] = None  # torch scan steps per chunk; None: ~sqrt(length)
+    chunk_size: Optional[int] = None  # torch scan: tokens per memory chunk; None: models.scan.DEFAULT_CHUNK
     prefill_block: int = 128  # no-grad prefill through a cache runs in blocks of this many tokens
 
     def __post_init__(self) -> None:
@@ -205,7 +205,7 @@ class MambaMixer(nn.Module):
             [self.cfg.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)  # (B, T, R), (B, T, N) x2
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2).contiguous()  # (B, d_inner, T); bias in the scan
         Bm, Cm = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()  # (B, N, T)
-        args = (x, dt, A, Bm, Cm, _at_least_fp32(self.D), z.contiguous())
+        args = (x, dt, A, Bm, Cm, _at_least_fp32(self.D), z.contiguous() if use_kernels else z)
         kw = dict(delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True,
                   return_last_state=layer_cache is not None)
         if use_kernels:
@@ -282,8 +282,9 @@ class MambaLM(DecoderLM):
     def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
         """As DecoderLM; a long no-grad prefill into a cache goes block by block, carrying the state.
 
-        The parallel scan materialises (B, T, d_inner, d_state); blocks bound that by
-        ``prefill_block`` tokens, so evaluation memory does not grow with the prompt.
+        The scan itself is chunked (models/scan.py), but the block's (B, T, d_inner) activations
+        are not; blocks of ``prefill_block`` tokens bound those too, so evaluation memory does not
+        grow with the prompt.
         """
         T, block = input_ids.shape[1], self.cfg.prefill_block
         if cache is None or torch.is_grad_enabled() or T <= block:

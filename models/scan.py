@@ -1,4 +1,4 @@
-"""The selective scan (Mamba's SSM) in pure PyTorch: chunked, parallel over the sequence.
+"""The selective scan (Mamba's SSM) in pure PyTorch, memory-lean: the kernel's strategy in chunks.
 
 ``selective_scan`` takes the argument layout of ``mamba_ssm``'s ``selective_scan_fn`` so the CUDA
 kernel and this reference are interchangeable (models/mamba.py picks one):
@@ -7,13 +7,20 @@ kernel and this reference are interchangeable (models/mamba.py picks one):
     h_t   = exp(delta_t A) * h_{t-1} + delta_t B_t u_t         h: (B, D, N), h_{-1} = initial_state
     y_t   = C_t . h_t + D u_t,  then  y * silu(z)
 
-The recurrence h_t = a_t h_{t-1} + x_t is solved by ``linear_scan``, a two-level chunked scan:
-split the L steps into ~sqrt(L) chunks of ~sqrt(L) steps; scan inside every chunk at once (one
-vectorised step per position within a chunk), carry the chunk-final states across chunks, then add
-each carry times the cumulative decay inside its chunk. That is O(sqrt(L)) vectorised steps instead
-of L, and it only ever multiplies by decays a <= 1 (no exp of positive cumulative sums, so nothing
-can overflow however large delta * |A| gets). Its backward is the same scan run in reverse, so
-autograd stores a and h only, not one graph node per step.
+Memory. The discretised exp(delta A), delta B u and the states h are (B, L, D, N): N = 16 times
+the block's activations. Like the CUDA kernel (which keeps them in SRAM and recomputes them in its
+backward), we never hold them for the whole sequence: the sequence is cut into chunks of
+``chunk_size`` tokens, processed one after another; the forward keeps only the state entering each
+chunk (B, L / chunk, D, N), and the backward walks the chunks in reverse, recomputes one chunk's
+discretised tensors and states from its entering state, and back-propagates through it by hand
+(the gradient of the state crosses chunk boundaries like the state does). Softplus, D and the
+silu(z) gate are fused in as well, so nothing of size (B, D, L) is saved beyond the inputs.
+
+Inside a chunk, h_t = a_t h_{t-1} + x_t is solved by ``_chunked_scan``, a two-level scan: split the
+Q steps into ~sqrt(Q) blocks, scan all blocks at once (one vectorised step per position within a
+block), carry the block-final states across blocks, then add each carry times the decay inside its
+block. It only multiplies by decays a <= 1 (no exp of positive cumulative sums), so nothing can
+overflow however large delta * |A| gets.
 """
 
 from __future__ import annotations
@@ -24,28 +31,31 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+DEFAULT_CHUNK = 128  # tokens per chunk: (B, 128, D, N) temporaries, a few (B, D, N) states per 128 tokens
+SOFTPLUS_THRESHOLD = 20.0  # F.softplus's default: above it softplus(x) = x, and its slope is 1
+
 
 def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
-                  chunk_size: Optional[int] = None, reverse: bool = False) -> torch.Tensor:
+                  reverse: bool = False) -> torch.Tensor:
     """h_t = a_t * h_{t-1} + x_t along dim 1 of a, x: (B, L, M); h0: (B, M) or None -> h (B, L, M).
 
     ``reverse`` runs the transposed recurrence g_t = x_t + a_{t+1} g_{t+1} (g_L = 0) that the
     backward needs, without flipping or shifting copies of a and x.
     """
     Bsz, L, M = x.shape
-    # ~sqrt(L) steps per chunk balances the loops; a power of two avoids padding usual lengths
-    Q = chunk_size or 2 ** round(math.log2(max(L, 1)) / 2)
+    # ~sqrt(L) steps per block balances the loops; a power of two avoids padding usual lengths
+    Q = 2 ** round(math.log2(max(L, 1)) / 2)
     nc = -(-L // Q)
     pad = nc * Q - L
     if pad:  # padded steps (a=1, x=0) come after the real ones and are cut off below
         a = F.pad(a, (0, 0, 0, pad), value=1.0)
         x = F.pad(x, (0, 0, 0, pad))
-    a = a.reshape(Bsz, nc, Q, M)  # (B, chunk, step-in-chunk, M)
+    a = a.reshape(Bsz, nc, Q, M)  # (B, block, step-in-block, M)
     x = x.reshape(Bsz, nc, Q, M)
     steps = range(Q - 1, -1, -1) if reverse else range(Q)
     first, *rest = steps
-    # 1) every chunk scanned from a zero state, all chunks at once; `span` = product of the a's
-    #    applied inside a chunk (forward: a_0..a_{Q-1}; reverse: a_1..a_{Q-1})
+    # 1) every block scanned from a zero state, all blocks at once; `span` = product of the a's
+    #    applied inside a block (forward: a_0..a_{Q-1}; reverse: a_1..a_{Q-1})
     h = torch.empty_like(x)
     h[:, :, first] = x[:, :, first]
     span = a[:, :, 0].clone() if not reverse else torch.ones_like(x[:, :, 0])  # (B, nc, M)
@@ -55,16 +65,16 @@ def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
         torch.addcmul(x[:, :, j], coef, h[:, :, prev], out=h[:, :, j])
         span.mul_(coef)
         prev = j
-    # 2) the state entering each chunk, carried across chunks on small (B, M) tensors
+    # 2) the state entering each block, carried across blocks on small (B, M) tensors
     carry = h0 if h0 is not None else torch.zeros_like(x[:, 0, 0])
     entering = [carry] * nc
     for c in (range(nc - 1, -1, -1) if reverse else range(nc)):
         entering[c] = carry
-        if reverse:  # g at the chunk's first step, times the a that links it to the chunk before
+        if reverse:  # g at the block's first step, times the a that links it to the block before
             carry = a[:, c, 0] * (h[:, c, 0] + span[:, c] * carry)
         else:
             carry = h[:, c, -1] + span[:, c] * carry
-    # 3) each position adds its chunk's entering state, decayed to it: a <= 1, nothing overflows
+    # 3) each position adds its block's entering state, decayed to it: a <= 1, nothing overflows
     carry = torch.stack(entering, dim=1)  # (B, nc, M)
     for j in steps:
         if not reverse:
@@ -75,38 +85,128 @@ def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
     return h.reshape(Bsz, nc * Q, M)[:, :L]
 
 
-class _LinearScan(torch.autograd.Function):
-    """Autograd for h_t = a_t h_{t-1} + x_t with a hand-written backward (a reverse scan)."""
+class _Chunk:
+    """One chunk's inputs in the working dtype, laid out (B, Q, ...) for the state math."""
+
+    def __init__(self, inputs: tuple, s: int, e: int, dt: torch.dtype, softplus: bool) -> None:
+        u, delta, A, Bm, Cm, D, z, bias = inputs
+        rows = lambda t: t[..., s:e].transpose(1, 2).to(dt).contiguous()  # noqa: E731
+        self.u = rows(u)  # (B, Q, D)
+        self.pre = rows(delta)  # (B, Q, D): delta before softplus
+        if bias is not None:
+            self.pre = self.pre + bias.to(dt)
+        self.delta = F.softplus(self.pre) if softplus else self.pre
+        self.A = A.to(dt)
+        self.B = rows(Bm)  # (B, Q, N)
+        self.C = rows(Cm)  # (B, Q, N)
+        self.D = None if D is None else D.to(dt)
+        self.z = None if z is None else rows(z)  # (B, Q, D)
+
+    def states(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """decay exp(delta A) and all states h from the entering state h0 (B, D, N); (B, Q, D, N) each."""
+        Bsz, Q, Dn = self.u.shape
+        decay = torch.exp(self.delta[..., None] * self.A)
+        drive = (self.delta * self.u)[..., None] * self.B[:, :, None, :]
+        h = _chunked_scan(decay.view(Bsz, Q, -1), drive.view(Bsz, Q, -1), h0.reshape(Bsz, -1))
+        return decay, h.view(Bsz, Q, Dn, -1)
+
+    def ungated(self, h: torch.Tensor) -> torch.Tensor:
+        """C_t . h_t + D u_t: (B, Q, D)."""
+        y = (h @ self.C[..., None]).squeeze(-1)
+        return y if self.D is None else y + self.D * self.u
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Chunk by chunk forward; backward recomputes each chunk from its saved entering state."""
 
     @staticmethod
-    def forward(ctx, a, x, h0, chunk_size):
-        h = _chunked_scan(a, x, h0, chunk_size)
-        ctx.save_for_backward(a, h, h0)
-        ctx.chunk_size = chunk_size
-        return h
+    def forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk):
+        with torch.autocast(u.device.type, enabled=False):  # the state math stays in >= float32
+            return _SelectiveScan._forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk)
 
     @staticmethod
-    def backward(ctx, grad_h):
-        a, h, h0 = ctx.saved_tensors
-        # g_t = dL/dh_t in total = grad_h_t + a_{t+1} g_{t+1}; then dx_t = g_t, da_t = g_t h_{t-1}
-        g = _chunked_scan(a, grad_h, None, ctx.chunk_size, reverse=True)
-        grad_a = torch.empty_like(g)
-        torch.mul(g[:, 1:], h[:, :-1], out=grad_a[:, 1:])
-        if h0 is not None:
-            torch.mul(g[:, 0], h0, out=grad_a[:, 0])
-        else:
-            grad_a[:, 0] = 0
-        grad_h0 = a[:, 0] * g[:, 0] if h0 is not None and ctx.needs_input_grad[2] else None
-        return grad_a, g, grad_h0, None
+    def _forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk):
+        Bsz, Dn, L = u.shape
+        dt = torch.promote_types(u.dtype, torch.float32)
+        inputs = (u, delta, A, Bm, Cm, D, z, bias)
+        h = h0.to(dt) if h0 is not None else u.new_zeros(Bsz, Dn, A.shape[1], dtype=dt)
+        y = torch.empty_like(u)
+        entering = []
+        for s in range(0, L, chunk):
+            c = _Chunk(inputs, s, min(s + chunk, L), dt, softplus)
+            entering.append(h)
+            _, hs = c.states(h)
+            yc = c.ungated(hs)
+            if c.z is not None:
+                yc = yc * F.silu(c.z)
+            y[..., s:s + chunk] = yc.transpose(1, 2)
+            h = hs[:, -1].clone()  # (B, D, N); clone frees the chunk's states
+        ctx.save_for_backward(*inputs, torch.stack(entering, dim=1))
+        ctx.has_h0, ctx.softplus, ctx.chunk = h0 is not None, softplus, chunk
+        return y, h
 
+    @staticmethod
+    def backward(ctx, grad_y, grad_last):
+        with torch.autocast(grad_y.device.type, enabled=False):
+            return _SelectiveScan._backward(ctx, grad_y, grad_last)
 
-def linear_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor] = None,
-                chunk_size: Optional[int] = None) -> torch.Tensor:
-    """All states of h_t = a_t * h_{t-1} + x_t. a, x: (B, L, M); h0: (B, M) or None (zeros).
-
-    ``chunk_size`` None picks ~sqrt(L). Returns h: (B, L, M).
-    """
-    return _LinearScan.apply(a.contiguous(), x.contiguous(), h0, chunk_size)
+    @staticmethod
+    def _backward(ctx, grad_y, grad_last):
+        *inputs, entering = ctx.saved_tensors
+        u, delta, A, Bm, Cm, D, z, bias = inputs
+        L, chunk = u.shape[-1], ctx.chunk
+        dt = entering.dtype
+        need = ctx.needs_input_grad
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_B, grad_C = torch.empty_like(Bm), torch.empty_like(Cm)
+        grad_z = None if z is None else torch.empty_like(z)
+        grad_A = torch.zeros_like(A, dtype=dt)
+        grad_D = None if D is None else torch.zeros_like(D, dtype=dt)
+        grad_bias = None if bias is None else torch.zeros_like(bias, dtype=dt)
+        g_next = grad_last.to(dt)  # dLoss/d(state leaving the chunk), carried backwards
+        for i, s in reversed(list(enumerate(range(0, L, chunk)))):
+            e = min(s + chunk, L)
+            c = _Chunk(inputs, s, e, dt, ctx.softplus)
+            h0 = entering[:, i]
+            decay, h = c.states(h0)
+            gy = grad_y[..., s:e].transpose(1, 2).to(dt).contiguous()  # (B, Q, D)
+            if c.z is not None:  # y = ungated * silu(z)
+                sig = torch.sigmoid(c.z)
+                grad_z[..., s:e] = (gy * c.ungated(h) * sig * (1 + c.z * (1 - sig))).transpose(1, 2)
+                gy = gy * c.z * sig
+            gu = gy * c.D if c.D is not None else torch.zeros_like(gy)
+            if c.D is not None:
+                grad_D += (gy * c.u).sum((0, 1))
+            grad_C[..., s:e] = (gy[:, :, None, :] @ h).squeeze(-2).transpose(1, 2)
+            # g_t = dLoss/dh_t in total: from y_t, and through h_{t+1} (a reverse scan)
+            gh = gy[..., None] * c.C[:, :, None, :]  # (B, Q, D, N)
+            gh[:, -1] += g_next
+            Bsz, Q, Dn, N = gh.shape
+            g = _chunked_scan(decay.view(Bsz, Q, -1), gh.view(Bsz, Q, -1), None, reverse=True).view(Bsz, Q, Dn, N)
+            del gh
+            g_next = decay[:, 0] * g[:, 0]
+            # d decay_t = g_t h_{t-1}; times decay: the gradient of delta_t A
+            ga = g * decay  # (B, Q, D, N)
+            ga[:, 1:] *= h[:, :-1]
+            ga[:, 0] *= h0
+            del h, decay
+            grad_A += torch.einsum("bqdn,bqd->dn", ga, c.delta)
+            gdelta = (ga * c.A).sum(-1)  # (B, Q, D)
+            del ga
+            # drive = (delta u) B
+            gdu = (g @ c.B[..., None]).squeeze(-1)  # (B, Q, D)
+            grad_B[..., s:e] = ((c.delta * c.u)[:, :, None, :] @ g).squeeze(-2).transpose(1, 2)
+            del g
+            gdelta = gdelta + gdu * c.u
+            grad_u[..., s:e] = (gu + gdu * c.delta).transpose(1, 2)
+            if ctx.softplus:  # softplus' slope: sigmoid, exactly 1 above the threshold (as autograd)
+                gdelta = gdelta * torch.where(c.pre > SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(c.pre))
+            grad_delta[..., s:e] = gdelta.transpose(1, 2)
+            if grad_bias is not None:
+                grad_bias += gdelta.sum((0, 1))
+        cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
+        return (grad_u, grad_delta, cast(grad_A, A), grad_B, grad_C, cast(grad_D, D), grad_z,
+                cast(grad_bias, bias), g_next.to(entering.dtype) if ctx.has_h0 and need[8] else None, None, None)
 
 
 def selective_scan(
@@ -126,30 +226,12 @@ def selective_scan(
     """Selective scan in ``selective_scan_fn``'s layout (plus ``initial_state``, which it lacks).
 
     u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,);
-    initial_state: (B, D, N). Computes in at least float32 (float64 stays float64).
-    Returns y (B, D, L) in u's dtype, and the last state (B, D, N) if ``return_last_state``.
+    initial_state: (B, D, N). Computes in at least float32 (float64 stays float64), ``chunk_size``
+    tokens at a time (None: ``DEFAULT_CHUNK``). Returns y (B, D, L) in u's dtype, and the last
+    state (B, D, N) if ``return_last_state``.
     """
-    dtype_in = u.dtype
-    dt = torch.promote_types(dtype_in, torch.float32)
-    Bsz, Dn, L = u.shape
-    N = A.shape[1]
-    u, delta = u.to(dt), delta.to(dt)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dt)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    delta_t = delta.transpose(1, 2)  # (B, L, D)
-    decay = torch.exp(delta_t[..., None] * A.to(dt))  # (B, L, D, N): exp(delta A) in (0, 1]
-    B_t = B.to(dt).transpose(1, 2)  # (B, L, N)
-    C_t = C.to(dt).transpose(1, 2)  # (B, L, N)
-    drive = (delta_t * u.transpose(1, 2))[..., None] * B_t[:, :, None, :]  # (B, L, D, N)
-    h0 = None if initial_state is None else initial_state.to(dt).reshape(Bsz, Dn * N)
-    h = linear_scan(decay.reshape(Bsz, L, Dn * N), drive.reshape(Bsz, L, Dn * N), h0, chunk_size)
-    h = h.view(Bsz, L, Dn, N)  # (B, L, D, N)
-    y = torch.einsum("bldn,bln->bdl", h, C_t)  # (B, D, L)
-    if D is not None:
-        y = y + D.to(dt)[:, None] * u
-    if z is not None:
-        y = y * F.silu(z.to(dt))
-    y = y.to(dtype_in)
-    return (y, h[:, -1]) if return_last_state else y
+    chunk = chunk_size or DEFAULT_CHUNK
+    if chunk < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1 or None")
+    y, last = _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk)
+    return (y, last) if return_last_state else y

@@ -24,9 +24,13 @@ from models.attention import group_size
 from models.cache import CacheConfig
 from models.lora import LoraPlusConfig
 from models.registry import config_class
+from pipeline.decode import PROTOCOLS
 from pipeline.duo_stage import DuoConfig
+from pipeline.eval_kinds import EVAL_KINDS, LmEvalConfig, LongBenchConfig, SinkProbeConfig
 from tasks.base import MAX_SEED, Task
 from tasks.registry import TASKS
+from tasks.text import bind_tokenizer
+from tasks.tokenizer import load_tokenizer
 from tasks.vocab import Vocab
 
 STAGES = ("pretrain", "extend", "duo_gates")
@@ -110,8 +114,21 @@ class EvalConfig:
     tasks: Optional[list[str]] = None  # None: the training task; else names of conf/task entries
     prefix_cache: bool = False
     n_questions: int = 4  # prefix_cache: questions asked of one context
+    protocol: str = "question_decoded"  # question_decoded | question_prefilled (ablation); pipeline/decode.py
+    decode_tail: Optional[int] = None  # None: decode the whole question token by token; N: the last N prompt tokens
+    kind: str = "grid"  # grid: tasks x lengths x depths | lm: perplexity by position | longbench | sinks
+    lm: LmEvalConfig = field(default_factory=LmEvalConfig)
+    longbench: LongBenchConfig = field(default_factory=LongBenchConfig)
+    sinks: SinkProbeConfig = field(default_factory=SinkProbeConfig)
 
     def __post_init__(self) -> None:
+        if self.kind not in EVAL_KINDS:
+            raise ConfigError(f"eval.kind={self.kind!r}; allowed: {list(EVAL_KINDS)}")
+        if self.kind == "longbench":
+            try:
+                self.longbench.check()  # the folder and every dataset file, before any model is built
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if not self.lengths:
             raise ConfigError("eval.lengths=[] must list at least one length")
         if not self.depths:
@@ -127,6 +144,13 @@ class EvalConfig:
             raise ConfigError(
                 f"eval.n_examples={self.n_examples}, eval.batch_size={self.batch_size} and "
                 f"eval.n_questions={self.n_questions} must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"eval.protocol={self.protocol!r}; allowed: {list(PROTOCOLS)}")
+        if self.decode_tail is not None and self.decode_tail < 0:
+            raise ConfigError(f"eval.decode_tail={self.decode_tail} must be null (the whole question) or >= 0")
+        if self.decode_tail is not None and self.protocol != "question_decoded":
+            raise ConfigError(f"eval.decode_tail={self.decode_tail} needs eval.protocol=question_decoded, "
+                              f"got {self.protocol!r}")
         if not (self.decode or self.teacher_forced):
             raise ConfigError("eval.decode=false and eval.teacher_forced=false: nothing to evaluate")
 
@@ -190,6 +214,7 @@ class Resolved:
     config_hash: str
     lora: LoraPlusConfig = field(default_factory=LoraPlusConfig)
     duo: DuoConfig = field(default_factory=DuoConfig)
+    activation_checkpointing: bool = False  # trainer.activation_checkpointing
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -198,6 +223,14 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 def task_nodes_from_conf() -> dict[str, Any]:
     """Every conf/task/NAME.yaml by NAME (for ``eval.tasks``)."""
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / "task").glob("*.yaml"))}
+
+
+def activation_checkpointing(node: Any) -> bool:
+    """``trainer.activation_checkpointing``: ours (per-block recompute in models/lm.py), not Lightning's."""
+    value = (node or {}).get("activation_checkpointing", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"trainer.activation_checkpointing={value!r} must be true or false")
+    return value
 
 
 TRAINER_INTS = ("max_steps", "min_steps", "max_epochs", "min_epochs", "log_every_n_steps", "num_sanity_val_steps",
@@ -258,10 +291,15 @@ def check_accelerator(node: Any) -> None:
 
 
 def trainer_kwargs(node: Any) -> dict[str, Any]:
-    """Lightning Trainer arguments, each name checked against the Trainer's signature."""
+    """Lightning Trainer arguments, each name checked against the Trainer's signature.
+
+    ``activation_checkpointing`` is validated and left out: the model applies it, the Trainer never sees it.
+    """
     import lightning as L
 
     kwargs = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    activation_checkpointing(kwargs)
+    kwargs.pop("activation_checkpointing", None)
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in kwargs:
         if key not in allowed:
@@ -349,13 +387,14 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
         eval_tasks = [build_task(nodes[name], f"eval.tasks[{name}]") for name in eval_cfg.tasks]
     for t in eval_tasks + [task]:
         try:
+            bind_tokenizer(t, cfg.get("tokenizer") or "bytes")  # text tasks read the run's tokenizer
             t.check_vocab(vocab)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     max_len = model.max_seq_len
     if task.train_len > max_len:
         raise ConfigError(f"task.train_len={task.train_len} exceeds model.max_seq_len={max_len}")
-    for length in eval_cfg.lengths:
+    for length in eval_cfg.lengths if eval_cfg.kind == "grid" else []:  # other kinds have their own lengths
         if length > max_len:
             raise ConfigError(f"eval.lengths contains {length} > model.max_seq_len={max_len}; "
                               f"allowed: lengths <= {max_len} (raise model.max_seq_len)")
@@ -364,6 +403,18 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
                 t.check_length(length, "eval.lengths")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+    if eval_cfg.kind != "grid":  # text evaluations feed the tokenizer's ids straight to the model
+        spec = cfg.get("tokenizer") or "bytes"
+        try:
+            n = load_tokenizer(spec).vocab_size
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if n > model.vocab_size:
+            raise ConfigError(f"eval.kind={eval_cfg.kind}: tokenizer={spec!r} has {n} tokens but model.vocab_size="
+                              f"{model.vocab_size}; allowed: a tokenizer that fits the model (tokenizer=hf:PATH)")
+    if eval_cfg.kind == "sinks" and model.family == "mamba":
+        raise ConfigError("eval.kind=sinks probes attention heads; model.family='mamba' has none; "
+                          "allowed: transformer or hybrid")
     lora = to_dataclass(LoraPlusConfig, cfg.get("lora"), "lora")
     duo = to_dataclass(DuoConfig, cfg.get("duo"), "duo")
     if lora.enabled and stage == "duo_gates":
@@ -398,9 +449,15 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
                               "told apart from the haystack; allowed: task.haystack=noise or filler")
     if "trainer" in cfg:
         trainer_kwargs(cfg.trainer)
+    if stage == "duo_gates" and activation_checkpointing(cfg.get("trainer")):
+        # the stage switches attention patterns around each forward; a recompute in the backward
+        # would run outside that switch, with the wrong pattern
+        raise ConfigError("trainer.activation_checkpointing=true with stage=duo_gates: not supported "
+                          "(the gates are the only weights trained; set it to false)")
     if training:
         check_training(cfg, run, stage, data, cache)
-    return Resolved(model, task, vocab, cache, data, optim, eval_cfg, eval_tasks, config_hash(cfg), lora, duo)
+    return Resolved(model, task, vocab, cache, data, optim, eval_cfg, eval_tasks, config_hash(cfg), lora, duo,
+                    activation_checkpointing(cfg.get("trainer")))
 
 
 def check_training(cfg: DictConfig, run: RunConfig, stage: str, data: DataConfig, cache: CacheConfig) -> None:

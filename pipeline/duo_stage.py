@@ -1,9 +1,11 @@
 """The ``duo_gates`` stage: the model frozen, one gate per layer x KV head learned by distillation.
 
-The student mixes alpha * full + (1 - alpha) * sink_window per head (pattern ``duo``); the loss is
-the squared error of its final hidden states against the frozen full-attention model over the
-question/answer region, plus lam * mean|alpha| (DuoAttention). AdamW, no weight decay, lr 0.02;
-linear warm-up over the first 20% of steps, plateau, linear decay over the last 20% to 0.1.
+The student mixes (1 - alpha) * its own sink_window attention + alpha * the teacher's full
+attention per head (DuoAttention's two-way forward, models/duo.py); the loss is the squared error
+of its final hidden states against the frozen full-attention model over the question/answer
+region, plus lam * mean|alpha|. AdamW, no weight decay, lr 0.02; the reference's schedule
+min(1, max((s+1)/(N/5), 0.1), max((N-s)/(N/5), 0.1)): warm-up and decay over a fifth of the steps
+each, never below 0.1. How many heads stream is decided at deployment only (``cache.sparsity``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from models.duo import attach_duo_gates, clamp_gates_, duo_distill_loss, duo_hidden_pair
+from models.duo import OBJECTIVES, attach_duo_gates, clamp_gates_, duo_distill_loss, duo_hidden_pair
 from tasks.base import IGNORE
 
 
@@ -23,15 +25,15 @@ from tasks.base import IGNORE
 class DuoConfig:
     lr: float = 0.02
     lam: float = 0.05  # weight of mean|alpha|
-    sparsity: float = 0.5  # deployment after the stage: fraction of streaming heads (global cut)
+    objective: str = "two_way"  # two_way (DuoAttention) | same_states (ablation: full branch on student states)
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"duo.lr={self.lr} must be > 0")
         if self.lam < 0:
             raise ValueError(f"duo.lam={self.lam} must be >= 0")
-        if not 0 <= self.sparsity <= 1:
-            raise ValueError(f"duo.sparsity={self.sparsity} must be in [0, 1]")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"duo.objective={self.objective!r}; allowed: {list(OBJECTIVES)}")
 
 
 def qa_region(input_ids: torch.Tensor, labels: torch.Tensor, query_token: int) -> torch.Tensor:
@@ -44,14 +46,11 @@ def qa_region(input_ids: torch.Tensor, labels: torch.Tensor, query_token: int) -
 
 
 def duo_schedule(total: int, floor: float = 0.1):
-    warm, decay = max(1, int(0.2 * total)), max(1, int(0.2 * total))
+    """DuoAttention's LR multiplier per step: linear ramps over total // 5 steps, clipped to [floor, 1]."""
+    ramp = max(1, total // 5)
 
     def lr(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if step >= total - decay:
-            return max(floor, (total - step) / decay)
-        return 1.0
+        return min(1.0, max((step + 1) / ramp, floor), max((total - step) / ramp, floor))
 
     return lr
 
@@ -65,7 +64,7 @@ class DuoGatesLM(L.LightningModule):
         self.gates = attach_duo_gates(model)
 
     def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        h_full, h_mix = duo_hidden_pair(self.model, batch["input_ids"])
+        h_full, h_mix = duo_hidden_pair(self.model, batch["input_ids"], self.duo.objective)
         mask = qa_region(batch["input_ids"], batch["labels"], self.query_token)
         loss = duo_distill_loss(h_full, h_mix, mask, self.gates, self.duo.lam)
         bs = batch["input_ids"].shape[0]

@@ -1,6 +1,7 @@
 """The evaluation grid: tasks x eval lengths x depths under one cache policy -> results rows.
 
-Each cell generates held-out (test-seed) examples, predicts teacher-forced and by prefill + decode,
+Each cell generates held-out (test-seed) examples, predicts teacher-forced and by prefill + decode
+under the named evaluation protocol (``pipeline.decode.PROTOCOLS``; rows carry it in ``protocol``),
 measures peak memory (first batch) and throughput, and appends one row per slice group. A cell
 that runs out of memory becomes a ``status=oom`` row and the grid goes on; any other failure
 becomes a ``status=error`` row with the message.
@@ -23,7 +24,7 @@ from rich.progress import Progress
 from torch import nn
 
 from models.cache import CacheConfig
-from pipeline.decode import decode_predictions, teacher_forced_predictions
+from pipeline.decode import PROTOCOLS, decode_predictions, decode_start, task_openers, teacher_forced_predictions
 from pipeline.memory import available_bytes, estimate_eval_bytes, measure_peak
 from pipeline.rows import CELL_KEYS, append_rows, cell_key, make_row, read_rows
 from tasks.base import Task, TaskArrays
@@ -86,7 +87,10 @@ def _batches(n: int, size: int) -> list[slice]:
 
 
 def run_cell(model: nn.Module, arrays: TaskArrays, policy: CacheConfig, batch_size: int,
-             decode: bool, teacher_forced: bool, device: torch.device) -> CellResult:
+             decode: bool, teacher_forced: bool, device: torch.device, openers: frozenset[int] = frozenset(),
+             protocol: str = "question_decoded", decode_tail: int | None = None) -> CellResult:
+    """Predictions for one cell; ``openers``/``protocol``/``decode_tail`` choose what is decoded
+    token by token (``pipeline.decode.decode_start``)."""
     # Tasks that blank their answers (TaskArrays.inputs: MQAR) feed the blanks, never predictions;
     # exact match is the same either way (a row is right only if every earlier answer was).
     free_running = arrays.inputs is None
@@ -110,13 +114,14 @@ def run_cell(model: nn.Module, arrays: TaskArrays, policy: CacheConfig, batch_si
                 torch.cuda.synchronize(device)
             tf_time += time.perf_counter() - t0
         if decode:
+            feed_from = decode_start(arrays.tokens[sl], arrays.answer_mask[sl], openers, protocol, decode_tail)
             t0 = time.perf_counter()
             if i == 0:  # memory on the first batch only: the tracker slows every op
                 with measure_peak(model, device) as m:
-                    p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, free_running)
+                    p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, free_running, feed_from=feed_from)
                 peak = m.peak_bytes
             else:
-                p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, free_running)
+                p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, free_running, feed_from=feed_from)
             dec_time += time.perf_counter() - t0
             preds.append(p)
             cache_bytes = max(cache_bytes, cb // (sl.stop - sl.start))
@@ -167,10 +172,18 @@ def evaluate_grid(
     device: torch.device | str = "cpu",
     on_row: Callable[[dict[str, Any]], None] | None = None,
     cell_runner: Callable[..., CellResult] = run_cell,
+    protocol: str = "question_decoded",
+    decode_tail: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every (task, length, depth) cell; rows are appended to ``rows_path`` as they come."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"eval.protocol={protocol!r}; allowed: {list(PROTOCOLS)}")
     device = torch.device(device)
     model.eval()
+    if decode:
+        tail = "the whole question" if decode_tail is None else f"the last {decode_tail} prompt tokens"
+        log.info("evaluation protocol %s: context prefilled (%s), then %s fed token by token through %s",
+                 protocol, policy.prefill, "nothing" if protocol == "question_prefilled" else tail, policy.label)
     cells = [(t, L, d) for t in tasks for L in lengths for d in (depths if t.has_depth else [None])]
     out: list[dict[str, Any]] = []
     done = completed_cells(rows_path, row_base.get("run_id"), row_base.get("config_hash"))
@@ -179,7 +192,8 @@ def evaluate_grid(
         for task, length, depth in cells:
             progress.update(bar, description=f"{task.name} L={length} depth={depth}")
             base = dict(row_base, task=task.name, eval_len=length, depth=depth, seed=seed,
-                        cache=policy.label, prefill=policy.prefill)
+                        cache=policy.label, prefill=policy.prefill,
+                        protocol=protocol if decode else "teacher_forced", decode_tail=decode_tail)
             key = tuple(base.get(k) for k in CELL_KEYS)
             if key in done:  # written by an earlier (killed or finished) run of this config
                 out += done[key]
@@ -188,7 +202,8 @@ def evaluate_grid(
             try:
                 check_fits(model, n_examples, length, batch_size, teacher_forced or policy.prefill == "dense", device)
                 arrays = generate(task, vocab, "test", n_examples, length, seed, depth)
-                res = cell_runner(model, arrays, policy, batch_size, decode, teacher_forced, device)
+                res = cell_runner(model, arrays, policy, batch_size, decode, teacher_forced, device,
+                                  frozenset(task_openers(task)), protocol, decode_tail)
                 rows = []
                 for slices, idx in slice_groups(arrays):
                     acc, tok = score(arrays, res.preds, idx)

@@ -1,6 +1,8 @@
 """Prefix caching: a long context asked K questions is prefilled once, its cache copied per question.
 
-The question goes after the context so the context's cache is reusable. For each batch we time
+The question goes after the context so the context's cache is reusable. Under the default protocol
+(``question_decoded``) the question is fed one token at a time through the policy, as in the grid;
+``question_prefilled`` feeds it in one call. For each batch we time
 the context prefill, then per question (a) reuse: clone the cache, feed the question, decode the
 answer; (b) recompute: a fresh cache over context + question, decode. The answers must be
 identical; rows report both timings.
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from models.cache import CacheConfig, ModelCache
-from pipeline.decode import prefill
+from pipeline.decode import PROTOCOLS, prefill, run_prompt
 from pipeline.evaluate import completed_cells
 from pipeline.rows import CELL_KEYS, append_row, make_row
 from tasks.dataset import generate
@@ -23,10 +25,11 @@ from tasks.vocab import Vocab
 
 
 @torch.no_grad()
-def answer_after(model: nn.Module, cache: ModelCache, question: torch.Tensor, n_answer: int,
-                 policy: CacheConfig) -> torch.Tensor:
-    """Feed the question into ``cache`` and greedily decode ``n_answer`` tokens, (B, n_answer)."""
-    logits = prefill(model, question, cache, policy)
+def answer_after(model: nn.Module, cache: ModelCache, prompt: torch.Tensor, n_answer: int,
+                 policy: CacheConfig, feed_from: int | None) -> torch.Tensor:
+    """Add ``prompt`` to ``cache`` (prefill prompt[:, :feed_from], then one token at a time) and
+    greedily decode ``n_answer`` tokens, (B, n_answer)."""
+    logits = run_prompt(model, prompt, cache, policy, feed_from)
     out = []
     for i in range(n_answer):
         token = logits.argmax(-1)  # (B,)
@@ -38,7 +41,10 @@ def answer_after(model: nn.Module, cache: ModelCache, question: torch.Tensor, n_
 
 def evaluate_prefix_cache(model: nn.Module, task: Any, vocab: Vocab, lengths: list[int], n_examples: int,
                           batch_size: int, n_questions: int, policy: CacheConfig, seed: int,
-                          row_base: dict[str, Any], rows_path, device: torch.device) -> list[dict[str, Any]]:
+                          row_base: dict[str, Any], rows_path, device: torch.device,
+                          protocol: str = "question_decoded") -> list[dict[str, Any]]:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"eval.protocol={protocol!r}; allowed: {list(PROTOCOLS)}")
     if not hasattr(task, "questions"):
         raise ValueError(f"eval.prefix_cache=true needs a task with several needles to ask about (niah); "
                          f"got task {task.name!r}")
@@ -66,17 +72,19 @@ def evaluate_prefix_cache(model: nn.Module, task: Any, vocab: Vocab, lengths: li
             for question, answer in qa:
                 q = torch.from_numpy(question[s : s + B]).to(device)
                 t0 = time.perf_counter()
-                reused = answer_after(model, base.clone(), q, answer.shape[1], policy)
+                decoded = protocol == "question_decoded"  # the question token by token, or in one call
+                reused = answer_after(model, base.clone(), q, answer.shape[1], policy, 0 if decoded else q.shape[1])
                 reuse_s += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 recomputed = answer_after(model, model.new_cache(B, policy), torch.cat([ctx, q], 1),
-                                          answer.shape[1], policy)
+                                          answer.shape[1], policy, context_len if decoded else None)
                 recompute_s += time.perf_counter() - t0
                 identical += int((reused == recomputed).all(dim=1).sum())
                 right += int((reused.cpu().numpy() == answer[s : s + B]).all(axis=1).sum())
         asked = n_examples * n_questions
         row = make_row(**row_base, task=task.name, eval_len=length, depth=None, seed=seed, n_examples=asked,
                        accuracy=right / asked, cache=policy.label, prefill=policy.prefill, status="ok",
+                       protocol=protocol,
                        prefix_cache=True, n_questions=n_questions, prefill_s=prefill_s,
                        question_s_reuse=reuse_s / asked, question_s_recompute=recompute_s / asked,
                        reuse_speedup=recompute_s / max(reuse_s, 1e-12), answers_identical=identical == asked)

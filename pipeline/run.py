@@ -30,6 +30,7 @@ from pipeline.checkpoint import (
 from pipeline.config import ConfigError, Resolved, trainer_kwargs, validate
 from pipeline.costs import TrainCostProbe
 from pipeline.duo_stage import DuoGatesLM
+from pipeline.eval_kinds import run_eval_kind
 from pipeline.evaluate import evaluate_grid
 from pipeline.hf_init import PREFIX as HF_PREFIX
 from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
@@ -95,14 +96,18 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
     if res.cache.policy == "duo" and res.cache.gates_path == "learned" and learned.exists():
         res.cache.gates_path = str(learned)  # this run's (or its checkpoint's) gates
     base = dict(row_base(cfg, res, run_id), n_params=count_params(model), **(extra or {}))
+    if res.eval.kind != "grid":  # perplexity, LongBench, sink probe (pipeline/eval_kinds.py)
+        return run_eval_kind(model, res, cfg.get("tokenizer") or "bytes", int(cfg.seed), base, run_dir / ROWS_FILE,
+                             device)
     rows = evaluate_grid(
         model, res.eval_tasks, res.vocab, res.eval.lengths, res.eval.depths, res.eval.n_examples,
         res.eval.batch_size, res.cache, int(cfg.seed), base, run_dir / ROWS_FILE,
-        decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device)
+        decode=res.eval.decode, teacher_forced=res.eval.teacher_forced, device=device,
+        protocol=res.eval.protocol, decode_tail=res.eval.decode_tail)
     if res.eval.prefix_cache:
         rows += evaluate_prefix_cache(model, res.task, res.vocab, res.eval.lengths, res.eval.n_examples,
                                       res.eval.batch_size, res.eval.n_questions, res.cache, int(cfg.seed), base,
-                                      run_dir / ROWS_FILE, device)
+                                      run_dir / ROWS_FILE, device, protocol=res.eval.protocol)
     print_summary(rows, title=f"{run_id}: {describe(res.model)}")
     return rows
 
@@ -118,6 +123,8 @@ def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
 def build_module(cfg: DictConfig, res: Resolved, model: torch.nn.Module) -> L.LightningModule:
     """The LightningModule of the configured stage (LoRA+ applied for extend when enabled)."""
     config = OmegaConf.to_container(cfg, resolve=True)
+    if hasattr(model, "set_activation_checkpointing"):
+        model.set_activation_checkpointing(res.activation_checkpointing)
     if cfg.get("stage") == "duo_gates":
         return DuoGatesLM(model, res.duo, query_token=res.vocab.QUERY, config=config)
     apply_lora(model, res.lora)
@@ -252,7 +259,7 @@ def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         root = key.split(".")[0]
-        if root in ("model", "task", "vocab_size"):
+        if root in ("model", "task", "vocab_size", "tokenizer"):
             OmegaConf.update(out, key, OmegaConf.select(cfg, key), merge=False)
     return out
 

@@ -11,6 +11,7 @@ retrieval heads, quest) are preallocated for the known length (``ModelCache.rese
 step copies the whole cache.
 
     python scripts/bench_decode.py --quick --json results/bench_decode.json
+    python scripts/bench_decode.py --lengths 1024,32768 --policies quest   # Quest's memory at 32k
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def policies(gates_path: str) -> dict[str, CacheConfig]:
         "full": CacheConfig(policy="full"),
         "sink_window": CacheConfig(policy="sink_window", sink=SINK, window=WINDOW),
         "duo": CacheConfig(policy="duo", gates_path=gates_path, sparsity=0.5, sink=SINK, window=WINDOW),
-        # a 2-layer model: keep only layer 0 dense (Quest keeps layers 0-1 of 32 dense)
-        "quest": CacheConfig(policy="quest", budget=BUDGET, page_size=PAGE, dense_layers=1),
+        # dense_layers=2 (the reference) is capped at n_layers - 1: this 2-layer model keeps layer 0 dense
+        "quest": CacheConfig(policy="quest", budget=BUDGET, page_size=PAGE),
     }
 
 
@@ -91,10 +92,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="decode steps (default 64, quick 32)")
     ap.add_argument("--repeats", type=int, default=3, help="timed decode loops per cell (best kept)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared CPU)")
+    ap.add_argument("--lengths", default=None, help="comma-separated context lengths (overrides --quick's)")
+    ap.add_argument("--policies", default=None,
+                    help="comma-separated subset of full,sink_window,duo,quest (full always runs: the baseline)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lengths = [1024, 2048, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
+    if args.lengths:
+        lengths = sorted(int(x) for x in args.lengths.split(","))
     steps = args.steps or (32 if args.quick else 64)
     cfg = TransformerConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
                             max_seq_len=max(lengths) + steps)
@@ -107,6 +113,12 @@ def main() -> None:
         path = os.path.join(tmp, "gates.pt")
         save_gates(gates, path)
         pols = policies(path)
+        if args.policies:
+            wanted = {"full", *args.policies.split(",")}
+            unknown = wanted - set(pols)
+            if unknown:
+                raise SystemExit(f"--policies: unknown {sorted(unknown)}; allowed: {sorted(pols)}")
+            pols = {k: v for k, v in pols.items() if k in wanted}
         with torch.no_grad():  # warm-up: first calls pay for allocator and kernel set-up
             for pol in pols.values():
                 run_one(model, pol, torch.randint(0, cfg.vocab_size, (1, 300)), 8, 1)

@@ -8,7 +8,9 @@
 2. Peak bytes of one fwd + bwd and of one no-grad forward (pipeline.memory's tensor-allocation
    tracker: live tensor storages allocated inside the region) and decode-cache bytes after a
    prefill of T tokens, for Mamba vs
-   models.transformer.Transformer of the same width and depth, per length.
+   models.transformer.Transformer of the same width and depth, per length. The torch scan holds
+   (B, chunk, d_inner, d_state) at a time, never (B, T, d_inner, d_state): its fwd+bwd peak should
+   stay near the transformer's and grow linearly in T (``--chunk-size`` sets model.chunk_size).
 
 Records: {"name", "baseline", "value", "ratio", "unit"} with ratio = value / baseline; for
 throughput the baseline is HF, for memory the baseline is the transformer. ``--threads`` defaults
@@ -108,10 +110,12 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--chunk-size", type=int, default=None, help="model.chunk_size (default: the scan's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ours = MambaLM(MambaConfig(d_model=args.d_model, n_layers=args.layers, kernel="torch", max_seq_len=8192))
+    ours = MambaLM(MambaConfig(d_model=args.d_model, n_layers=args.layers, kernel="torch", max_seq_len=8192,
+                               chunk_size=args.chunk_size))
     hf = hf_mamba(ours)
     records = []
     for T in (512, 2048):

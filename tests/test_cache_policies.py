@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,6 +206,33 @@ def test_duo_mixed_heads_follow_their_role(rule):
     assert duo.full.k.shape == (B, 1, T, D) and duo.stream.k.shape == (B, 1, 6, D)
 
 
+def reference_sparsify(alpha: np.ndarray, sparsity: float, rng: np.random.Generator) -> np.ndarray:
+    """A port of duo_attn/utils.py::sparsify_attention_heads (its sparsity branch): True = retrieval."""
+    alpha = alpha + rng.uniform(0, 1e-6, alpha.shape)  # tie-breaking noise
+    threshold = np.quantile(alpha, sparsity)
+    if sparsity >= 1:
+        threshold = 2
+    if sparsity <= 0:
+        threshold = -1
+    return alpha >= threshold
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0])
+def test_deploy_gates_equals_reference_sparsify(sparsity):
+    gates = torch.rand(4, 6, generator=torch.Generator().manual_seed(3))  # distinct: no ties to break
+    ref = reference_sparsify(gates.double().numpy(), sparsity, np.random.default_rng(0))
+    assert deploy_gates(gates, sparsity=sparsity).numpy().tolist() == ref.tolist()
+    # ties (all gates equal, as untrained): the same number streams, the heads chosen at random by seed
+    tied = torch.ones(4, 6)
+    ref_tied = reference_sparsify(tied.double().numpy(), sparsity, np.random.default_rng(0))
+    picks = {tuple(deploy_gates(tied, sparsity=sparsity, seed=s).flatten().tolist()) for s in range(8)}
+    assert {sum(p) for p in picks} == {int(ref_tied.sum())}
+    if 0 < sparsity < 1:
+        assert len(picks) > 1  # not a fixed (layer, head) order
+    assert deploy_gates(tied, sparsity=sparsity, seed=5).tolist() == deploy_gates(tied, sparsity=sparsity,
+                                                                                  seed=5).tolist()
+
+
 def test_deploy_gates_global_cut_threshold_and_validation(tmp_path):
     gates = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.7, 0.6]])
     ret = deploy_gates(gates, sparsity=0.5)
@@ -212,8 +240,7 @@ def test_deploy_gates_global_cut_threshold_and_validation(tmp_path):
     assert ret.tolist() == [[True, False, False, False], [False, True, True, True]]
     assert deploy_gates(gates, sparsity=0.75).sum() == 8 - math.ceil(0.75 * 7)
     assert deploy_gates(gates, sparsity=0.0).all()
-    assert deploy_gates(gates, sparsity=1.0).sum() == 1  # quantile_1 = max: the top head stays retrieval
-    assert deploy_gates(torch.ones(2, 2), sparsity=0.5).sum() == 2  # ties: a deterministic half
+    assert not deploy_gates(gates, sparsity=1.0).any()  # sparsity 1: every head streams (the reference)
     assert deploy_gates(gates, threshold=0.6).tolist() == ret.tolist()
     path = write_gates(tmp_path, gates)
     torch.testing.assert_close(load_gates(path), gates)
@@ -231,22 +258,25 @@ def test_deploy_gates_global_cut_threshold_and_validation(tmp_path):
 # ---------------------------------------------------------------- quest
 
 
-def test_quest_budget_covering_context_equals_full(ids):
+@pytest.mark.parametrize("selection,page", [("kernel", 8), ("eval", 1)])
+def test_quest_budget_covering_context_equals_full(ids, selection, page):
+    # (the eval path clips its budget to the keys and floors it to pages: with a partial last page it
+    # drops one page even when the budget covers the context, as the reference does; so page 1 there)
     model = tiny_model()
     full = run_cached(model, CacheConfig(policy="full"), ids, prompt=20)
-    quest = CacheConfig(policy="quest", budget=48, page_size=8, dense_layers=0)
+    quest = CacheConfig(policy="quest", budget=48, page_size=page, dense_layers=0, selection=selection)
     torch.testing.assert_close(run_cached(model, quest, ids, prompt=20), full, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("rule", ["rope", "alibi"])
 def test_quest_decode_reads_top_pages_per_query_head(rule):
-    """Pages scored by sum_i max(q_i m_i, q_i M_i) per query head; current page forced; exact softmax."""
+    """Kernel path: pages scored by sum_i max(q_i m_i, q_i M_i) per query head; current page forced."""
     P, budget, T0, steps = 4, 12, 30, 6
     pos = Positional(PosConfig(rule=rule), D, H)
     T = T0 + steps
     q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
     qr, kr = pos.rotate(q, torch.arange(T), T), pos.rotate(k, torch.arange(T), T)
-    cache = QuestCache(budget, P, sparse=True)
+    cache = QuestCache(budget, P, sparse=True, selection="kernel")
     cache.attend(q[:, :, :T0], k[:, :, :T0], v[:, :, :T0], pos, 0)
     for a in range(T0, T):
         out = cache.attend(q[:, :, a : a + 1], k[:, :, a : a + 1], v[:, :, a : a + 1], pos, a)
@@ -387,3 +417,171 @@ def test_gate_optimisation_lowers_loss_and_separates_heads():
     assert losses[-1] < losses[0]
     assert gates.max() - gates.min() > 0.03, gates  # heads that matter keep high gates
     assert model.cfg.attention.train == "full"  # the pattern switch is restored
+
+
+def reference_two_way_loss(model: Transformer, gates: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                           lam: float = 0.05) -> torch.Tensor:
+    """A port of DuoAttention's training step on our weights: ``llama_duo_attention_forward_two_way`` per
+    layer (teacher q/k/v under no_grad, full attention; student (1-a) Stream(own q/k/v) + a Full(teacher)),
+    written as an explicit layer loop with naive masked attention, then train.py's loss."""
+    cfg = model.cfg
+    T, S, R = ids.shape[1], cfg.attention.sink, cfg.attention.window
+    H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    causal = j <= i
+    streaming = causal & ((j < S) | (j >= i - R + 1))  # duo-attention generate_streaming_mask
+    pos = torch.arange(T)
+    x_t = x_s = model.embed_tokens(ids)
+    for li, block in enumerate(model.layers):
+        attn = block.self_attn
+
+        def qkv(x, attn=attn):
+            Bx = x.shape[0]
+            q = attn.q_proj(x).view(Bx, T, H, hd).transpose(1, 2)
+            k = attn.k_proj(x).view(Bx, T, Hkv, hd).transpose(1, 2)
+            v = attn.v_proj(x).view(Bx, T, Hkv, hd).transpose(1, 2)
+            return attn.positional.rotate(q, pos, T), attn.positional.rotate(k, pos, T), v
+
+        with torch.no_grad():
+            full = naive_attention(*qkv(block.input_layernorm(x_t)), causal)
+        stream = naive_attention(*qkv(block.input_layernorm(x_s)), streaming)
+        a = gates[li].clamp(0, 1).repeat_interleave(H // Hkv).view(1, H, 1, 1)
+        mixed = (1 - a) * stream + a * full
+        x_t = x_t + attn.o_proj(full.transpose(1, 2).reshape(ids.shape[0], T, -1))
+        x_s = x_s + attn.o_proj(mixed.transpose(1, 2).reshape(ids.shape[0], T, -1))
+        x_t = x_t + block.mlp(block.post_attention_layernorm(x_t))
+        x_s = x_s + block.mlp(block.post_attention_layernorm(x_s))
+    h_t, h_s = model.norm(x_t), model.norm(x_s)
+    distill = ((h_t - h_s) ** 2).mean(-1)[mask].sum() / mask.sum()
+    return distill + lam * gates.abs().mean()
+
+
+def test_two_way_forward_equals_reference_loss_and_gate_gradient():
+    torch.manual_seed(0)
+    model = tiny_model(sink=2, window=6, init_std=0.3)
+    gates = attach_duo_gates(model)
+    with torch.no_grad():
+        gates.copy_(torch.rand_like(gates))
+    model.train()
+    ids = torch.randint(0, 64, (3, 40))
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    mask[:, 28:] = True
+    h_full, h_mix = duo_hidden_pair(model, ids)  # objective two_way
+    ours = duo_distill_loss(h_full, h_mix, mask, gates)
+    (g_ours,) = torch.autograd.grad(ours, gates)
+    ref_gates = gates.detach().clone().requires_grad_(True)
+    ref = reference_two_way_loss(model, ref_gates, ids, mask)
+    (g_ref,) = torch.autograd.grad(ref, ref_gates)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-7, rtol=1e-4)
+    # the earlier objective (full branch on the student's own states) is a different function
+    h_full2, h_mix2 = duo_hidden_pair(model, ids, objective="same_states")
+    same = duo_distill_loss(h_full2, h_mix2, mask, gates)
+    assert not torch.allclose(same, ref, rtol=1e-3)
+    assert model.cfg.attention.train == "full"
+
+
+def test_duo_schedule_matches_reference_lambda():
+    from pipeline.duo_stage import duo_schedule
+
+    for total in (10, 37, 2000):
+        ours = duo_schedule(total)
+        ref = [min(1, max((s + 1) / (total // 5), 0.1), max((total - s) / (total // 5), 0.1)) for s in range(total)]
+        assert [ours(s) for s in range(total)] == pytest.approx(ref)
+    assert duo_schedule(2000)(0) == 0.1  # the warm-up starts at the floor
+
+
+def reference_quest_mask(q: torch.Tensor, k: torch.Tensor, token_budget: int, chunk_size: int) -> torch.Tensor:
+    """A port of Quest's evaluation path (evaluation/quest_attention.py: the page estimate in ``forward``
+    and ``local_heavy_hitter_mask``) for one decode query: q (B, H, 1, D), k (B, H, N, D) rotated and
+    repeated per query head -> the (B, H, 1, N) bool mask of the tokens read."""
+    N = k.shape[-2]
+    sign = (q > 0) + (~(q > 0)) * -1
+    max_key = k * sign
+    pad = chunk_size - ((N - 1) % chunk_size + 1)
+    fill = torch.finfo(max_key.dtype).min
+    max_key = torch.cat([max_key, torch.ones(*max_key.shape[:2], pad, max_key.shape[3]) * fill], dim=-2)
+    chunk_max = max_key.reshape(*max_key.shape[:2], -1, chunk_size, max_key.shape[3]).amax(dim=-2)
+    chunk_max = chunk_max.unsqueeze(-2).repeat(1, 1, 1, chunk_size, 1).reshape(*k.shape[:2], -1, k.shape[3])[:, :, :N]
+    weights = (q * sign).float() @ chunk_max.transpose(2, 3)  # (B, H, 1, N)
+    budget = min(N, token_budget)
+    weights = torch.cat([weights, torch.ones(*weights.shape[:3], pad) * torch.finfo(weights.dtype).min], -1)
+    chunks = weights.reshape(*weights.shape[:3], -1, chunk_size).amax(dim=-1)
+    _, topk = chunks.topk(k=min(max(3, budget // chunk_size), chunks.size(-1)), dim=-1)
+    topk = topk.unsqueeze(-1).repeat(1, 1, 1, 1, chunk_size) * chunk_size + torch.arange(chunk_size)
+    topk = topk.reshape(*topk.shape[:3], -1)
+    mask = torch.zeros_like(weights, dtype=torch.bool)
+    mask.scatter_(-1, topk, True)
+    return mask[..., :N]
+
+
+@pytest.mark.parametrize("budget", [4, 12, 20, 200])
+def test_quest_eval_path_pages_equal_reference(budget):
+    """Eval path: page sets per query head and the outputs equal the port of quest_attention.py."""
+    P, T0, steps = 4, 30, 7
+    pos = Positional(PosConfig(rule="rope"), D, H)
+    T = T0 + steps
+    torch.manual_seed(1)
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, HKV, T, D), torch.randn(B, HKV, T, D)
+    qr, kr = pos.rotate(q, torch.arange(T), T), pos.rotate(k, torch.arange(T), T)
+    cache = QuestCache(max(budget, P), P, sparse=True, selection="eval")
+    cache.attend(q[:, :, :T0], k[:, :, :T0], v[:, :, :T0], pos, 0)
+    G = H // HKV
+    for a in range(T0, T):
+        out = cache.attend(q[:, :, a : a + 1], k[:, :, a : a + 1], v[:, :, a : a + 1], pos, a)
+        keys = kr[:, :, : a + 1].repeat_interleave(G, dim=1)  # (B, H, a+1, D)
+        ref = reference_quest_mask(qr[:, :, a : a + 1], keys, budget, P)  # (B, H, 1, a+1)
+        ref_pages = [[set(torch.nonzero(ref[b, h, 0, ::P]).flatten().tolist()) for h in range(H)] for b in range(B)]
+        n_pages = a // P + 1
+        if min(max(3, min(a + 1, budget) // P), n_pages) < n_pages:
+            ours = cache.select_pages(qr[:, :, a : a + 1]).view(B, H, -1)  # (B, H, n)
+            assert [[set(ours[b, h].tolist()) for h in range(H)] for b in range(B)] == ref_pages
+        expected = naive_attention(qr[:, :, a : a + 1], kr[:, :, : a + 1], v[:, :, : a + 1], ref)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    if budget == 4:  # a budget of one page still reads three (max(3, budget // page))
+        assert cache.n_selected(40) == 3
+
+
+def test_quest_dense_layers_keep_the_last_layer_sparse():
+    from models.cache_quest import effective_dense_layers
+
+    assert effective_dense_layers(2, 32) == 2 and effective_dense_layers(2, 4) == 2
+    assert effective_dense_layers(2, 2) == 1 and effective_dense_layers(2, 1) == 0
+    cache = tiny_model().new_cache(1, CacheConfig(policy="quest", budget=16, page_size=4))  # 2 layers
+    assert [layer.sparse for layer in cache.layers] == [False, True]
+    with pytest.raises(ValueError, match="cache.selection"):
+        CacheConfig(policy="quest", selection="exact")
+
+
+def test_quest_preallocates_and_decode_memory_is_analytic():
+    """After reserve() nothing is reallocated: KV and page bounds are written in place from the first
+    chunk to the last decode step, and the decode loop's memory (cache + what steps allocate) stays
+    within 10% of the analytic bytes (KV + page min/max of the sparse layers) at 4096 tokens."""
+    from pipeline.memory import measure_peak, module_bytes
+
+    cfg = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, max_seq_len=8192)
+    model = Transformer(cfg).eval()
+    policy = CacheConfig(policy="quest", budget=64, page_size=16)
+    N, steps = 4096, 24
+    ids = torch.randint(0, 64, (1, N))
+    cache = model.new_cache(1, policy)
+    cache.reserve(N)
+    layer = cache.layers[1]  # the sparse one (layer 0 stays dense in a 2-layer model)
+    with torch.no_grad():
+        model(ids[:, :16], cache)
+        ptrs = (layer.kv.k.data_ptr(), layer.kmin.data_ptr(), layer.kmax.data_ptr())
+        for s in range(16, N - steps, 256):  # chunked prefill (a dense one would hold (T, T) scores)
+            model(ids[:, s : min(s + 256, N - steps)], cache)
+        held = cache.nbytes()
+        with measure_peak(model) as m:
+            for t in range(N - steps, N):
+                model(ids[:, t : t + 1], cache)
+    assert (layer.kv.k.data_ptr(), layer.kmin.data_ptr(), layer.kmax.data_ptr()) == ptrs  # written in place
+    per_token_head = 2 * cfg.head_dim * 4  # K and V, fp32
+    analytic = cfg.n_layers * cfg.n_kv_heads * N * per_token_head + 1 * cfg.n_kv_heads * (N // 16) * per_token_head
+    assert held == cache.nbytes() == analytic
+    # The tracker counts each storage an op returns a view of once: the cache (read through slices)
+    # and the parameters (through transposes) as well as what the steps allocate. Minus the
+    # parameters, that is the decode loop's memory.
+    decode_bytes = m.region_peak_bytes - module_bytes(model)
+    assert held <= decode_bytes <= 1.10 * analytic, (decode_bytes, analytic)

@@ -83,3 +83,67 @@ def test_niah_questions_ask_every_needle():
         one = Niah(train_len=96, needles=3)
         pred = one.oracle(Vocab(64), np.where(mask, 0, full), mask)
         assert (pred[mask] == full[mask]).all()
+
+
+# ------------------------------------------------ the evaluation protocol: the question goes through the policy
+
+
+def _first_answer_logits(model, tokens, mask, policy, protocol, decode_tail=None):
+    from pipeline.decode import decode_start, run_prompt, task_openers
+
+    first = int(mask.float().argmax(1).min())
+    start = decode_start(tokens.numpy(), mask.numpy(), task_openers(Niah()), protocol, decode_tail)
+    cache = model.new_cache(tokens.shape[0], policy)
+    return run_prompt(model, tokens[:, :first], cache, policy, start), start, first
+
+
+def test_question_decoded_protocol_sees_the_policy_and_full_is_teacher_forced():
+    """Needles 40+ tokens before the question, a window of 8: under question_decoded the first answer
+    token's logits come from the compressed cache (differ from full); under the old question_prefilled
+    ablation they are full attention's; under full every protocol equals teacher forcing."""
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, init_std=0.2)).eval()
+    task = Niah(train_len=64, needles=2, queries=2, depths=[0.0, 0.2])
+    a = generate(task, Vocab(64), "test", 4, 64, 0)
+    tokens, mask = torch.from_numpy(a.tokens), torch.from_numpy(a.answer_mask)
+    with torch.no_grad():
+        tf = model(tokens)  # teacher-forced logits
+    first = int(mask.float().argmax(1).min())
+    sink = CacheConfig("sink_window", sink=2, window=8)
+    full_dec, start, _ = _first_answer_logits(model, tokens, mask, CacheConfig("full"), "question_decoded")
+    assert start == first - task.question_len  # the QUERY token opens the decoded part
+    assert torch.allclose(full_dec, tf[:, first - 1], atol=1e-5)
+    tail, start_tail, _ = _first_answer_logits(model, tokens, mask, CacheConfig("full"), "question_decoded", 2)
+    assert start_tail == first - 2 and torch.allclose(tail, tf[:, first - 1], atol=1e-5)
+    sw_dec, _, _ = _first_answer_logits(model, tokens, mask, sink, "question_decoded")
+    assert (sw_dec - tf[:, first - 1]).abs().max() > 1e-2  # the question read the compressed cache
+    sw_old, _, _ = _first_answer_logits(model, tokens, mask, sink, "question_prefilled")
+    assert torch.allclose(sw_old, tf[:, first - 1], atol=1e-5)  # the ablation: dense question, full logits
+    for protocol in ("question_decoded", "question_prefilled"):
+        preds, _ = decode_predictions(model, tokens, mask, CacheConfig("full"), free_running=False,
+                                      feed_from=_first_answer_logits(model, tokens, mask, CacheConfig("full"),
+                                                                     protocol)[1])
+        assert torch.equal(preds[mask], teacher_forced_predictions(model, tokens)[mask])
+
+
+def test_question_starts_follow_each_rows_opener():
+    from pipeline.decode import question_starts, task_openers
+
+    a = generate(Niah(train_len=48, queries=1), Vocab(64), "test", 3, 48, 0)
+    starts = question_starts(a.tokens, a.answer_mask, task_openers(Niah()))
+    assert (a.tokens[np.arange(3), starts] == Vocab.QUERY).all()
+    m = generate(Mqar(train_len=48, num_kv_pairs=6), Vocab(64), "test", 3, 48, 0)
+    assert (question_starts(m.tokens, m.answer_mask, task_openers(Mqar())) == m.answer_mask.argmax(1)).all()
+
+
+def test_grid_rows_name_their_protocol(tmp_path):
+    from pipeline.evaluate import evaluate_grid
+
+    model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2)).eval()
+    for protocol in ("question_decoded", "question_prefilled"):
+        rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32], [0.5], 4, 4,
+                             CacheConfig("sink_window", window=4), 0, {"run_id": "t"}, None, protocol=protocol)
+        assert {r["protocol"] for r in rows} == {protocol}
+    with pytest.raises(ValueError, match="eval.protocol"):
+        evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32], [0.5], 4, 4, CacheConfig(), 0, {}, None,
+                      protocol="dense_question")

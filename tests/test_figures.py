@@ -108,6 +108,14 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
                + _slice_rows("cf", "transformer", "conflict", "similarity", [0.0, 0.5, 0.9])
                + _slice_rows("mx", "hybrid", "mix", "family", ["copy", "niah", "mqar"]))
     _write_run(root, "5", _slice_rows("kvm", "mamba", "kv_retrieval", "gold_index", [0, 10, 20, 30, 39]))
+    lm = [dict(run_id="lm", model="transformer", pos="rope", attention="full", cache=cache, task="lm", train_len=128,
+               eval_len=512, corpus="default", bucket_start=s + 1, bucket_end=s + 64, position=s + 32.5,
+               past_train_len=s >= 128, nll=1.0 + (s / 128 if cache == "full" else 0.0), status="ok")
+          for cache in ("full", "sink_window(S=4,R=60)") for s in range(0, 512, 64)]
+    sinks = [dict(run_id="lm", model="transformer", pos="rope", attention="full", cache="full", task="sinks",
+                  train_len=128, eval_len=128, layer=i, head=j, sink_mass=0.1 * (i + j), uniform_mass=0.035,
+                  status="ok") for i in range(2) for j in range(3)]
+    _write_run(root, "6", lm + sinks)  # eval=lm and eval=sinks rows beside the grid's
     return root
 
 

@@ -195,7 +195,7 @@ def test_imported_transformer_decodes_through_every_cache_policy(saved, tmp_path
     save_gates(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), mixed)
     covering = [CacheConfig(policy="full"), CacheConfig(policy="sink_window", sink=4, window=T),
                 CacheConfig(policy="duo", gates_path=ones, threshold=0.5, sink=4, window=8),
-                CacheConfig(policy="quest", budget=T, page_size=4, dense_layers=0)]
+                CacheConfig(policy="quest", budget=T, page_size=4, dense_layers=0, selection="kernel")]
     tight = [CacheConfig(policy="sink_window", sink=2, window=6),
              CacheConfig(policy="duo", gates_path=mixed, threshold=0.5, sink=2, window=6),
              CacheConfig(policy="quest", budget=8, page_size=4, dense_layers=0)]

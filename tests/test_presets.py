@@ -38,6 +38,7 @@ def test_preset_runs_one_step(preset, tmp_path, monkeypatch):
 def test_named_evaluation_suites_validate(suite, tmp_path):
     from pipeline.config import validate
 
-    cfg = compose_config([f"eval={suite}", "task.train_len=128"], run_dir=str(tmp_path))
+    needs = {"longbench": [f"eval.longbench.dir={os.path.join(os.path.dirname(__file__), 'fixtures', 'longbench')}"]}
+    cfg = compose_config([f"eval={suite}", "task.train_len=128"] + needs.get(suite, []), run_dir=str(tmp_path))
     res = validate(cfg)
     assert res.eval_tasks and res.eval.lengths

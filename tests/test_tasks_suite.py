@@ -67,6 +67,13 @@ def conflict_knobs(draw):
                 facts=facts, eval_closed_book_rate=draw(unit), eval_conflict_rate=draw(unit))
 
 
+@st.composite
+def text_niah_knobs(draw):
+    keys = draw(st.integers(1, 4))
+    return dict(keys=keys, values=draw(st.integers(1, 3)), queries=draw(st.integers(1, keys)),
+                haystack=draw(st.sampled_from(["noise", "text"])))
+
+
 KNOBS = {
     "niah": niah_knobs(),
     "multikey": multikey_knobs(),
@@ -78,12 +85,15 @@ KNOBS = {
     "conflict": conflict_knobs(),
     "mqar": st.fixed_dictionaries({"num_kv_pairs": st.integers(1, 12), "power_a": st.floats(0.01, 2.0)}),
     "mix": st.fixed_dictionaries({"components": st.just(None), "weights": st.none()}),
+    "passkey": st.fixed_dictionaries({"digits": st.integers(1, 8)}),
+    "text_niah": text_niah_knobs(),
 }
 FAMILIES = sorted(KNOBS)
+LM_ONLY = ["text_lm"]  # language modelling: no prompt-only oracle, measured by perplexity (tests/test_lm_eval.py)
 
 
 def test_every_registered_family_is_covered() -> None:
-    assert sorted(TASKS) == FAMILIES
+    assert sorted(TASKS) == sorted(FAMILIES + LM_ONLY)
 
 
 def make(family: str, knobs: dict) -> Task:
@@ -131,7 +141,8 @@ def test_generate_contract(family: str, data, n: int, extra: int, seed: int) -> 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_seed_changes_the_data(family: str) -> None:
     task = make(family, {})
-    a, b = (task.generate(VOCAB, 8, 256, np.random.default_rng(s)) for s in (0, 1))
+    length = max(256, task.min_length())  # text tasks need room for their instructions
+    a, b = (task.generate(VOCAB, 8, length, np.random.default_rng(s)) for s in (0, 1))
     assert not np.array_equal(a.tokens, b.tokens)
 
 
@@ -174,6 +185,12 @@ BAD = [
     ("mix", {"components": {"niah": {"needles": 0}}}, "needles"),
     ("mix", {"components": {"niah": {}}, "weights": {"counting": 1.0}}, "weights"),
     ("mix", {"components": {"niah": {"value_len": 1}, "conflict": {"context_marker": False}}}, "components"),
+    ("passkey", {"digits": 0}, "digits"),
+    ("passkey", {"tokenizer": "words"}, "tokenizer"),
+    ("text_niah", {"keys": 2, "queries": 3}, "queries"),
+    ("text_niah", {"values": 0}, "values"),
+    ("text_niah", {"haystack": "essay"}, "haystack"),
+    ("text_lm", {"split": "dev"}, "split"),
 ]
 
 
@@ -373,3 +390,19 @@ def test_mix_slices_are_aligned_by_family() -> None:
     pred = mk.oracle(VOCAB, hide_answers(b.tokens, b.answer_mask), b.answer_mask)
     metrics = mk.extra_metrics(VOCAB, b, pred)
     assert metrics["multikey/distractor_rate"] == 0.0 and "conflict/context_following" in metrics
+
+
+def test_text_lm_rows_are_corpus_windows_with_every_next_token_a_target() -> None:
+    from tasks.corpus import corpus_tokens
+
+    task = make("text_lm", {})
+    a = task.generate(VOCAB, 5, 64, np.random.default_rng(0))
+    stream = corpus_tokens("default", "bytes", "train")
+    assert (~a.answer_mask[:, 0]).all() and a.answer_mask[:, 1:].all()
+    for row in a.tokens:  # each row is a contiguous stretch of the training split
+        hits = np.flatnonzero(stream[: len(stream) - 63] == row[0])
+        assert any((stream[h : h + 64] == row).all() for h in hits)
+    test = corpus_tokens("default", "bytes", "test")
+    assert len(stream) + len(test) == len(corpus_tokens("default", "bytes", "all"))
+    with pytest.raises(NotImplementedError, match="perplexity"):
+        task.oracle(VOCAB, a.tokens, a.answer_mask)

@@ -18,8 +18,10 @@ from .curves import plot_training_curves, read_metrics
 from .gates import load_gates, plot_gates
 from .heatmap import plot_heatmaps
 from .lines import plot_accuracy_vs_length, plot_memory_vs_length
+from .lm_positions import plot_nll_by_position
 from .pareto import plot_pareto
 from .results import find_files, make_palette, run_dir_of
+from .sinks import plot_sinks
 from .slices import plot_slice
 from .style import Palette, save_options, slug
 
@@ -106,6 +108,8 @@ KINDS: dict[str, Callable[[Context], list[Path] | str]] = {
     "cost": _cost,
     "curves": _curves,
     "gates": _gates,
+    "nll_position": _table_kind(plot_nll_by_position, "eval=lm rows"),
+    "sinks": _table_kind(plot_sinks, "eval=sinks rows"),
 }
 
 
