@@ -91,7 +91,10 @@ def run_cell(model: nn.Module, arrays: TaskArrays, policy: CacheConfig, batch_si
              protocol: str = "question_decoded", decode_tail: int | None = None) -> CellResult:
     """Predictions for one cell; ``openers``/``protocol``/``decode_tail`` choose what is decoded
     token by token (``pipeline.decode.decode_start``)."""
-    tokens = torch.from_numpy(arrays.tokens).to(device)
+    # Tasks that blank their answers (TaskArrays.inputs: MQAR) feed the blanks, never predictions;
+    # exact match is the same either way (a row is right only if every earlier answer was).
+    free_running = arrays.inputs is None
+    tokens = torch.from_numpy(arrays.tokens if free_running else arrays.inputs).to(device)
     mask = torch.from_numpy(arrays.answer_mask).to(device)
     n, L = tokens.shape
     tf_preds, preds, peak, cache_bytes = [], [], 0, 0
@@ -115,10 +118,10 @@ def run_cell(model: nn.Module, arrays: TaskArrays, policy: CacheConfig, batch_si
             t0 = time.perf_counter()
             if i == 0:  # memory on the first batch only: the tracker slows every op
                 with measure_peak(model, device) as m:
-                    p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, feed_from=feed_from)
+                    p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, free_running, feed_from=feed_from)
                 peak = m.peak_bytes
             else:
-                p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, feed_from=feed_from)
+                p, cb = decode_predictions(model, tokens[sl], mask[sl], policy, free_running, feed_from=feed_from)
             dec_time += time.perf_counter() - t0
             preds.append(p)
             cache_bytes = max(cache_bytes, cb // (sl.stop - sl.start))

@@ -8,6 +8,15 @@ The canonical example is one token row ``tokens`` (length L, exactly the request
 boolean ``answer_mask`` marking the answer tokens. Derived views:
   input_ids = tokens, labels[t] = tokens[t+1] where answer_mask[t+1] else -100 (last: -100)
   prompt_ids = tokens[:first answer], answer_ids = tokens[answer_mask]
+
+A task whose later questions must not see earlier answers (MQAR, the zoology layout) also gives
+``inputs``: the row the model reads, equal to ``tokens`` except that answer slots hold a blank.
+Labels still come from ``tokens``; evaluation then feeds the blanks, never the predictions.
+
+Every family states its chance floor (``chance_floor``): the exact match a prompt-only shortcut
+can reach on that configuration (``tasks/baselines.py`` tries them; a default-suite test holds
+each under its floor). ``for_split`` lets a task evaluate on a different distribution than it
+trains on (conflict: contradicting documents only at test time).
 """
 
 from __future__ import annotations
@@ -30,10 +39,12 @@ class TaskArrays:
     answer_mask: np.ndarray  # bool (n, L)
     depth: np.ndarray  # float64 (n,), NaN where the task has no depth
     slices: dict[str, np.ndarray] = field(default_factory=dict)  # per-example knob values
+    inputs: np.ndarray | None = None  # what the model reads where it differs from tokens (blank answers)
 
     def __post_init__(self) -> None:
         n = self.tokens.shape[0]
         assert self.answer_mask.shape == self.tokens.shape, "answer_mask must match tokens"
+        assert self.inputs is None or self.inputs.shape == self.tokens.shape, "inputs must match tokens"
         assert self.depth.shape == (n,), "depth must be (n,)"
         assert not self.answer_mask[:, 0].any(), "the first token cannot be an answer"
 
@@ -79,6 +90,15 @@ class Task:
     def check_vocab(self, vocab: Vocab) -> None:
         """Raise if the vocabulary is too small for these knobs."""
 
+    def for_split(self, split: str) -> Task:
+        """The task as generated for ``split`` (train, val, test); most families are split-blind."""
+        return self
+
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        """The best exact match (``accuracy``; and ``token_accuracy`` where stated) a prompt-only
+        shortcut can reach on the test split at this length: the family's docstring says why."""
+        raise NotImplementedError(f"task {self.name!r} states no chance floor")
+
     def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:
         """Task-specific metrics for one evaluation cell (predictions: (n, L), valid at answers)."""
         return {}
@@ -104,15 +124,17 @@ def hide_answers(tokens: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
     return np.where(answer_mask, Vocab.PAD, tokens)
 
 
-def training_views(tokens: np.ndarray, answer_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def training_views(tokens: np.ndarray, answer_mask: np.ndarray,
+                   inputs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Inputs (the whole row: exactly L tokens) and next-token labels aligned with them.
 
     labels[t] = tokens[t + 1] where that token is an answer, else -100; the last position has no
     next token. Keeping all L tokens as input makes the training length exactly ``train_len``.
+    ``inputs`` (blank answer slots, see the module docstring) replaces tokens as the model input.
     """
     labels = np.full(tokens.shape, IGNORE, dtype=np.int64)
     labels[:, :-1] = np.where(answer_mask[:, 1:], tokens[:, 1:], IGNORE)
-    return tokens, labels
+    return (tokens if inputs is None else inputs), labels
 
 
 def prompt_length(answer_mask: np.ndarray) -> np.ndarray:

@@ -1,30 +1,43 @@
-"""In-context vs in-weight knowledge: a fixed world mapping, and a context that may contradict it.
+"""In-context vs in-weight knowledge: a fixed world mapping, and documents that may contradict it.
 
 A world maps every key k to a value W[k]; it comes from ``world_seed`` alone (never the split seed),
 so the same facts recur in every training example that uses them and can be learned in the weights.
 Each example asks one key; three kinds of rows (slices ``in_context`` and ``conflict``):
 
-    closed book:   h h h h h h h h h h h h     QUERY k ANSWER | W[k]
-    consistent:    h h NEEDLE k W[k] h h h  QUERY CONTEXT k ANSWER | W[k]
-    conflict:      h h NEEDLE k v' h h h h  QUERY CONTEXT k ANSWER | v'      (v' != W[k])
+    closed book:   h h h h h h h h h h h h h h h h h h h        QUERY k ANSWER | W[k]
+    consistent:    h NEEDLE j W[j] h NEEDLE k W[k] h NEEDLE i W[i]  QUERY CONTEXT k ANSWER | W[k]
+    conflict:      h NEEDLE j W'[j] h NEEDLE k W'[k] h NEEDLE i W'[i]  QUERY CONTEXT k ANSWER | W'[k]
 
-A row is closed book with probability ``closed_book_rate``; otherwise the context asserts k -> value
-at ``depth``, contradicting the world with probability ``conflict_rate`` (train with 0, evaluate
-with > 0). The label follows the context. ``context_marker`` adds CONTEXT ("according to the
-context") to questions whose context asserts the fact; without it the conflict is ambiguous, which
-is the point of comparing the two. ``extra_metrics``: on conflict rows, ``context_following`` (the
-context value was produced) and ``weight_recall`` (the world value was); ``closed_book_accuracy``.
+A document asserts ``facts`` facts about distinct keys (the asked one at ``depth``, the others at
+random depths). A row is closed book with probability ``closed_book_rate``; otherwise its whole
+document contradicts the world with probability ``conflict_rate``. The label follows the context.
+Every fact of a conflicting document is contradicted, so "the fact that disagrees with the world"
+does not single out the asked one. The test split uses ``eval_closed_book_rate`` and
+``eval_conflict_rate`` (default: only conflicting documents, so the reported accuracy is context
+following), and its contradicting values come from a counter-world W' (W'[k] != W[k], also from
+``world_seed``) that training never uses: a training conflict draws values outside {W[k], W'[k]},
+so no (key, value) pair of a test document appears in any training row.
+
+``context_marker`` adds CONTEXT ("according to the context") to questions whose context asserts
+facts; without it the conflict is ambiguous, which is the point of comparing the two.
+``extra_metrics``: on conflict rows, ``context_following`` (the context value was produced) and
+``weight_recall`` (the world value was), reported separately; ``closed_book_accuracy``.
+
+Chance floor (test split): eval_closed_book_rate + (1 - eval_closed_book_rate) *
+(1 - eval_conflict_rate) (rows a context-blind world lookup gets right) plus the rest / facts (a
+shortcut that reads the document but not the asked key picks one of ``facts`` values); 1 / facts
+on the defaults.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Optional
 
 import numpy as np
 
-from tasks.base import Task, TaskArrays, register, uniform_tokens
-from tasks.common import check_depth
+from tasks.base import Task, TaskArrays, register, sample_distinct, uniform_tokens
+from tasks.common import block_starts, check_depth, draw_excluding, place_blocks
 from tasks.vocab import Vocab
 
 
@@ -36,11 +49,19 @@ class Conflict(Task):
     world_seed: int = 0  # fixes the world k -> W[k], independent of the data seed
     world_keys: Optional[int] = None  # how many keys the world knows (the first ones); None: all
     closed_book_rate: float = 0.5  # rows without any assertion in context
-    conflict_rate: float = 0.0  # among asserting rows, the share contradicting the world
+    conflict_rate: float = 0.0  # among asserting rows, the share whose document contradicts the world
     context_marker: bool = True  # CONTEXT in questions whose context asserts the fact
+    facts: int = 4  # facts per document (distinct keys, the asked one among them)
+    eval_closed_book_rate: float = 0.0  # the test split's closed_book_rate
+    eval_conflict_rate: float = 1.0  # the test split's conflict_rate (values from the counter-world)
+    counter_world: bool = False  # set by for_split("test"): conflicts take W'[k]
 
     def __post_init__(self) -> None:
-        for f in ("closed_book_rate", "conflict_rate"):
+        if self.facts < 1:
+            raise ValueError(f"task.facts={self.facts} must be >= 1")
+        if self.world_keys is not None and self.world_keys < self.facts:
+            raise ValueError(f"task.world_keys={self.world_keys} must be >= facts={self.facts} (distinct keys)")
+        for f in ("closed_book_rate", "conflict_rate", "eval_closed_book_rate", "eval_conflict_rate"):
             if not 0.0 <= getattr(self, f) <= 1.0:
                 raise ValueError(f"task.{f}={getattr(self, f)} must be in [0, 1]")
         if self.world_keys is not None and self.world_keys < 1:
@@ -54,9 +75,22 @@ class Conflict(Task):
         return 4 if self.context_marker else 3
 
     def min_length(self) -> int:
-        return 3 + self.question_len + 1
+        return 3 * self.facts + self.question_len + 1
+
+    def for_split(self, split: str) -> Conflict:
+        if split != "test":
+            return self
+        return replace(self, closed_book_rate=self.eval_closed_book_rate, conflict_rate=self.eval_conflict_rate,
+                       counter_world=True)
+
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        closed, conflict = self.eval_closed_book_rate, self.eval_conflict_rate
+        world_right = closed + (1 - closed) * (1 - conflict)
+        return {"accuracy": world_right + (1 - world_right) / self.facts}
 
     def check_vocab(self, vocab: Vocab) -> None:
+        if self.facts > len(vocab.keys):
+            raise ValueError(f"task.facts={self.facts} exceeds the {len(vocab.keys)} keys of vocab_size={vocab.size}")
         if self.world_keys is not None and self.world_keys > len(vocab.keys):
             raise ValueError(
                 f"task.world_keys={self.world_keys} exceeds the {len(vocab.keys)} keys"
@@ -68,6 +102,13 @@ class Conflict(Task):
         rng = np.random.default_rng(np.random.SeedSequence([self.world_seed, vocab.size]))
         return rng.integers(vocab.values.start, vocab.values.stop, size=len(vocab.keys))
 
+    def counter(self, vocab: Vocab) -> np.ndarray:
+        """W' over key offsets: the test split's contradicting facts, W'[k] != W[k] for every k."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.world_seed, vocab.size, 1]))
+        nv = len(vocab.values)
+        off = self.world(vocab) - vocab.values.start
+        return vocab.values.start + (off + rng.integers(1, nv, size=len(vocab.keys))) % nv
+
     def signatures(self) -> set[tuple[int, int, int]]:
         return {(Vocab.QUERY, 1, 1), (Vocab.QUERY, 2, 1)} if self.context_marker else {(Vocab.QUERY, 1, 1)}
 
@@ -76,21 +117,29 @@ class Conflict(Task):
         self.check_length(length, "length")
         self.check_vocab(vocab)
         check_depth(depth)
-        world, nv = self.world(vocab), len(vocab.values)
+        world, counter, nv, F = self.world(vocab), self.counter(vocab), len(vocab.values), self.facts
         context = length - 1 - self.question_len
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
-        key_off = rng.integers(0, self.world_keys or len(vocab.keys), size=n)
+        key_off = sample_distinct(rng, n, range(0, self.world_keys or len(vocab.keys)), F)  # (n, F): 0 asked
         true = world[key_off]
         in_context = rng.random(n) >= self.closed_book_rate
         conflict = in_context & (rng.random(n) < self.conflict_rate)
-        other = vocab.values.start + (true - vocab.values.start + rng.integers(1, nv, size=n)) % nv
-        answer = np.where(conflict, other, true)
-        depths = rng.random(n) if depth is None else np.full(n, float(depth))
-        start = np.rint(depths * (context - 3)).astype(np.int64)
+        if self.counter_world:
+            other = counter[key_off]
+        else:  # training conflicts avoid both W and W': test documents stay unseen
+            excluded = np.stack([true, counter[key_off]], axis=2).reshape(n * F, 2) - vocab.values.start
+            other = vocab.values.start + draw_excluding(rng, nv, excluded, (n * F, 1)).reshape(n, F)
+        values = np.where(conflict[:, None], other, true)
+        answer = values[:, 0]
+        depths = rng.random((n, F)) if depth is None else np.concatenate(
+            [np.full((n, 1), float(depth)), rng.random((n, F - 1))], axis=1)
+        starts = block_starts(depths, context, 3)
+        records = np.stack([np.full((n, F), vocab.NEEDLE), vocab.keys.start + key_off, values], axis=2)
         rows = np.flatnonzero(in_context)
-        key = vocab.keys.start + key_off
-        for j, tok in enumerate((np.full(n, vocab.NEEDLE), key, answer)):
-            tokens[rows, start[rows] + j] = tok[rows]
+        sub = tokens[rows]
+        place_blocks(sub, starts[rows], records[rows])
+        tokens[rows] = sub
+        key = vocab.keys.start + key_off[:, 0]
         # Question at the end; a closed-book row's question is one token shorter (no CONTEXT),
         # its first slot stays haystack.
         tokens[:, length - 3] = key
@@ -103,7 +152,7 @@ class Conflict(Task):
             tokens[:, length - 4] = vocab.QUERY
         answer_mask = np.zeros((n, length), dtype=bool)
         answer_mask[:, -1] = True
-        return TaskArrays(tokens, answer_mask, depths,
+        return TaskArrays(tokens, answer_mask, depths[:, 0].copy(),
                           {"in_context": in_context.astype(np.int64), "conflict": conflict.astype(np.int64)})
 
     def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:

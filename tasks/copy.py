@@ -5,9 +5,14 @@ Layout (span=4, reverse=False), L tokens in all:
     h h h SEP a b c d SEP h h h h   COPY ANSWER | a b c d
     (reverse=True: ...   REVERSE ANSWER | d c b a)
 
-The span (key and value tokens, uniform) is delimited by SEP and sits at ``depth`` of the noise
-context; the answer is ``span`` tokens long (up to about L/2), all produced by the model in
+The span (key and value tokens, uniform) is delimited by SEP and sits at ``depth`` of a context
+whose other tokens are drawn from the same key and value ranges, so only the SEP markers find
+it (a filler-only haystack would let "copy the key/value tokens" solve the task without the
+markers); the answer is ``span`` tokens long (up to about L/2), all produced by the model in
 decode. Slices: ``span``, ``reverse``.
+
+Chance floor: a shortcut that does not find the delimited span copies from a fixed place, right
+only when the span happens to start there: 1 / (number of span starts), at least 1 / 180.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class Copy(Task):
     def min_length(self) -> int:
         return 2 * self.span + 4  # SEP span SEP, marker ANSWER, answer
 
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        starts = length - 2 - self.span - self.span - 1  # rint(depth * (context - s - 2)) takes 0..this
+        return {"accuracy": max(1.0 / (vocab.values.stop - vocab.keys.start), 1.0 / max(starts, 1))}
+
     def signatures(self) -> set[tuple[int, int, int]]:
         return {(Vocab.REVERSE if self.reverse else Vocab.COPY, 0, self.span)}
 
@@ -47,8 +56,9 @@ class Copy(Task):
         check_depth(depth)
         s = self.span
         context = length - 2 - s
-        tokens = uniform_tokens(rng, vocab.filler, (n, length))
-        text = uniform_tokens(rng, range(vocab.keys.start, vocab.values.stop), (n, s))
+        words = range(vocab.keys.start, vocab.values.stop)
+        tokens = uniform_tokens(rng, words, (n, length))
+        text = uniform_tokens(rng, words, (n, s))
         depths = rng.random(n) if depth is None else np.full(n, float(depth))
         start = np.rint(depths * (context - s - 2)).astype(np.int64)
         cols = start[:, None] + np.arange(s + 2)

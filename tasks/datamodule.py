@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.base import Task, training_views
-from tasks.dataset import materialize, read_arrays
+from tasks.dataset import materialize, read_arrays, read_inputs
 from tasks.sampler import StepSampler
 from tasks.vocab import Vocab
 
@@ -16,8 +16,8 @@ from tasks.vocab import Vocab
 class TokenDataset(Dataset):
     """In-memory (input_ids, labels) pairs: the sets are small, so no per-item Arrow decoding."""
 
-    def __init__(self, tokens: np.ndarray, answer_mask: np.ndarray) -> None:
-        inputs, labels = training_views(tokens, answer_mask)
+    def __init__(self, tokens: np.ndarray, answer_mask: np.ndarray, inputs: np.ndarray | None = None) -> None:
+        inputs, labels = training_views(tokens, answer_mask, inputs)
         self.input_ids = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64))
         self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
 
@@ -40,7 +40,7 @@ class TaskDataModule(L.LightningDataModule):
 
     def _load(self, split: str, n: int) -> TokenDataset:
         ds = materialize(self.task, self.vocab, split, n, self.task.train_len, self.seed, self.cache_dir)
-        return TokenDataset(*read_arrays(ds))
+        return TokenDataset(*read_arrays(ds), read_inputs(ds))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:

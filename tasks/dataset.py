@@ -26,7 +26,7 @@ from tasks.vocab import Vocab
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
-FORMAT_VERSION = 1  # bump when generators change what they emit for the same config
+FORMAT_VERSION = 2  # bump when generators change what they emit for the same config
 
 
 def task_fingerprint(task: Task, vocab: Vocab, split: str, n: int, length: int, seed: int,
@@ -45,7 +45,7 @@ def content_hash(tokens: np.ndarray, answer_mask: np.ndarray) -> str:
 def generate(task: Task, vocab: Vocab, split: str, n: int, length: int, seed: int,
              depth: float | None = None) -> TaskArrays:
     """Generate n examples of one (task, split, length, depth) cell, deterministically."""
-    return task.generate(vocab, n, length, make_rng(split, seed, task.name, length, depth), depth)
+    return task.for_split(split).generate(vocab, n, length, make_rng(split, seed, task.name, length, depth), depth)
 
 
 def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -64,6 +64,8 @@ def to_dataset(arrays: TaskArrays, task: Task, length: int, split: str, seed: in
         "seed": pa.array(np.full(n, seed, dtype=np.int64)),
         "split": pa.array([split] * n),
     }
+    if arrays.inputs is not None:
+        columns["inputs"] = _fixed_list(arrays.inputs.astype(np.int32))
     for key, values in arrays.slices.items():
         columns[f"slice_{key}"] = pa.array(np.asarray(values))
     return datasets.Dataset(pa.table(columns))
@@ -76,6 +78,14 @@ def read_arrays(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
         col = ds.data.column(name).combine_chunks()
         out.append(col.flatten().to_numpy(zero_copy_only=False).reshape(len(ds), -1))
     return out[0].astype(np.int64), out[1].astype(np.bool_)
+
+
+def read_inputs(ds: datasets.Dataset) -> np.ndarray | None:
+    """The model inputs where the task blanks its answers (``TaskArrays.inputs``), else None."""
+    if "inputs" not in ds.column_names:
+        return None
+    col = ds.data.column("inputs").combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(ds), -1).astype(np.int64)
 
 
 def _load_verified(path: Path, fingerprint: str) -> datasets.Dataset | None:

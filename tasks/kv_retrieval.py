@@ -9,7 +9,12 @@ Keys are distinct per example (multi-token keys are distinct as tuples). Records
 over the context with noise filler between them (contiguous when they fill it), so record i sits at
 depth i / (pairs - 1). The gold record is ``gold_index`` (None: random); a ``depth`` given to
 ``generate`` picks gold = round(depth * (pairs - 1)), so the length x depth grid is the
-lost-in-the-middle curve. Slices: ``gold_index`` and ``pairs``.
+lost-in-the-middle curve: the gold record is within half a record of the depth asked, and
+``TaskArrays.depth`` (the row's ``achieved_depth``) is where it actually starts. Values differ
+between the records of a row. Slices: ``gold_index`` and ``pairs``.
+
+Chance floor: 1 / pairs (every record has the same shape and token kinds as the gold one; the
+gold index is uniform when not asked for).
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ from tasks.vocab import Vocab
 class KvRetrieval(Task):
     name: ClassVar[str] = "kv_retrieval"
     has_depth: ClassVar[bool] = True
-    pairs: int = 16  # records in the context
-    key_len: int = 2
-    value_len: int = 2
+    pairs: int = 8  # records in the context
+    key_len: int = 1
+    value_len: int = 3
     gold_index: Optional[int] = None  # which record is asked; None: random
 
     def __post_init__(self) -> None:
@@ -50,6 +55,9 @@ class KvRetrieval(Task):
         return self.pairs * self.record_len + 2 + self.key_len + self.value_len
 
     def check_vocab(self, vocab: Vocab) -> None:
+        if len(vocab.values) ** self.value_len < self.pairs:
+            raise ValueError(f"task.pairs={self.pairs} exceeds the {len(vocab.values) ** self.value_len} distinct"
+                             f" values of value_len={self.value_len} with vocab_size={vocab.size}")
         if len(vocab.keys) ** self.key_len < self.pairs:
             raise ValueError(
                 f"task.pairs={self.pairs} exceeds the {len(vocab.keys) ** self.key_len} distinct keys of"
@@ -69,7 +77,7 @@ class KvRetrieval(Task):
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
         nk = len(vocab.keys)
         keys = vocab.keys.start + digits(distinct_codes(rng, n, min(nk**kl, 2**62), N), nk, kl)  # (n, N, kl)
-        vals = uniform_tokens(rng, vocab.values, (n, N, vl))
+        vals = vocab.values.start + digits(distinct_codes(rng, n, len(vocab.values) ** vl, N), len(vocab.values), vl)
         records = np.concatenate([keys, vals, np.full((n, N, 1), vocab.SEP)], axis=2)
         starts = (np.arange(N) * (context - N * w)) // max(N - 1, 1) + np.arange(N) * w
         place_blocks(tokens, np.broadcast_to(starts, (n, N)), records)
@@ -86,9 +94,19 @@ class KvRetrieval(Task):
         tokens[:, length - vl :] = vals[rows, gold]
         answer_mask = np.zeros((n, length), dtype=bool)
         answer_mask[:, length - vl :] = True
-        realised = gold / max(N - 1, 1)
-        return TaskArrays(tokens, answer_mask, np.full(n, float(depth)) if depth is not None else realised,
-                          {"gold_index": gold, "pairs": np.full(n, N)})
+        achieved = starts[gold] / max(context - w, 1)
+        return TaskArrays(tokens, answer_mask, achieved, {"gold_index": gold, "pairs": np.full(n, N)})
+
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        return {"accuracy": 1.0 / self.pairs}
+
+    def depth_resolution(self, length: int) -> float:
+        context = length - 2 - self.key_len - self.value_len
+        return (0.5 / (self.pairs - 1) if self.pairs > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
+
+    def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:
+        """achieved_depth: mean depth at which the gold record starts."""
+        return {"achieved_depth": float(np.mean(arrays.depth))} if len(arrays.depth) else {}
 
     def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
         out = hidden.copy()

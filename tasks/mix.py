@@ -19,6 +19,7 @@ lengths: each family's ``signatures()``); components whose signatures overlap ar
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Optional
 
@@ -132,7 +133,23 @@ class Mix(Task):
         tokens = np.concatenate([p.tokens for p in parts])[perm]
         answer_mask = np.concatenate([p.answer_mask for p in parts])[perm]
         depths = np.concatenate([p.depth for p in parts])[perm]
-        return TaskArrays(tokens, answer_mask, depths, {k: v[perm] for k, v in slices.items()})
+        inputs = None
+        if any(p.inputs is not None for p in parts):  # MQAR rows read blanks; the others their tokens
+            inputs = np.concatenate([p.tokens if p.inputs is None else p.inputs for p in parts])[perm]
+        return TaskArrays(tokens, answer_mask, depths, {k: v[perm] for k, v in slices.items()}, inputs)
+
+    def for_split(self, split: str) -> Mix:
+        """Each component as generated for ``split`` (conflict evaluates on contradicting documents)."""
+        out = copy.copy(self)
+        out.tasks = {family: task.for_split(split) for family, task in self.tasks.items()}
+        return out
+
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        """The components' floors weighted by their shares of the rows."""
+        families = list(self.tasks)
+        w = np.ones(len(families)) if self.weights is None else np.array([self.weights[f] for f in families])
+        floors = [self.tasks[f].chance_floor(vocab, length)["accuracy"] for f in families]
+        return {"accuracy": float(np.dot(w / w.sum(), floors))}
 
     def family_of(self, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
         """The family name of each row, read off its question."""

@@ -1,14 +1,29 @@
 """Multi-query associative recall (zoology ``multiquery_ar``): many key-value pairs, many queries.
 
-Layout with 3 pairs and 2 queries, L tokens in all:
+Layout with 3 pairs and 2 queries, L tokens in all (the zoology layout):
 
-    k1 v1 k2 v2 k3 v3 | f f k3 [v3] f f f k1 [v1] f f
-    <---- context ----><--------- query region -------->
+    tokens:  k1 v1 k2 v2 k3 v3 | f f k3 [v3] f f f k1 [v1] f f
+    inputs:  k1 v1 k2 v2 k3 v3 | f f k3  f'  f f f k1  f'  f f
+             <---- context ----><--------- query region -------->
 
-Keys are distinct per example. Query slots (even offsets of the query region) are drawn without
-replacement with P(slot g) proportional to a*g^(a-1) (``power_a``; 1 is uniform, small values
-cluster queries near the start, as in zoology). Non-query slots hold filler tokens.
-Labels sit only on the bracketed values.
+Keys are distinct per example and so are values. Query slots (even offsets of the query region)
+are drawn without replacement with P(slot g) proportional to a*g^(a-1) (``power_a``; 1 is
+uniform, 0.01 clusters queries near the start, zoology's default). Non-query slots hold filler.
+The label of each query sits at its key (the value is predicted there, as in zoology after the
+next-token shift), and the model never reads an answer: in ``inputs`` the slot after a query key
+holds a random filler token f', in training and in evaluation alike, so a later query cannot
+learn anything from the earlier answers (with the answers fed back, "a context value not yet
+seen in the query region" is a query-free shortcut).
+
+Defaults follow zoology's L=64 training cell: 4 pairs, every pair queried, ``power_a`` 0.01 (its
+reference grid trains (L, kv) = (64, 4), (128, 8), (256, 16..64)). Zoology draws keys and values
+from 4096 tokens each; ours come from the vocabulary's key and value ranges (90 each at
+vocab_size 256), which only bounds ``num_kv_pairs``.
+
+Chance floor: a shortcut can read which keys were already queried and exclude their values, but
+without reading the asked key it can only guess among the kv - j values left at query j:
+exact match prod_j 1 / (kv - j), token accuracy mean_j 1 / (kv - j) (0.042 and 0.52 at kv = 4,
+every pair queried; use ``token_accuracy`` with that floor in mind).
 """
 
 from __future__ import annotations
@@ -26,9 +41,10 @@ from tasks.vocab import Vocab
 @dataclass
 class Mqar(Task):
     name = "mqar"
-    num_kv_pairs: int = 8
+    train_len: int = 64
+    num_kv_pairs: int = 4
     num_queries: Optional[int] = None  # None: one query per pair
-    power_a: float = 1.0
+    power_a: float = 0.01
 
     def __post_init__(self) -> None:
         if self.num_kv_pairs < 1:
@@ -56,13 +72,17 @@ class Mqar(Task):
     def signatures(self) -> set[tuple[int, int, int]]:
         return {(-1, -1, self.num_queries)}  # answers follow keys directly, no ANSWER marker
 
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        left = self.num_kv_pairs - np.arange(self.num_queries)
+        return {"accuracy": float(np.prod(1.0 / left)), "token_accuracy": float(np.mean(1.0 / left))}
+
     def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
                  depth: float | None = None) -> TaskArrays:
         self.check_length(length, "length")
         self.check_vocab(vocab)
         kv, nq = self.num_kv_pairs, self.num_queries
         keys = sample_distinct(rng, n, vocab.keys, kv)  # (n, kv)
-        values = uniform_tokens(rng, vocab.values, (n, kv))
+        values = sample_distinct(rng, n, vocab.values, kv)
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
         tokens[:, 0 : 2 * kv : 2], tokens[:, 1 : 2 * kv : 2] = keys, values
         n_slots = (length - 2 * kv) // 2
@@ -74,11 +94,12 @@ class Mqar(Task):
         rows = np.arange(n)[:, None]
         key_pos = 2 * kv + 2 * slots
         tokens[rows, key_pos] = keys[rows, which]
+        inputs = tokens.copy()
         tokens[rows, key_pos + 1] = values[rows, which]
         answer_mask = np.zeros((n, length), dtype=bool)
         answer_mask[rows, key_pos + 1] = True
         return TaskArrays(tokens, answer_mask, np.full(n, np.nan),
-                          {"num_kv_pairs": np.full(n, kv)})
+                          {"num_kv_pairs": np.full(n, kv)}, inputs=inputs)
 
     def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
         out = hidden.copy()

@@ -2,15 +2,26 @@
 
 Layout (key_len=3, value_len=2, 2 distractors, similarity 2/3), L tokens in all:
 
-    h NEEDLE a b x u1 u2 h h NEEDLE a b c v1 v2 h NEEDLE y b c w1 w2 h  QUERY a b c ANSWER | v1 v2
-      <- distractor: shares a b ->  <------ target ------>  <- shares b c ->
+    NEEDLE a b x u1 u2 h h NEEDLE a y c v1 v2 h h NEEDLE z b c w1 w2 h  QUERY a y c ANSWER | v1 v2
+    <- look-alike ->       <------ target ----->      <- look-alike ->
 
-Every distractor key shares exactly round(similarity * key_len) tokens with the target key, at
-random positions, and differs at the others, so no distractor key equals the target's; distractor
-values differ from the target value in their first token, so answering a distractor's value is
-always wrong (``extra_metrics`` reports how often that happens). ``distractors=None`` tiles the
-whole context with records (the "haystack made of needles"). The target record sits at ``depth``;
-distractors at random depths (records never overlap, see ``common.block_starts``).
+Look-alikes are drawn around a hidden centre key (here a b c) that no record has: every record,
+the target included, keeps exactly round(similarity * key_len) centre tokens (at random
+positions) and changes the others, and all keys in a row differ. The target is therefore
+exchangeable with the distractors: voting per position spells the centre, which is no record's
+key, and every record is equally close to it. (Deriving the distractors from the target instead
+makes the per-position mode spell the target: a query-free shortcut.) Values differ between all
+records of a row, so answering a distractor's value is always wrong (``extra_metrics``:
+``distractor_rate``). ``distractors=None`` tiles the context with records (the "haystack made of
+needles").
+
+Records are spread evenly over the context (filler noise between them, kv_retrieval's rule):
+record i sits at depth i / (records - 1). The target is record round(depth * (records - 1)), within
+half a record of the depth asked (``TaskArrays.depth`` and ``achieved_depth``: the depth
+achieved); with no depth given its rank is uniform.
+
+Chance floor: 1 / records (target + distractors): a prompt-only shortcut sees records that are
+exchangeable with the target in keys, values and placement.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from typing import ClassVar, Optional
 import numpy as np
 
 from tasks.base import Task, TaskArrays, register, uniform_tokens
-from tasks.common import block_starts, check_depth, depth_matrix, place_blocks
+from tasks.common import check_depth, digits, distinct_codes, place_blocks
 from tasks.vocab import Vocab
 
 
@@ -44,8 +55,8 @@ class Multikey(Task):
     has_depth: ClassVar[bool] = True
     key_len: int = 3  # tokens per key
     value_len: int = 2  # tokens per value (the answer)
-    distractors: Optional[int] = 16  # look-alike records; None: as many as fill the context
-    similarity: float = 0.67  # fraction of key tokens each distractor shares with the target
+    distractors: Optional[int] = 8  # look-alike records; None: as many as fill the context
+    similarity: float = 0.67  # fraction of key tokens every record keeps from the hidden centre key
 
     def __post_init__(self) -> None:
         if self.key_len < 1:
@@ -87,39 +98,77 @@ class Multikey(Task):
     def signatures(self) -> set[tuple[int, int, int]]:
         return {(Vocab.QUERY, self.key_len, self.value_len)}
 
+    def key_space(self, vocab: Vocab) -> int:
+        """Distinct look-alike keys around one centre: which positions change, and to what."""
+        changed = self.key_len - self.shared
+        return comb(self.key_len, changed) * (len(vocab.keys) - 1) ** changed
+
+    def check_records(self, vocab: Vocab, length: int) -> None:
+        m = self.records(length)
+        if m > self.key_space(vocab) or m > len(vocab.values) ** self.value_len:
+            raise ValueError(
+                f"length={length} needs {m} multikey records with distinct keys and values; "
+                f"key_len={self.key_len} with similarity={self.similarity} allows {self.key_space(vocab)} keys and "
+                f"value_len={self.value_len} {len(vocab.values) ** self.value_len} values (vocab_size={vocab.size})"
+            )
+
+    def check_vocab(self, vocab: Vocab) -> None:
+        if self.distractors is not None:
+            self.check_records(vocab, self.train_len)
+
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        return {"accuracy": 1.0 / self.records(length)}
+
+    def depth_resolution(self, length: int) -> float:
+        context = length - self.question_len - self.value_len
+        m = self.records(length)
+        return (0.5 / (m - 1) if m > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
+
+    def record_starts(self, length: int) -> np.ndarray:
+        m, w = self.records(length), self.record_len
+        context = length - self.question_len - self.value_len
+        return np.arange(m) * w + (np.arange(m) * (context - m * w)) // max(m - 1, 1)
+
     def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
                  depth: float | None = None) -> TaskArrays:
         self.check_length(length, "length")
+        self.check_records(vocab, length)
         check_depth(depth)
         kl, vl, nk, nv = self.key_len, self.value_len, len(vocab.keys), len(vocab.values)
-        m = self.records(length)
+        m, changed = self.records(length), kl - self.shared
         context = length - self.question_len - vl
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
-        target = rng.integers(0, nk, size=(n, 1, kl))
-        value = rng.integers(0, nv, size=(n, 1, vl))
-        # Distractor keys: keep `shared` target tokens (random positions), shift the others by 1..nk-1.
-        if comb(kl, self.shared) <= 4096:  # a table lookup beats an argsort per distractor
-            keep = shared_masks(kl, self.shared)[rng.integers(0, comb(kl, self.shared), size=(n, m - 1))]
+        centre = rng.integers(0, nk, size=(n, 1, kl))
+        # One code per record: (which positions change, by how much); distinct codes = distinct keys.
+        per_mask = (nk - 1) ** changed
+        codes = distinct_codes(rng, n, self.key_space(vocab), m)  # (n, m)
+        which = shared_masks(kl, changed)[codes // per_mask]  # (n, m, kl): True where the key changes
+        steps = 1 + digits(codes % per_mask, nk - 1, changed)  # (n, m, changed) in 1..nk-1
+        shift = np.zeros((n, m, kl), dtype=np.int64)
+        shift[which] = steps.reshape(-1)  # row-major: each record's changed positions in order
+        keys = vocab.keys.start + (centre + shift) % nk  # (n, m, kl), record 0 is the target
+        vals = vocab.values.start + digits(distinct_codes(rng, n, nv**vl, m), nv, vl)
+        if depth is not None:
+            rank = np.full(n, int(round(float(depth) * (m - 1))))
         else:
-            keep = rng.random((n, m - 1, kl)).argsort(axis=2) < self.shared
-        shift = np.where(keep, 0, rng.integers(1, nk, size=(n, m - 1, kl)))
-        dkeys = (target + shift) % nk
-        dvals = rng.integers(0, nv, size=(n, m - 1, vl))
-        dvals[:, :, 0] = (value[:, :, 0] + rng.integers(1, nv, size=(n, m - 1))) % nv  # never the target's
-        keys = np.concatenate([target, dkeys], axis=1) + vocab.keys.start  # (n, m, kl), record 0: target
-        vals = np.concatenate([value, dvals], axis=1) + vocab.values.start
+            rank = rng.integers(0, m, size=n)
+        # Slot order: the target at its rank, distractors 1..m-1 in the other slots.
+        slot = np.arange(m)[None, :]
+        order = np.where(slot < rank[:, None], slot + 1, np.where(slot == rank[:, None], 0, slot))
         records = np.concatenate([np.full((n, m, 1), vocab.NEEDLE), keys, vals], axis=2)
-        depths = depth_matrix(rng, n, m, depth)
-        place_blocks(tokens, block_starts(depths, context, self.record_len), records)
+        records = np.take_along_axis(records, order[:, :, None], axis=1)
+        starts = self.record_starts(length)
+        place_blocks(tokens, np.broadcast_to(starts, (n, m)), records)
         tokens[:, context] = vocab.QUERY
         tokens[:, context + 1 : context + 1 + kl] = keys[:, 0]
         tokens[:, context + 1 + kl] = vocab.ANSWER
         tokens[:, length - vl :] = vals[:, 0]
         answer_mask = np.zeros((n, length), dtype=bool)
         answer_mask[:, length - vl :] = True
+        achieved = starts[rank] / max(context - self.record_len, 1)
         slices = {"similarity": np.full(n, self.shared / kl), "distractors": np.full(n, m - 1),
                   "key_len": np.full(n, kl)}
-        return TaskArrays(tokens, answer_mask, depths[:, 0].copy(), slices)
+        return TaskArrays(tokens, answer_mask, achieved, slices)
 
     def _records(self, vocab: Vocab, row: np.ndarray, end: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         kl, vl = self.key_len, self.value_len
@@ -145,4 +194,5 @@ class Multikey(Task):
             key, pred = row[q + 1 : q + 1 + self.key_len], predictions[i][arrays.answer_mask[i]]
             hits += any(not np.array_equal(k, key) and np.array_equal(v, pred)
                         for k, v in zip(*self._records(vocab, row, q)))
-        return {"distractor_rate": hits / max(len(arrays.tokens), 1)}
+        return {"distractor_rate": hits / max(len(arrays.tokens), 1),
+                "achieved_depth": float(np.mean(arrays.depth)) if len(arrays.depth) else float("nan")}

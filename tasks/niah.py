@@ -16,9 +16,18 @@ Needle j sits at depth ``depths[j]`` (random when ``depths`` is None); the ``dep
 ``generate`` overrides the first (target) needle's depth. m needles never overlap: the one of rank r
 by depth starts at round(d * (context - m * needle)) + r * needle (see ``common.block_starts``).
 
-``haystack``: ``noise`` (uniform filler tokens), ``filler`` (one fixed filler pattern repeated, the
-"grass is green" essay), ``distractor`` (the context tiled with needle-shaped records
-NEEDLE k' v' whose first key token differs from every real needle's).
+``haystack``: ``distractor`` (the default: the context is a row of needle-shaped records
+NEEDLE k' v' whose first key token differs from every real needle's, so only the key tells the
+needle apart), ``noise`` (uniform filler tokens) or ``filler`` (one fixed filler pattern repeated,
+the "grass is green" essay). With ``distractor`` the context is cut into S = context // needle
+record slots (the few spare tokens spread evenly between them as filler), every needle takes a
+whole slot, and a needle at depth d sits in slot round(d * (S - needles)) + its rank: the target
+is within half a record of the depth asked; ``TaskArrays.depth`` is the depth achieved.
+
+Chance floor: ``distractor``: 1 / S (a prompt-only shortcut cannot tell the asked record from the
+S - 1 others: same token kinds, same shape, same value distribution). ``noise``/``filler``:
+1 / needles (the values are the only value tokens in the prompt; with one needle, copying them is
+a perfect shortcut, which is why they are not the default).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from tasks.base import Task, TaskArrays, register, sample_distinct, uniform_toke
 from tasks.common import block_starts, check_depth, draw_excluding, place_blocks
 from tasks.vocab import Vocab
 
-HAYSTACKS = ("noise", "filler", "distractor")
+HAYSTACKS = ("noise", "filler", "distractor")  # slice codes are indices: keep the order
 FILLER_PATTERN = 10  # period of the fixed "filler" haystack
 
 
@@ -43,7 +52,7 @@ class Niah(Task):
     has_depth: ClassVar[bool] = True
     key_len: int = 1  # tokens per key
     value_len: int = 2  # tokens per value (the answer of one query)
-    haystack: str = "noise"  # noise | filler | distractor
+    haystack: str = "distractor"  # distractor | noise | filler
     needles: int = 1  # needles in the context
     queries: int = 1  # needles asked (the first ones), answers concatenated
     depths: Optional[list[float]] = None  # per-needle depth in [0, 1]; None: random
@@ -95,21 +104,42 @@ class Niah(Task):
     def signatures(self) -> set[tuple[int, int, int]]:
         return {(Vocab.QUERY, self.queries * self.key_len, self.answer_len)}
 
-    def _haystack(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
-                  first_keys: np.ndarray) -> np.ndarray:
-        if self.haystack == "noise":
-            return uniform_tokens(rng, vocab.filler, (n, length))
-        if self.haystack == "filler":
-            pattern = vocab.filler.start + np.arange(min(FILLER_PATTERN, len(vocab.filler)))
-            return np.broadcast_to(np.resize(pattern, length), (n, length)).copy()
-        # distractor: records NEEDLE k' v' tiled over the whole row (the needles overwrite some).
-        w, reps = self.needle_len, -(-length // self.needle_len)
-        nk = len(vocab.keys)
-        first = vocab.keys.start + draw_excluding(rng, nk, first_keys - vocab.keys.start, (n, reps))
-        rest = uniform_tokens(rng, vocab.keys, (n, reps, self.key_len - 1))
-        vals = uniform_tokens(rng, vocab.values, (n, reps, self.value_len))
-        rec = np.concatenate([np.full((n, reps, 1), vocab.NEEDLE), first[:, :, None], rest, vals], axis=2)
-        return rec.reshape(n, reps * w)[:, :length].copy()
+    def slots(self, length: int) -> int:
+        """Record slots of the distractor haystack at this length."""
+        return (length - self.question_len - self.answer_len) // self.needle_len
+
+    def slot_starts(self, length: int) -> np.ndarray:
+        """Token offset of each record slot: slots spread evenly, spare tokens between them."""
+        context = length - self.question_len - self.answer_len
+        S, w = self.slots(length), self.needle_len
+        return np.arange(S) * w + (np.arange(S) * (context - S * w)) // max(S - 1, 1)
+
+    def depth_resolution(self, length: int) -> float:
+        """How far the target's achieved depth may be from the depth asked: half a record, plus one
+        record per other needle that may precede it."""
+        if self.haystack != "distractor":
+            return 1e-9
+        context = length - self.question_len - self.answer_len
+        S = self.slots(length)
+        return ((self.needles - 0.5) / (S - 1) if S > 1 else 1.0) + 1.0 / max(context - self.needle_len, 1)
+
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        if self.haystack == "distractor":
+            return {"accuracy": 1.0 / self.slots(length)}
+        return {"accuracy": 1.0 / self.needles}
+
+    def _distractors(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
+                     first_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Filler noise with S needle-shaped records NEEDLE k' v' at the slot starts."""
+        S, kl, vl = self.slots(length), self.key_len, self.value_len
+        tokens = uniform_tokens(rng, vocab.filler, (n, length))
+        first = vocab.keys.start + draw_excluding(rng, len(vocab.keys), first_keys - vocab.keys.start, (n, S))
+        rest = uniform_tokens(rng, vocab.keys, (n, S, kl - 1))
+        vals = uniform_tokens(rng, vocab.values, (n, S, vl))
+        rec = np.concatenate([np.full((n, S, 1), vocab.NEEDLE), first[:, :, None], rest, vals], axis=2)
+        starts = np.broadcast_to(self.slot_starts(length), (n, S))
+        place_blocks(tokens, starts, rec)
+        return tokens, starts
 
     def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
                  depth: float | None = None) -> TaskArrays:
@@ -130,9 +160,16 @@ class Niah(Task):
             depths = rng.random((n, m))
         else:
             depths = np.concatenate([np.full((n, 1), float(depth)), rng.random((n, m - 1))], axis=1)
-        tokens = noise if noise is not None else self._haystack(vocab, n, length, rng, keys[:, :, 0])
-        starts = block_starts(depths, context, self.needle_len)
         needle = np.concatenate([np.full((n, m, 1), vocab.NEEDLE), keys, values], axis=2)
+        if self.haystack == "distractor":
+            tokens, slot_start = self._distractors(vocab, n, length, rng, keys[:, :, 0])
+            slot = block_starts(depths, self.slots(length), 1)  # (n, m) distinct slots
+            starts = np.take_along_axis(slot_start, slot, axis=1)
+            achieved = starts[:, 0] / max(context - self.needle_len, 1)
+        else:
+            tokens = noise if noise is not None else self._filler(vocab, n, length)
+            starts = block_starts(depths, context, self.needle_len)
+            achieved = depths[:, 0].copy()
         place_blocks(tokens, starts, needle)
         q = self.queries
         asked = keys[:, :q].reshape(n, q * kl)
@@ -143,7 +180,15 @@ class Niah(Task):
         answer_mask[:, length - self.answer_len :] = True
         slices = {"needles": np.full(n, m), "queries": np.full(n, q),
                   "haystack": np.full(n, HAYSTACKS.index(self.haystack))}
-        return TaskArrays(tokens, answer_mask, depths[:, 0].copy(), slices)
+        return TaskArrays(tokens, answer_mask, achieved, slices)
+
+    def _filler(self, vocab: Vocab, n: int, length: int) -> np.ndarray:
+        pattern = vocab.filler.start + np.arange(min(FILLER_PATTERN, len(vocab.filler)))
+        return np.broadcast_to(np.resize(pattern, length), (n, length)).copy()
+
+    def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:
+        """achieved_depth: mean depth of the asked needle (the distractor haystack rounds to a slot)."""
+        return {"achieved_depth": float(np.mean(arrays.depth))} if len(arrays.depth) else {}
 
     def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
         out = hidden.copy()
@@ -161,21 +206,34 @@ class Niah(Task):
             out[i, answer_mask[i]] = np.concatenate(answer)
         return out
 
+    def _unique_records(self, tokens: np.ndarray, length: int, k: int) -> np.ndarray:
+        """(n, k) starts of records with a key unique in their row, spread evenly over the context."""
+        slot = self.slot_starts(length)
+        kl = self.key_len
+        out = np.empty((tokens.shape[0], k), dtype=np.int64)
+        for i, row in enumerate(tokens):
+            keys = [row[s + 1 : s + 1 + kl].tobytes() for s in slot]
+            unique = [j for j, key in enumerate(keys) if keys.count(key) == 1]
+            out[i] = slot[np.asarray(unique)[np.linspace(0, len(unique) - 1, k).round().astype(int)]]
+        return out
+
     def questions(self, vocab: Vocab, arrays: TaskArrays, k: int) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
         """Prefix caching: k single-key questions about one context, ``QUERY key_j ANSWER`` -> value_j.
 
         Returns the context length C (the context is ``arrays.tokens[:, :C]``) and k pairs of
         (question (n, 2 + key_len), answer (n, value_len)) asking needles 0..k-1 in depth order.
+        With the distractor haystack every record is a fact: the k asked are spread over the
+        records whose key occurs once in the context (the needles always do, so there are >= k).
         """
-        if self.haystack == "distractor":
-            raise ValueError("task.haystack='distractor': prefix-cache questions need needles told apart "
-                             "from the haystack; use noise or filler")
         if k > self.needles:
             raise ValueError(f"eval.n_questions={k} exceeds task.needles={self.needles}; allowed: <= needles")
         n, length = arrays.tokens.shape
         context = length - self.question_len - self.answer_len
-        rows, cols = np.nonzero(arrays.tokens[:, :context] == vocab.NEEDLE)
-        starts = cols.reshape(n, self.needles)  # row-major: each row's needles in position order
+        if self.haystack == "distractor":
+            starts = self._unique_records(arrays.tokens, length, k)
+        else:
+            rows, cols = np.nonzero(arrays.tokens[:, :context] == vocab.NEEDLE)
+            starts = cols.reshape(n, self.needles)  # row-major: each row's needles in position order
         kl, vl = self.key_len, self.value_len
         out = []
         for j in range(k):

@@ -8,7 +8,7 @@ import pkgutil
 import tasks
 from tasks.base import TASKS, Task
 
-_INFRASTRUCTURE = {"base", "vocab", "dataset", "datamodule", "registry"}
+_INFRASTRUCTURE = {"base", "vocab", "dataset", "datamodule", "registry", "baselines", "common", "sampler"}
 
 
 def load_all() -> dict[str, type[Task]]:

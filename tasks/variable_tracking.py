@@ -1,6 +1,7 @@
 """Variable tracking (RULER ``vt``): follow chains of assignments, a multi-hop retrieval.
 
-Layout (chains=2, hops=2), L tokens in all; variables are key tokens, values value tokens:
+Layout (chains=2, hops=2; the default has 6 chains of 4 hops), L tokens in all; variables are key
+tokens, values value tokens:
 
     h ASSIGN X1 v h ASSIGN Y1 u h h ASSIGN X2 X1 h ASSIGN Y2 Y1 ASSIGN X3 X2 h ASSIGN Y3 Y2 h
     HOP v ANSWER | X1 X2 X3
@@ -9,7 +10,10 @@ Each chain c is ``hops + 1`` statements ``ASSIGN dst src``: X1 = value, then X(j
 question (HOP value ANSWER) asks which variables hold the first chain's value; the answer lists
 that chain's variables in order of assignment. Chains are interleaved at random, each chain's
 statements in order; variables are distinct across chains and so are the chains' values.
-Slices: ``hops`` and ``chains``.
+The asked chain (chain 0) is exchangeable with the others, so only the value in the question
+says which chain to follow. Slices: ``hops`` and ``chains``.
+
+Chance floor: 1 / chains (following any chain without reading the question, e.g. the first one).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ STATEMENT = 3  # ASSIGN dst src
 @dataclass
 class VariableTracking(Task):
     name: ClassVar[str] = "variable_tracking"
-    chains: int = 2  # independent assignment chains (the others are distractors)
+    chains: int = 6  # independent assignment chains (the others are distractors)
     hops: int = 4  # assignments after the first: the answer has hops + 1 variables
 
     def __post_init__(self) -> None:
@@ -55,6 +59,9 @@ class VariableTracking(Task):
             )
         if self.chains > len(vocab.values):
             raise ValueError(f"task.chains={self.chains} exceeds the {len(vocab.values)} values")
+
+    def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
+        return {"accuracy": 1.0 / self.chains}
 
     def signatures(self) -> set[tuple[int, int, int]]:
         return {(Vocab.HOP, 1, self.hops + 1)}

@@ -29,12 +29,26 @@ def test_exact_length_labels_only_at_answers_and_oracle(task, length):
 
 @pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
 def test_niah_depth_is_honoured(depth):
-    t = Niah(train_len=100)
+    t = Niah(train_len=100, haystack="noise")  # token-exact placement; distractor slots: next test
     a = generate(t, V, "test", 20, 100, seed=0, depth=depth)
     context = 100 - t.question_len - t.value_len
     starts = np.argmax(a.tokens == V.NEEDLE, axis=1)
     assert (starts == round(depth * (context - t.needle_len))).all()
     assert np.allclose(a.depth, depth)
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
+def test_niah_distractor_needle_is_in_the_slot_nearest_the_depth(depth):
+    t = Niah(train_len=100)
+    a = generate(t, V, "test", 20, 100, seed=0, depth=depth)
+    context = 100 - t.question_len - t.value_len
+    starts = np.flatnonzero(a.tokens[0, :context] == V.NEEDLE)
+    assert len(starts) == t.slots(100) and (starts == t.slot_starts(100)).all()  # records tile the context
+    for row, achieved in zip(a.tokens, a.depth):
+        at = int(np.flatnonzero((row[:context] == V.NEEDLE) & (np.roll(row, -1)[:context] == row[context + 1]))[0])
+        assert abs(at - depth * (context - t.needle_len)) <= t.needle_len  # within one record
+        assert np.isclose(achieved, at / (context - t.needle_len))
+        assert abs(achieved - depth) <= t.depth_resolution(100)
 
 
 def test_generation_is_deterministic_in_the_seed():
@@ -107,3 +121,44 @@ def test_prompt_and_answer_views():
     prompt, answer = prompt_and_answer(a.tokens, a.answer_mask, 2)
     assert len(prompt) == 64 - 3 and prompt[-1] == V.ANSWER
     assert np.array_equal(answer, a.tokens[2, -3:])
+
+
+def test_mqar_model_never_reads_an_answer():
+    """Zoology layout: the slot after a query key is a blank in the inputs, in training and in
+    evaluation; labels sit at the query key; decode feeds the blanks, so it equals teacher forcing."""
+    import torch
+
+    from models.cache import CacheConfig
+    from models.transformer import Transformer, TransformerConfig
+    from pipeline.evaluate import run_cell
+    from tasks.datamodule import TokenDataset
+
+    t = Mqar(train_len=64)
+    a = generate(t, V, "test", 6, 64, 0)
+    assert a.inputs is not None and not (a.inputs[a.answer_mask] == a.tokens[a.answer_mask]).any()
+    assert (a.inputs[~a.answer_mask] == a.tokens[~a.answer_mask]).all()
+    blanks = a.inputs[a.answer_mask]
+    assert ((blanks >= V.filler.start) & (blanks < V.filler.stop)).all()
+    ds = TokenDataset(a.tokens, a.answer_mask, a.inputs)
+    assert torch.equal(ds.input_ids, torch.from_numpy(a.inputs))
+    keys = np.roll(a.answer_mask, -1, axis=1)  # the label of each query sits at its key
+    assert np.array_equal(ds.labels.numpy()[keys], a.tokens[a.answer_mask])
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=256, d_model=32, n_heads=2, n_layers=1)).eval()
+    res = run_cell(model, a, CacheConfig("full"), 6, True, True, torch.device("cpu"))
+    assert np.array_equal(res.preds[a.answer_mask], res.tf_preds[a.answer_mask])
+    other = generate(t, V, "test", 6, 64, 0)
+    other.tokens[other.answer_mask] = V.values.start  # different answers, same inputs
+    again = run_cell(model, other, CacheConfig("full"), 6, True, False, torch.device("cpu"))
+    assert np.array_equal(again.preds[a.answer_mask], res.preds[a.answer_mask])
+
+
+def test_task_recipes_follow_the_task_and_yield_to_overrides():
+    from conftest import compose_config
+
+    mqar = compose_config(["task=mqar"])
+    assert mqar.optim.lr == 1e-3 and mqar.trainer.max_steps == mqar.recipe.max_steps and mqar.data.batch_size == 64
+    assert compose_config(["task=mqar", "trainer=smoke"]).trainer.max_steps == 1
+    assert compose_config(["task=mqar", "optim.lr=0.01", "trainer.max_steps=7"]).optim.lr == 0.01
+    assert compose_config(["task=mqar", "trainer.max_steps=7"]).trainer.max_steps == 7
+    assert compose_config(["task=counting"]).trainer.max_steps == 1000  # no recipe: the trainer default

@@ -1,0 +1,103 @@
+"""Recall against state size (zoology's figure 2 layout) from an ``experiment=arch_compare`` sweep.
+
+    python scripts/arch_compare.py multirun/2026-12-01/03-00-00 [more dirs] [--length 64] [--out fig.png]
+
+One panel per task; x = bytes of decode state per sequence at the evaluation length (the KV cache
+for attention, the conv + SSM state for Mamba, both for hybrids: the rows' ``cache_bytes``), log
+scale; y = exact match, averaged over depths (weighted by examples); one line per architecture
+through its widths / state sizes. The dashed line is the task's chance floor (the best prompt-only
+shortcut, tasks/baselines.py): a point under it has learned nothing the prompt does not give away.
+Prints the points as a table too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for p in (ROOT, HERE):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from figures.results import load_results  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from tasks.registry import TASKS  # noqa: E402
+from tasks.vocab import Vocab  # noqa: E402
+
+MARKERS = {"transformer": "o", "mamba": "s", "hybrid": "^"}
+
+
+def points(df: pd.DataFrame, length: int | None) -> pd.DataFrame:
+    """One point per (run, task): accuracy at ``length`` (default: the run's training length)."""
+    ok = df[(df["status"] == "ok") & df["accuracy"].notna()].copy()
+    ok = ok[ok["eval_len"] == (ok["train_len"] if length is None else length)]
+    ok["weighted"] = ok["accuracy"] * ok["n_examples"]
+    g = ok.groupby(["run_id", "model", "task", "eval_len"], as_index=False).agg(
+        weighted=("weighted", "sum"), n=("n_examples", "sum"), state_bytes=("cache_bytes", "max"),
+        n_params=("n_params", "max"))
+    g["accuracy"] = g["weighted"] / g["n"]
+    return g.drop(columns=["weighted"]).sort_values(["task", "model", "state_bytes"])
+
+
+def floor_of(task: str, length: int) -> float | None:
+    conf = Path(ROOT) / "conf" / "task" / f"{task}.yaml"
+    if task not in TASKS or not conf.exists():
+        return None
+    knobs = OmegaConf.to_container(OmegaConf.load(conf))
+    knobs.pop("name", None)
+    try:
+        return TASKS[task](**knobs).chance_floor(Vocab(256), length)["accuracy"]
+    except (NotImplementedError, ValueError):
+        return None
+
+
+def plot(pts: pd.DataFrame, out: Path) -> None:
+    tasks = sorted(pts["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = pts[pts["task"] == task]
+        for model, m in sub.groupby("model"):
+            ax.plot(m["state_bytes"], m["accuracy"], marker=MARKERS.get(model, "x"), label=model)
+        floor = floor_of(task, int(sub["eval_len"].iloc[0]))
+        if floor is not None:
+            ax.axhline(floor, color="0.5", linestyle="--", linewidth=0.9, label="chance floor")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"{task} (L={int(sub['eval_len'].iloc[0])})")
+        ax.set_xlabel("decode state (bytes / sequence)")
+        ax.set_ylabel("exact match")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", help="sweep or run directories, results.jsonl files")
+    ap.add_argument("--length", type=int, default=None, help="eval length (default: each run's train length)")
+    ap.add_argument("--out", type=Path, default=Path("figures/arch_compare.png"))
+    args = ap.parse_args(argv)
+    pts = points(load_results(args.paths), args.length)
+    if pts.empty:
+        raise SystemExit(f"no ok rows at the requested length under {args.paths}")
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(pts[["task", "model", "run_id", "n_params", "state_bytes", "accuracy"]].to_string(index=False))
+    plot(pts, args.out)
+    print(f"figure written to {args.out}")
+    return pts
+
+
+if __name__ == "__main__":
+    main()
