@@ -458,9 +458,6 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
         if needles is not None and eval_cfg.n_questions > needles:
             raise ConfigError(f"eval.n_questions={eval_cfg.n_questions} exceeds task.needles={needles}; "
                               f"allowed with eval.prefix_cache=true: n_questions <= needles")
-        if getattr(task, "haystack", None) == "distractor":
-            raise ConfigError("eval.prefix_cache=true with task.haystack='distractor': questions need needles "
-                              "told apart from the haystack; allowed: task.haystack=noise or filler")
     if "trainer" in cfg:
         trainer_kwargs(cfg.trainer)
     if stage == "duo_gates" and activation_checkpointing(cfg.get("trainer")):
