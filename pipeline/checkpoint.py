@@ -24,6 +24,7 @@ from torch import nn
 
 from models.lora import LoraPlusConfig, apply_lora, has_lora, merge_lora
 from models.registry import build_model
+from models.strict_load import mismatch_report
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(f"{k}: {tuple(state[k].shape)} in {source} vs {tuple(own[k].shape)} in the model"
                     for k in set(own) & set(state) if state[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing from {source}: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"not in the model: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append(f"shape mismatch: {shapes[:8]}")
-        raise CheckpointError(f"{source} does not match the model config: " + "; ".join(parts))
+    report = mismatch_report(source, missing, unexpected, shapes)
+    if report:
+        raise CheckpointError(report)
     model.load_state_dict(state, strict=True)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from models.hf.errors import HFFormatError
 from models.hf.families import hf_name
+from models.strict_load import mismatch_report
 from models.positional import Positional
 from models.registry import build_model
 
@@ -117,15 +118,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
                         if not n.endswith(IGNORED_SUFFIXES) and not (extra_head and n == "lm_head.weight"))
     shapes = sorted(f"{n}: {stored[n][0]} stored vs {tuple(own[expected[n]].shape)} in the model"
                     for n in set(expected) & set(stored) if stored[n][0] != tuple(own[expected[n]].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing from hf:{path}: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"not in the model: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append(f"shape mismatch: {shapes[:8]}")
-        raise HFFormatError(f"hf:{path} does not match the model config: " + "; ".join(parts))
+    report = mismatch_report(f"hf:{path}", missing, unexpected, shapes)
+    if report:
+        raise HFFormatError(report)
     by_file: dict[Path, list[str]] = {}
     for name in expected:
         by_file.setdefault(files[name], []).append(name)

@@ -1,0 +1,21 @@
+"""One wording for a strict weight load that does not match: every missing, unexpected and mis-shaped tensor."""
+
+from __future__ import annotations
+
+
+def mismatch_report(source: str, missing: list[str], unexpected: list[str], shapes: list[str]) -> str | None:
+    """``None`` when the tensors match; else one message naming (up to 8 of) each kind of mismatch."""
+    if not (missing or unexpected or shapes):
+        return None
+
+    def few(names: list[str]) -> str:
+        return f"{names[:8]}{' ...' if len(names) > 8 else ''}"
+
+    parts = []
+    if missing:
+        parts.append(f"missing from {source}: {few(missing)}")
+    if unexpected:
+        parts.append(f"not in the model: {few(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatch: {shapes[:8]}")
+    return f"{source} does not match the model config: " + "; ".join(parts)
