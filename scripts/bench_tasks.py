@@ -37,7 +37,7 @@ CASES: list[tuple[str, str, dict, float | None]] = [
     # 2048 tokens hold 340 records: two changed key tokens give enough distinct look-alikes
     ("multikey[distractors=fill]", "multikey", {"distractors": None, "similarity": 0.34}, 0.5),
     ("kv_retrieval", "kv_retrieval", {}, 0.5),
-    ("kv_retrieval[pairs=300]", "kv_retrieval", {"pairs": 300}, 0.5),
+    ("kv_retrieval[pairs=300,key_len=2]", "kv_retrieval", {"pairs": 300, "key_len": 2}, 0.5),
     ("variable_tracking", "variable_tracking", {}, None),
     ("variable_tracking[chains=8,hops=8]", "variable_tracking", {"chains": 8, "hops": 8}, None),
     ("frequent_tokens", "frequent_tokens", {}, None),
