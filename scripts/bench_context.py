@@ -240,6 +240,7 @@ def plot(results: dict[str, Search], budget: int, title: str, path: str) -> None
     ax_mem.legend(fontsize=7, ncol=2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # figures/ need not exist yet
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             full = results["full_ft"].longest
             print(f"  {method:<16}{r.longest / full if full else float('nan'):>6.2f}x{gain}")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(recs, f, indent=1)
         print(f"wrote {len(recs)} records to {args.json}")
