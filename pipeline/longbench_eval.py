@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from models.cache import CacheConfig
+from pipeline.decode import run_prompt
 from pipeline.rows import append_row, make_row
 from tasks.longbench import MAX_NEW_TOKENS, check_files, load_dataset
 from tasks.longbench_metrics import METRICS, score_example
@@ -34,6 +35,7 @@ class LongBenchConfig:
     datasets: Optional[list[str]] = None  # None: every known dataset with a file in dir
     max_examples: Optional[int] = None  # per dataset; None: all
     max_length: Optional[int] = None  # prompt tokens kept (middle truncated); None: model.max_seq_len - new tokens
+    decode_tail: int = 50  # last prompt tokens fed one at a time through the policy (DuoAttention's pred.py)
 
     def check(self) -> list[str]:
         """Validate for ``eval.kind=longbench``: the folder and every dataset file exist."""
@@ -41,6 +43,8 @@ class LongBenchConfig:
             raise ValueError("eval.kind=longbench needs eval.longbench.dir=PATH (a folder of LongBench jsonl files)")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"eval.longbench.max_examples={self.max_examples} must be >= 1 (or null: all)")
+        if self.decode_tail < 0:
+            raise ValueError(f"eval.longbench.decode_tail={self.decode_tail} must be >= 0 (0: prefill it all)")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"eval.longbench.max_length={self.max_length} must be >= 2 (or null)")
         return check_files(self.dir, self.datasets)
@@ -56,18 +60,18 @@ def truncate_middle(ids: list[int], budget: int) -> list[int]:
 
 @torch.no_grad()
 def greedy_generate(model: nn.Module, prompt: list[int], max_new: int, policy: CacheConfig,
-                    device: torch.device, stop_ids: list[int], stop_at: Optional[callable] = None) -> list[int]:
+                    device: torch.device, stop_ids: list[int], stop_at: Optional[callable] = None,
+                    tail: int = 0) -> list[int]:
     """Greedy continuation of one prompt through a cache policy (at most ``max_new`` tokens).
 
-    The prompt is prefilled in one call (``prefill=dense``) or in ``chunk_size`` chunks through the
-    policy (``prefill=policy``); every generated token then goes through the policy.
+    The evaluation protocol of the grid (``pipeline.decode.run_prompt``): the prompt but its last
+    ``tail`` tokens is prefilled (``cache.prefill``), those are fed one at a time through the policy,
+    then every generated token goes through the policy.
     """
     cache = model.new_cache(1, policy)
     cache.reserve(len(prompt) + max_new)
     ids = torch.tensor([prompt], device=device)
-    step = ids.shape[1] if policy.prefill == "dense" else policy.chunk_size  # policy: chunks through the cache
-    for start in range(0, ids.shape[1], step):
-        logits = model(ids[:, start : start + step], cache)[:, -1]  # (1, V)
+    logits = run_prompt(model, ids, cache, policy, feed_from=max(1, len(prompt) - tail))  # (1, V)
     out: list[int] = []
     for _ in range(max_new):
         token = int(logits.argmax(-1))
@@ -101,7 +105,8 @@ def evaluate_longbench(model: nn.Module, cfg: LongBenchConfig, tokenizer: str, p
         for ex in examples:
             ids = tok.encode(ex.prompt)
             truncated += len(ids) > budget
-            new = greedy_generate(model, truncate_middle(ids, budget), max_new, policy, device, stop_ids, newline)
+            new = greedy_generate(model, truncate_middle(ids, budget), max_new, policy, device, stop_ids, newline,
+                                  tail=cfg.decode_tail)
             pred = tok.decode(new)
             scores.append(score_example(name, pred, ex.answers, ex.all_classes))
             preds.append({"pred": pred, "answers": ex.answers, "all_classes": ex.all_classes, "length": ex.length,
@@ -112,7 +117,8 @@ def evaluate_longbench(model: nn.Module, cfg: LongBenchConfig, tokenizer: str, p
                 f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
         mean = float(np.mean(scores)) if scores else float("nan")
         rows.append(make_row(**row_base, task=f"longbench/{name}", dataset=name, metric=METRICS[name].__name__,
-                             eval_len=budget, cache=policy.label, prefill=policy.prefill, tokenizer=tokenizer,
+                             eval_len=budget, cache=policy.label, prefill=policy.prefill, decode_tail=cfg.decode_tail,
+                             tokenizer=tokenizer,
                              depth=None, n_examples=len(examples), n_truncated=truncated, accuracy=mean,
                              score=round(100 * mean, 2), max_new_tokens=max_new,
                              seconds=time.perf_counter() - t0, status="ok"))

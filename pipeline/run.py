@@ -44,6 +44,7 @@ from pipeline.interrupt import CheckpointOnInterrupt
 from pipeline.module import LitLM
 from pipeline.prefix import evaluate_prefix_cache
 from pipeline.quiet import silence_known_noise
+from pipeline.rows import read_rows
 from pipeline.run_state import RunLock, claim_run_config, is_launcher_rank
 from pipeline.summary import print_summary
 from tasks.datamodule import TaskDataModule
@@ -204,7 +205,7 @@ def base_accuracy(run_dir: Path, train_len: int) -> float | None:
     rows_file = run_dir / ROWS_FILE
     if not rows_file.exists():
         return None
-    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip().startswith("{")]
+    rows = read_rows(rows_file)
     ok = [r for r in rows if r.get("status") == "ok" and r.get("eval_len") == train_len
           and r.get("accuracy") is not None]
     n = sum(r.get("n_examples") or 0 for r in ok)

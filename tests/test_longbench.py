@@ -75,8 +75,9 @@ def test_truncate_middle_keeps_both_ends() -> None:
     assert truncate_middle(ids, 4) == [0, 1, 8, 9]
 
 
+@pytest.mark.parametrize("tail", [0, 5])
 @pytest.mark.parametrize("prefill", ["dense", "policy"])
-def test_greedy_generate_equals_recomputing_every_step(prefill: str) -> None:
+def test_greedy_generate_equals_recomputing_every_step(prefill: str, tail: int) -> None:
     import torch
 
     from models.cache import CacheConfig
@@ -91,9 +92,27 @@ def test_greedy_generate_equals_recomputing_every_step(prefill: str) -> None:
         for _ in range(6):  # the reference: a fresh forward over everything so far, argmax of the last
             seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
     got = greedy_generate(model, prompt, 6, CacheConfig(policy="full", prefill=prefill, chunk_size=4),
-                          torch.device("cpu"), stop_ids=[])
-    assert got == seq[len(prompt):]
+                          torch.device("cpu"), stop_ids=[], tail=tail)
+    assert got == seq[len(prompt):]  # under full attention the protocol (tail fed token by token) changes nothing
     new = seq[len(prompt):]
     stop = new[2]
     assert greedy_generate(model, prompt, 6, CacheConfig(), torch.device("cpu"), stop_ids=[stop]) == \
         new[: new.index(stop)], "generation ends before the first stop token"
+
+
+def test_longbench_tail_goes_through_the_policy() -> None:
+    """The last prompt tokens are fed through the cache policy (DuoAttention's LongBench pred.py): with a
+    window shorter than the prompt, feeding 20 of them token by token changes the generation."""
+    import torch
+
+    from models.cache import CacheConfig
+    from models.transformer import Transformer, TransformerConfig
+    from pipeline.longbench_eval import greedy_generate
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, init_std=0.3)).eval()
+    prompt = torch.randint(0, 64, (40,)).tolist()
+    window = CacheConfig(policy="sink_window", sink=1, window=4)
+    outs = {tail: greedy_generate(model, prompt, 8, window, torch.device("cpu"), stop_ids=[], tail=tail)
+            for tail in (0, 20)}
+    assert outs[0] != outs[20]
