@@ -41,6 +41,10 @@ def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
 
     ``reverse`` runs the transposed recurrence g_t = x_t + a_{t+1} g_{t+1} (g_L = 0) that the
     backward needs, without flipping or shifting copies of a and x.
+
+    x is overwritten (h is built in its storage): every caller passes a temporary it owns. On CPU a
+    fresh (B, L, M) buffer costs as much as the arithmetic on it (the allocator maps new pages for
+    tensors this large, and the kernel zeroes them on first touch), so the scan allocates none.
     """
     Bsz, L, M = x.shape
     # ~sqrt(L) steps per block balances the loops; a power of two avoids padding usual lengths
@@ -56,13 +60,12 @@ def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
     first, *rest = steps
     # 1) every block scanned from a zero state, all blocks at once; `span` = product of the a's
     #    applied inside a block (forward: a_0..a_{Q-1}; reverse: a_1..a_{Q-1})
-    h = torch.empty_like(x)
-    h[:, :, first] = x[:, :, first]
+    h = x  # in place: step j reads x_j and writes h_j at the same address
     span = a[:, :, 0].clone() if not reverse else torch.ones_like(x[:, :, 0])  # (B, nc, M)
     prev = first
     for j in rest:
         coef = a[:, :, prev] if reverse else a[:, :, j]
-        torch.addcmul(x[:, :, j], coef, h[:, :, prev], out=h[:, :, j])
+        h[:, :, j].addcmul_(coef, h[:, :, prev])
         span.mul_(coef)
         prev = j
     # 2) the state entering each block, carried across blocks on small (B, M) tensors
@@ -105,8 +108,8 @@ class _Chunk:
     def states(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """decay exp(delta A) and all states h from the entering state h0 (B, D, N); (B, Q, D, N) each."""
         Bsz, Q, Dn = self.u.shape
-        decay = torch.exp(self.delta[..., None] * self.A)
-        drive = (self.delta * self.u)[..., None] * self.B[:, :, None, :]
+        decay = (self.delta[..., None] * self.A).exp_()
+        drive = (self.delta * self.u)[..., None] * self.B[:, :, None, :]  # scanned into h in place
         h = _chunked_scan(decay.view(Bsz, Q, -1), drive.view(Bsz, Q, -1), h0.reshape(Bsz, -1))
         return decay, h.view(Bsz, Q, Dn, -1)
 
@@ -183,15 +186,16 @@ class _SelectiveScan(torch.autograd.Function):
             gh[:, -1] += g_next
             Bsz, Q, Dn, N = gh.shape
             g = _chunked_scan(decay.view(Bsz, Q, -1), gh.view(Bsz, Q, -1), None, reverse=True).view(Bsz, Q, Dn, N)
-            del gh
+            del gh  # g lives in its storage now
             g_next = decay[:, 0] * g[:, 0]
-            # d decay_t = g_t h_{t-1}; times decay: the gradient of delta_t A
-            ga = g * decay  # (B, Q, D, N)
+            # d decay_t = g_t h_{t-1}; times decay: the gradient of delta_t A (built in decay's storage,
+            # which nothing reads after this)
+            ga = decay.mul_(g)  # (B, Q, D, N)
             ga[:, 1:] *= h[:, :-1]
             ga[:, 0] *= h0
             del h, decay
             grad_A += torch.einsum("bqdn,bqd->dn", ga, c.delta)
-            gdelta = (ga * c.A).sum(-1)  # (B, Q, D)
+            gdelta = ga.mul_(c.A).sum(-1)  # (B, Q, D); ga is not read again
             del ga
             # drive = (delta u) B
             gdu = (g @ c.B[..., None]).squeeze(-1)  # (B, Q, D)
