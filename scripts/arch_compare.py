@@ -7,7 +7,12 @@ for attention, the conv + SSM state for Mamba, both for hybrids: the rows' ``cac
 scale; y = exact match, averaged over depths (weighted by examples); one line per architecture
 through its widths / state sizes. The dashed line is the task's chance floor (the best prompt-only
 shortcut, tasks/baselines.py): a point under it has learned nothing the prompt does not give away.
-Prints the points as a table too.
+
+A low held-out score says something about the architecture only if the arm fitted its training
+data. Each point's run directory gives its training curve (logs/*/metrics.csv): the table lists the
+steps trained and the last logged training loss and exact match, and a point whose training exact
+match stayed below ``--fit-threshold`` is drawn hollow and labelled under-trained: more steps, not
+another architecture, is what it is known to lack. Prints the points as a table too.
 """
 
 from __future__ import annotations
@@ -35,17 +40,36 @@ from tasks.registry import TASKS  # noqa: E402
 from tasks.vocab import Vocab  # noqa: E402
 
 MARKERS = {"transformer": "o", "mamba": "s", "hybrid": "^"}
+FIT_THRESHOLD = 0.5  # training exact match below which a point is under-trained, not an architecture result
+LAST_LOGS = 4  # training rows averaged for the end-of-training loss / exact match
 
 
-def points(df: pd.DataFrame, length: int | None) -> pd.DataFrame:
-    """One point per (run, task): accuracy at ``length`` (default: the run's training length)."""
+def training_fit(run_dir: str | Path) -> dict:
+    """Steps trained, and the mean training loss / exact match over the last logged steps (NaN if no log)."""
+    logs = sorted(Path(run_dir).glob("logs/*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    nan = float("nan")
+    if not logs:
+        return dict(steps=nan, train_loss=nan, train_em=nan)
+    log = pd.read_csv(logs[-1])
+    train = log.dropna(subset=["train/loss"]).tail(LAST_LOGS) if "train/loss" in log else log.iloc[:0]
+    if train.empty:
+        return dict(steps=nan, train_loss=nan, train_em=nan)
+    em = train["train/exact_match"].mean() if "train/exact_match" in train else nan
+    return dict(steps=int(log["step"].max()) + 1, train_loss=float(train["train/loss"].mean()), train_em=float(em))
+
+
+def points(df: pd.DataFrame, length: int | None, fit_threshold: float = FIT_THRESHOLD) -> pd.DataFrame:
+    """One point per (run, task): accuracy at ``length`` (default: the run's training length), with its training fit."""
     ok = df[(df["status"] == "ok") & df["accuracy"].notna()].copy()
     ok = ok[ok["eval_len"] == (ok["train_len"] if length is None else length)]
     ok["weighted"] = ok["accuracy"] * ok["n_examples"]
     g = ok.groupby(["run_id", "model", "task", "eval_len"], as_index=False).agg(
         weighted=("weighted", "sum"), n=("n_examples", "sum"), state_bytes=("cache_bytes", "max"),
-        n_params=("n_params", "max"))
+        n_params=("n_params", "max"), run_dir=("run_dir", "first"))
     g["accuracy"] = g["weighted"] / g["n"]
+    fit = pd.DataFrame([training_fit(d) for d in g["run_dir"]], index=g.index)
+    g = pd.concat([g, fit], axis=1)
+    g["under_trained"] = g["train_em"] < fit_threshold  # NaN (no training log) compares False: drawn as trained
     return g.drop(columns=["weighted"]).sort_values(["task", "model", "state_bytes"])
 
 
@@ -67,7 +91,12 @@ def plot(pts: pd.DataFrame, out: Path) -> None:
     for ax, task in zip(axes[0], tasks):
         sub = pts[pts["task"] == task]
         for model, m in sub.groupby("model"):
-            ax.plot(m["state_bytes"], m["accuracy"], marker=MARKERS.get(model, "x"), label=model)
+            line, = ax.plot(m["state_bytes"], m["accuracy"], marker=MARKERS.get(model, "x"), label=model)
+            under = m[m["under_trained"]]
+            if len(under):  # hollow: the arm never fitted its training data
+                ax.plot(under["state_bytes"], under["accuracy"], linestyle="none", marker=MARKERS.get(model, "x"),
+                        markerfacecolor="white", markeredgecolor=line.get_color(), markersize=8,
+                        label=f"{model}: under-trained")
         floor = floor_of(task, int(sub["eval_len"].iloc[0]))
         if floor is not None:
             ax.axhline(floor, color="0.5", linestyle="--", linewidth=0.9, label="chance floor")
@@ -88,12 +117,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("paths", nargs="+", help="sweep or run directories, results.jsonl files")
     ap.add_argument("--length", type=int, default=None, help="eval length (default: each run's train length)")
     ap.add_argument("--out", type=Path, default=Path("figures/arch_compare.png"))
+    ap.add_argument("--fit-threshold", type=float, default=FIT_THRESHOLD,
+                    help="training exact match below which a point is drawn hollow as under-trained")
     args = ap.parse_args(argv)
-    pts = points(load_results(args.paths), args.length)
+    pts = points(load_results(args.paths), args.length, args.fit_threshold)
     if pts.empty:
         raise SystemExit(f"no ok rows at the requested length under {args.paths}")
-    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(pts[["task", "model", "run_id", "n_params", "state_bytes", "accuracy"]].to_string(index=False))
+    cols = ["task", "model", "run_id", "n_params", "state_bytes", "accuracy", "steps", "train_loss", "train_em",
+            "under_trained"]
+    with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
+        print(pts[cols].to_string(index=False))
     plot(pts, args.out)
     print(f"figure written to {args.out}")
     return pts
