@@ -55,7 +55,8 @@ def training_fit(run_dir: str | Path) -> dict:
     if train.empty:
         return dict(steps=nan, train_loss=nan, train_em=nan)
     em = train["train/exact_match"].mean() if "train/exact_match" in train else nan
-    return dict(steps=int(log["step"].max()) + 1, train_loss=float(train["train/loss"].mean()), train_em=float(em))
+    steps = int(log.dropna(subset=["train/loss"])["step"].max()) + 1  # validation rows may log one step later
+    return dict(steps=steps, train_loss=float(train["train/loss"].mean()), train_em=float(em))
 
 
 def points(df: pd.DataFrame, length: int | None, fit_threshold: float = FIT_THRESHOLD) -> pd.DataFrame:
