@@ -11,7 +11,15 @@ depth i / (pairs - 1). The gold record is ``gold_index`` (None: random); a ``dep
 ``generate`` picks gold = round(depth * (pairs - 1)), so the length x depth grid is the
 lost-in-the-middle curve: the gold record is within half a record of the depth asked, and
 ``TaskArrays.depth`` (the row's ``achieved_depth``) is where it actually starts. Values differ
-between the records of a row. Slices: ``gold_index`` and ``pairs``.
+between the records of a row. Slices: ``gold_index``, ``pairs`` and ``questions``.
+
+Training rows may ask several questions (``train_queries``, set by ``for_split("train")``): the
+row ends with ``QUERY key ANSWER value`` blocks about distinct records, every value labelled, so
+one row carries several retrieval signals (MQAR's 4 labelled queries per row are why MQAR learns
+within ~1000 steps while one question per row stalls). Records then share a shorter context.
+Validation and test rows always ask one question, so evaluation, the chance floor and the mix
+signature are unchanged. With several questions, ``gold_index``/depth fix the first question's
+record and ``TaskArrays.depth`` is where that record starts; the others are distinct random records.
 
 Chance floor: 1 / pairs (every record has the same shape and token kinds as the gold one; the
 gold index is uniform when not asked for).
@@ -19,7 +27,7 @@ gold index is uniform when not asked for).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Optional
 
 import numpy as np
@@ -38,6 +46,8 @@ class KvRetrieval(Task):
     key_len: int = 1
     value_len: int = 3
     gold_index: Optional[int] = None  # which record is asked; None: random
+    train_queries: int = 1  # questions per training row (distinct records); val/test rows ask one
+    questions: int = 1  # questions per generated row: for_split sets it (train_queries, else 1)
 
     def __post_init__(self) -> None:
         for f in ("pairs", "key_len", "value_len"):
@@ -45,14 +55,32 @@ class KvRetrieval(Task):
                 raise ValueError(f"task.{f}={getattr(self, f)} must be >= 1")
         if self.gold_index is not None and not 0 <= self.gold_index < self.pairs:
             raise ValueError(f"task.gold_index={self.gold_index} must be None or in [0, pairs={self.pairs})")
+        for f in ("train_queries", "questions"):
+            if not 1 <= getattr(self, f) <= self.pairs:
+                raise ValueError(f"task.{f}={getattr(self, f)} must be in [1, pairs={self.pairs}]"
+                                 " (each question asks a distinct record)")
         super().__post_init__()
+        need = self.pairs * self.record_len + self.train_queries * self.question_len
+        if self.train_len < need:
+            raise ValueError(f"task.train_queries={self.train_queries} needs task.train_len >= {need} "
+                             f"(pairs={self.pairs} records of {self.record_len} tokens and "
+                             f"{self.train_queries} questions of {self.question_len}); got {self.train_len}")
 
     @property
     def record_len(self) -> int:
         return self.key_len + self.value_len + 1
 
+    @property
+    def question_len(self) -> int:
+        """QUERY key ANSWER value."""
+        return 2 + self.key_len + self.value_len
+
     def min_length(self) -> int:
-        return self.pairs * self.record_len + 2 + self.key_len + self.value_len
+        return self.pairs * self.record_len + self.questions * self.question_len
+
+    def for_split(self, split: str) -> KvRetrieval:
+        questions = self.train_queries if split == "train" else 1
+        return self if questions == self.questions else replace(self, questions=questions)
 
     def check_vocab(self, vocab: Vocab) -> None:
         if len(vocab.values) ** self.value_len < self.pairs:
@@ -72,8 +100,8 @@ class KvRetrieval(Task):
         self.check_length(length, "length")
         self.check_vocab(vocab)
         check_depth(depth)
-        N, kl, vl, w = self.pairs, self.key_len, self.value_len, self.record_len
-        context = length - 2 - kl - vl
+        N, kl, vl, w, q = self.pairs, self.key_len, self.value_len, self.record_len, self.questions
+        context = length - q * self.question_len
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
         nk = len(vocab.keys)
         keys = vocab.keys.start + digits(distinct_codes(rng, n, min(nk**kl, 2**62), N), nk, kl)  # (n, N, kl)
@@ -87,21 +115,27 @@ class KvRetrieval(Task):
             gold = np.full(n, self.gold_index)
         else:
             gold = rng.integers(0, N, size=n)
+        # Question j asks record asked[:, j]: the gold one first, then distinct others at random.
+        others = np.argsort(rng.random((n, N)) + (np.arange(N)[None, :] == gold[:, None]), axis=1)
+        asked = np.concatenate([gold[:, None], others[:, : q - 1]], axis=1)
         rows = np.arange(n)
-        tokens[:, context] = vocab.QUERY
-        tokens[:, context + 1 : context + 1 + kl] = keys[rows, gold]
-        tokens[:, context + 1 + kl] = vocab.ANSWER
-        tokens[:, length - vl :] = vals[rows, gold]
         answer_mask = np.zeros((n, length), dtype=bool)
-        answer_mask[:, length - vl :] = True
+        for j in range(q):
+            at = context + j * self.question_len
+            tokens[:, at] = vocab.QUERY
+            tokens[:, at + 1 : at + 1 + kl] = keys[rows, asked[:, j]]
+            tokens[:, at + 1 + kl] = vocab.ANSWER
+            tokens[:, at + 2 + kl : at + self.question_len] = vals[rows, asked[:, j]]
+            answer_mask[:, at + 2 + kl : at + self.question_len] = True
         achieved = starts[gold] / max(context - w, 1)
-        return TaskArrays(tokens, answer_mask, achieved, {"gold_index": gold, "pairs": np.full(n, N)})
+        slices = {"gold_index": gold, "pairs": np.full(n, N), "questions": np.full(n, q)}
+        return TaskArrays(tokens, answer_mask, achieved, slices)
 
     def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
         return {"accuracy": 1.0 / self.pairs}
 
     def depth_resolution(self, length: int) -> float:
-        context = length - 2 - self.key_len - self.value_len
+        context = length - self.questions * self.question_len
         return (0.5 / (self.pairs - 1) if self.pairs > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
 
     def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:
@@ -112,10 +146,12 @@ class KvRetrieval(Task):
         out = hidden.copy()
         kl, vl = self.key_len, self.value_len
         for i, row in enumerate(hidden):
-            q = int(np.flatnonzero(row == vocab.QUERY)[-1])
-            key = row[q + 1 : q + 1 + kl]
-            for s in np.flatnonzero(row[:q] == vocab.SEP):
-                if np.array_equal(row[s - vl - kl : s - vl], key):
-                    out[i, answer_mask[i]] = row[s - vl : s]
-                    break
+            queries = np.flatnonzero(row == vocab.QUERY)
+            seps = np.flatnonzero(row[: queries[0]] == vocab.SEP)
+            for q in queries:  # every question of the row (training rows may ask several)
+                key = row[q + 1 : q + 1 + kl]
+                for s in seps:
+                    if np.array_equal(row[s - vl - kl : s - vl], key):
+                        out[i, q + 2 + kl : q + 2 + kl + vl] = row[s - vl : s]
+                        break
         return out

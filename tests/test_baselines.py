@@ -62,6 +62,22 @@ def test_floor_holds_at_a_longer_length_and_a_fixed_depth(family: str) -> None:
             assert r["accuracy"] <= r["floor"] + tolerance(r["floor"]), (family, name, r)
 
 
+@pytest.mark.parametrize("family", ["kv_retrieval", "multikey"])
+def test_floor_holds_with_the_recipe_training_layout(family: str) -> None:
+    """Recipes may train on several questions per row (``train_queries``): the evaluation rows,
+    and every shortcut's score on them (its prior fitted on those training rows), stay as before."""
+    from conftest import compose_config
+
+    knobs = OmegaConf.to_container(compose_config([f"task={family}"]).task)
+    knobs.pop("name")
+    task = TASKS[family](**knobs)
+    assert task.train_queries > 1  # the recipe asks several questions per training row
+    rows = rows_by_name(task)
+    assert rows.pop("oracle")["accuracy"] == 1.0
+    for name, r in rows.items():
+        assert r["accuracy"] <= r["floor"] + tolerance(r["floor"]), (family, name, r["accuracy"], r["floor"])
+
+
 def test_baselines_find_known_shortcuts() -> None:
     """The baselines are not toothless: on configs with a known shortcut they reach it."""
     noise = rows_by_name(default_task("niah", haystack="noise"))
