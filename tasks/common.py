@@ -96,3 +96,9 @@ def row_signature(hidden_row: np.ndarray, mask_row: np.ndarray) -> tuple[int, in
     while j >= 0 and (hidden_row[j] >= N_SPECIAL or hidden_row[j] == Vocab.CONTEXT):
         j -= 1
     return (int(hidden_row[j]) if j >= 0 else -1, p - 2 - j, a)
+
+
+def question_counts(rng: np.random.Generator, n: int, most: int) -> np.ndarray:
+    """Questions per row, uniform in 1..``most`` (training rows: several questions, and the
+    one-question evaluation layout among them); all 1, drawing nothing, when ``most`` is 1."""
+    return np.ones(n, dtype=np.int64) if most == 1 else rng.integers(1, most + 1, size=n)

@@ -13,10 +13,11 @@ lost-in-the-middle curve: the gold record is within half a record of the depth a
 ``TaskArrays.depth`` (the row's ``achieved_depth``) is where it actually starts. Values differ
 between the records of a row. Slices: ``gold_index``, ``pairs`` and ``questions``.
 
-Training rows may ask several questions (``train_queries``, set by ``for_split("train")``): the
-row ends with ``QUERY key ANSWER value`` blocks about distinct records, every value labelled, so
-one row carries several retrieval signals (MQAR's 4 labelled queries per row are why MQAR learns
-within ~1000 steps while one question per row stalls). Records then share a shorter context.
+Training rows may ask several questions (``train_queries``, set by ``for_split("train")``): each
+row ends with 1..train_queries (uniform) ``QUERY key ANSWER value`` blocks about distinct records,
+every value labelled, so one row carries several retrieval signals (MQAR's 4 labelled queries per
+row are why it learns within ~1000 steps) while the one-question evaluation layout, filler
+included, stays among the training rows. Records share the context the questions leave.
 Validation and test rows always ask one question, so evaluation, the chance floor and the mix
 signature are unchanged. With several questions, ``gold_index``/depth fix the first question's
 record and ``TaskArrays.depth`` is where that record starts; the others are distinct random records.
@@ -33,7 +34,7 @@ from typing import ClassVar, Optional
 import numpy as np
 
 from tasks.base import Task, TaskArrays, register, uniform_tokens
-from tasks.common import check_depth, digits, distinct_codes, place_blocks
+from tasks.common import check_depth, digits, distinct_codes, place_blocks, question_counts
 from tasks.vocab import Vocab
 
 
@@ -46,8 +47,8 @@ class KvRetrieval(Task):
     key_len: int = 1
     value_len: int = 3
     gold_index: Optional[int] = None  # which record is asked; None: random
-    train_queries: int = 1  # questions per training row (distinct records); val/test rows ask one
-    questions: int = 1  # questions per generated row: for_split sets it (train_queries, else 1)
+    train_queries: int = 1  # most questions per training row (1..this, uniform); val/test rows ask one
+    questions: int = 1  # most questions per generated row: for_split sets it (train_queries, else 1)
 
     def __post_init__(self) -> None:
         for f in ("pairs", "key_len", "value_len"):
@@ -100,15 +101,17 @@ class KvRetrieval(Task):
         self.check_length(length, "length")
         self.check_vocab(vocab)
         check_depth(depth)
-        N, kl, vl, w, q = self.pairs, self.key_len, self.value_len, self.record_len, self.questions
-        context = length - q * self.question_len
+        N, kl, vl, w, q, qlen = self.pairs, self.key_len, self.value_len, self.record_len, self.questions, self.question_len
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
         nk = len(vocab.keys)
         keys = vocab.keys.start + digits(distinct_codes(rng, n, min(nk**kl, 2**62), N), nk, kl)  # (n, N, kl)
         vals = vocab.values.start + digits(distinct_codes(rng, n, len(vocab.values) ** vl, N), len(vocab.values), vl)
         records = np.concatenate([keys, vals, np.full((n, N, 1), vocab.SEP)], axis=2)
-        starts = (np.arange(N) * (context - N * w)) // max(N - 1, 1) + np.arange(N) * w
-        place_blocks(tokens, np.broadcast_to(starts, (n, N)), records)
+        asks = question_counts(rng, n, q)  # (n,) questions per row; all 1 in evaluation rows
+        context = length - asks * qlen  # (n,)
+        r = np.arange(N)[None, :]
+        starts = (r * (context[:, None] - N * w)) // max(N - 1, 1) + r * w  # (n, N): spread evenly
+        place_blocks(tokens, starts, records)
         if depth is not None:
             gold = np.full(n, int(round(float(depth) * (N - 1))))
         elif self.gold_index is not None:
@@ -121,14 +124,14 @@ class KvRetrieval(Task):
         rows = np.arange(n)
         answer_mask = np.zeros((n, length), dtype=bool)
         for j in range(q):
-            at = context + j * self.question_len
-            tokens[:, at] = vocab.QUERY
-            tokens[:, at + 1 : at + 1 + kl] = keys[rows, asked[:, j]]
-            tokens[:, at + 1 + kl] = vocab.ANSWER
-            tokens[:, at + 2 + kl : at + self.question_len] = vals[rows, asked[:, j]]
-            answer_mask[:, at + 2 + kl : at + self.question_len] = True
-        achieved = starts[gold] / max(context - w, 1)
-        slices = {"gold_index": gold, "pairs": np.full(n, N), "questions": np.full(n, q)}
+            i = rows[asks > j]
+            at = (context[i] + j * qlen)[:, None]
+            block = np.concatenate([np.full((len(i), 1), vocab.QUERY), keys[i, asked[i, j]],
+                                    np.full((len(i), 1), vocab.ANSWER), vals[i, asked[i, j]]], axis=1)
+            tokens[i[:, None], at + np.arange(qlen)] = block
+            answer_mask[i[:, None], at + 2 + kl + np.arange(vl)] = True
+        achieved = starts[rows, gold] / np.maximum(context - w, 1)
+        slices = {"gold_index": gold, "pairs": np.full(n, N), "questions": asks}
         return TaskArrays(tokens, answer_mask, achieved, slices)
 
     def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:

@@ -21,8 +21,9 @@ half a record of the depth asked (``TaskArrays.depth`` and ``achieved_depth``: t
 achieved); with no depth given its rank is uniform.
 
 Training rows may ask several questions (``train_queries``, applied by ``for_split("train")``):
-``QUERY key ANSWER value`` blocks about distinct records (the first at the requested depth, the
-others at random slots), every value labelled, so one row carries several retrieval signals. At
+1..train_queries (uniform per row) ``QUERY key ANSWER value`` blocks about distinct records (the
+first at the requested depth, the others at random slots), every value labelled, so one row
+carries several retrieval signals; records share the context the questions leave. At
 L=64 nine records leave room for one question only, so training rows may hold fewer look-alikes
 (``train_distractors``; None: ``distractors``). Validation and test rows always have
 ``distractors`` look-alikes and one question, so evaluation, the chance floor, the baselines and
@@ -43,7 +44,7 @@ from typing import ClassVar, Optional
 import numpy as np
 
 from tasks.base import Task, TaskArrays, register, uniform_tokens
-from tasks.common import check_depth, digits, distinct_codes, place_blocks
+from tasks.common import check_depth, digits, distinct_codes, place_blocks, question_counts
 from tasks.vocab import Vocab
 
 
@@ -65,9 +66,9 @@ class Multikey(Task):
     value_len: int = 2  # tokens per value (the answer)
     distractors: Optional[int] = 8  # look-alike records; None: as many as fill the context
     similarity: float = 0.67  # fraction of key tokens every record keeps from the hidden centre key
-    train_queries: int = 1  # questions per training row (distinct records); val/test rows ask one
+    train_queries: int = 1  # most questions per training row (1..this, uniform); val/test rows ask one
     train_distractors: Optional[int] = None  # look-alikes in training rows; None: distractors
-    questions: int = 1  # questions per generated row: for_split sets it (train_queries, else 1)
+    questions: int = 1  # most questions per generated row: for_split sets it (train_queries, else 1)
 
     def __post_init__(self) -> None:
         if self.key_len < 1:
@@ -160,9 +161,10 @@ class Multikey(Task):
         m = self.records(length)
         return (0.5 / (m - 1) if m > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
 
-    def record_starts(self, length: int) -> np.ndarray:
+    def record_starts(self, length: int, asks: np.ndarray | int = 1) -> np.ndarray:
+        """(rows, records) starts: spread evenly over the context the row's ``asks`` questions leave."""
         m, w = self.records(length), self.record_len
-        context = length - self.questions * (self.question_len + self.value_len)
+        context = length - np.atleast_1d(asks)[:, None] * (self.question_len + self.value_len)
         return np.arange(m) * w + (np.arange(m) * (context - m * w)) // max(m - 1, 1)
 
     def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
@@ -171,8 +173,7 @@ class Multikey(Task):
         self.check_records(vocab, length)
         check_depth(depth)
         kl, vl, nk, nv = self.key_len, self.value_len, len(vocab.keys), len(vocab.values)
-        m, changed, q = self.records(length), kl - self.shared, self.questions
-        context = length - q * (self.question_len + vl)
+        m, changed, q, qlen = self.records(length), kl - self.shared, self.questions, self.question_len + vl
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
         centre = rng.integers(0, nk, size=(n, 1, kl))
         # One code per record: (which positions change, by how much); distinct codes = distinct keys.
@@ -184,6 +185,8 @@ class Multikey(Task):
         shift[which] = steps.reshape(-1)  # row-major: each record's changed positions in order
         keys = vocab.keys.start + (centre + shift) % nk  # (n, m, kl), record 0 is the target
         vals = vocab.values.start + digits(distinct_codes(rng, n, nv**vl, m), nv, vl)
+        asks = question_counts(rng, n, q)  # (n,) questions per row; all 1 in evaluation rows
+        context = length - asks * qlen  # (n,)
         if depth is not None:
             rank = np.full(n, int(round(float(depth) * (m - 1))))
         else:
@@ -196,19 +199,20 @@ class Multikey(Task):
             order = np.where(order > 0, np.take_along_axis(shuffled, np.maximum(order - 1, 0), axis=1), 0)
         records = np.concatenate([np.full((n, m, 1), vocab.NEEDLE), keys, vals], axis=2)
         records = np.take_along_axis(records, order[:, :, None], axis=1)
-        starts = self.record_starts(length)
-        place_blocks(tokens, np.broadcast_to(starts, (n, m)), records)
+        starts = np.broadcast_to(self.record_starts(length, asks), (n, m))
+        place_blocks(tokens, starts, records)
         answer_mask = np.zeros((n, length), dtype=bool)
+        rows = np.arange(n)
         for j in range(q):  # question j asks record j (record 0: the target at the requested depth)
-            at = context + j * (self.question_len + vl)
-            tokens[:, at] = vocab.QUERY
-            tokens[:, at + 1 : at + 1 + kl] = keys[:, j]
-            tokens[:, at + 1 + kl] = vocab.ANSWER
-            tokens[:, at + 2 + kl : at + 2 + kl + vl] = vals[:, j]
-            answer_mask[:, at + 2 + kl : at + 2 + kl + vl] = True
-        achieved = starts[rank] / max(context - self.record_len, 1)
+            i = rows[asks > j]
+            at = (context[i] + j * qlen)[:, None]
+            block = np.concatenate([np.full((len(i), 1), vocab.QUERY), keys[i, j],
+                                    np.full((len(i), 1), vocab.ANSWER), vals[i, j]], axis=1)
+            tokens[i[:, None], at + np.arange(qlen)] = block
+            answer_mask[i[:, None], at + 2 + kl + np.arange(vl)] = True
+        achieved = starts[rows, rank] / np.maximum(context - self.record_len, 1)
         slices = {"similarity": np.full(n, self.shared / kl), "distractors": np.full(n, m - 1),
-                  "key_len": np.full(n, kl), "questions": np.full(n, q)}
+                  "key_len": np.full(n, kl), "questions": asks}
         return TaskArrays(tokens, answer_mask, achieved, slices)
 
     def _records(self, vocab: Vocab, row: np.ndarray, end: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
