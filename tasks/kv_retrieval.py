@@ -101,7 +101,8 @@ class KvRetrieval(Task):
         self.check_length(length, "length")
         self.check_vocab(vocab)
         check_depth(depth)
-        N, kl, vl, w, q, qlen = self.pairs, self.key_len, self.value_len, self.record_len, self.questions, self.question_len
+        N, kl, vl, w = self.pairs, self.key_len, self.value_len, self.record_len
+        q, qlen = self.questions, self.question_len
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
         nk = len(vocab.keys)
         keys = vocab.keys.start + digits(distinct_codes(rng, n, min(nk**kl, 2**62), N), nk, kl)  # (n, N, kl)

@@ -77,6 +77,9 @@ class Mix(Task):
                 self.tasks[family] = TASKS[family](**overrides)
             except ValueError as e:
                 raise ValueError(f"task.components.{family}: {e}") from e
+            if getattr(self.tasks[family], "train_queries", 1) != 1:  # rows are told apart by one question's shape
+                raise ValueError(f"task.components.{family}.train_queries={overrides['train_queries']}; "
+                                 "allowed in a mix: 1 (mix tells rows apart by the shape of their one question)")
         if self.weights is not None:
             self.weights = {k: float(v) for k, v in dict(self.weights).items()}
             if set(self.weights) != set(self.components) or min(self.weights.values()) < 0 \

@@ -36,7 +36,7 @@ def records_of(family: str, task, row: np.ndarray) -> dict[tuple, tuple]:
 
 def questions_of(task, row: np.ndarray, q: int) -> list[tuple[int, tuple, tuple]]:
     """(start, key, answer) of the q question blocks at the row's end."""
-    kl, vl, w = task.key_len, task.value_len, 2 + task.key_len + task.value_len
+    kl, w = task.key_len, 2 + task.key_len + task.value_len
     out = []
     for j in range(q):
         at = len(row) - (q - j) * w
@@ -111,3 +111,8 @@ def test_bad_training_layouts_fail_naming_the_field(family: str, knobs: dict, fi
     base = {k: v for k, v in KNOBS[family].items() if not k.startswith("train_") or k == "train_len"}
     with pytest.raises(ValueError, match=field):
         TASKS[family](**{**base, **knobs})
+
+
+def test_mix_refuses_several_training_questions() -> None:
+    with pytest.raises(ValueError, match="train_queries"):
+        TASKS["mix"](train_len=64, components={"kv_retrieval": {"train_queries": 2}, "niah": {}})
