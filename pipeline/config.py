@@ -20,7 +20,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from models.attention import group_size
+from models.patterns.shifted_sparse import group_size
 from models.cache import CacheConfig
 from models.lora import LoraPlusConfig
 from models.registry import config_class
