@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,8 +35,8 @@ class CacheConfig:
     scope: ClassVar[str] = ""  # set by ``scoped``: which layers the policy acts on (not a knob)
 
     def __new__(cls, *args: Any, **knobs: Any) -> CacheConfig:
-        if cls is CacheConfig:
-            cls = policy_config(knobs.get("policy", "full"))
+        if cls is CacheConfig:  # the first positional argument, like the first field, is the policy
+            cls = policy_config(args[0] if args else knobs.get("policy", "full"))
             check_knobs(cls, knobs)
         return super().__new__(cls)
 
@@ -80,6 +80,22 @@ CACHE_POLICIES: Registry[type[CacheConfig]] = Registry("cache policy", "cache.po
 def policy_config(policy: Any) -> type[CacheConfig]:
     """The config class of ``policy`` (a ValueError naming cache.policy and the allowed names)."""
     return CACHE_POLICIES.get(policy)
+
+
+def policy_knobs(node: Mapping[str, Any]) -> tuple[type[CacheConfig], dict[str, Any]]:
+    """The config class of ``node["policy"]`` and the keys of ``node`` it takes (a ``cache`` config node).
+
+    Knobs of other registered policies are dropped, as a study sets streaming knobs once for all its
+    arms and a base run switches ``cache.policy=full`` over an arm's node; a key no policy has is an error.
+    """
+    cls = policy_config(node.get("policy", "full"))
+    own = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for _, c in CACHE_POLICIES.items() for f in dataclasses.fields(c)}
+    for key in node:
+        if key not in known:
+            raise ValueError(f"cache.{key} is not a knob of any cache policy; allowed for cache.policy="
+                             f"{policy_name(cls)!r}: {sorted(own)}")
+    return cls, {k: v for k, v in node.items() if k in own}
 
 
 def check_knobs(cls: type[CacheConfig], knobs: dict[str, Any]) -> None:

@@ -20,9 +20,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from models.patterns.shifted_sparse import group_size
-from models.cache import CacheConfig
+from models.cache import CacheConfig, policy_knobs
 from models.lora import LoraPlusConfig
+from models.patterns.shifted_sparse import group_size
 from models.registry import config_class
 from pipeline.decode import PROTOCOLS
 from pipeline.duo_stage import DuoConfig
@@ -309,11 +309,11 @@ def trainer_kwargs(node: Any) -> dict[str, Any]:
 
 
 def attention_layers(model: Any) -> int:
-    """Layers a KV-cache policy acts on: all of a transformer's, a hybrid's ``A`` layers, none of Mamba's."""
+    """Layers a KV-cache policy acts on: all of a transformer's, a hybrid's attention layers, none of Mamba's."""
     if model.family == "mamba":
         return 0
-    layers = getattr(model, "layers", None)
-    return layers.count("A") if isinstance(layers, str) else int(getattr(model, "n_layers", 1))
+    mixers = getattr(model, "mixers", None)
+    return mixers.count("attention") if mixers is not None else int(getattr(model, "n_layers", 1))
 
 
 # Keys that say where or how visibly a run goes, not what it computes: outside the config hash.
@@ -383,7 +383,11 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
         raise ConfigError(f"model.vocab_size={model.vocab_size} is smaller than vocab_size={vocab.size}")
     task = build_task(cfg.task)
     eval_cfg = to_dataclass(EvalConfig, cfg.eval, "eval")
-    cache = to_dataclass(CacheConfig, cfg.cache, "cache")
+    try:  # the policy's own config class (models/caches/); other policies' knobs are dropped
+        cache_cls, cache_node = policy_knobs(OmegaConf.to_container(cfg.cache, resolve=True))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    cache = to_dataclass(cache_cls, cache_node, "cache")
     data = to_dataclass(DataConfig, cfg.get("data"), "data")  # eval.py configs have no data/optim
     optim = to_dataclass(OptimConfig, cfg.get("optim"), "optim")
     eval_tasks = [task]

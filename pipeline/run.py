@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -133,23 +132,12 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
     return rows
 
 
-@dataclasses.dataclass
-class ScopedCacheConfig(CacheConfig):
-    """A KV policy on a hybrid: it acts on the attention layers only, and its row label says so."""
-
-    scope: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{super().label}[{self.scope}]"
-
-
 def scoped_policy(policy: CacheConfig, model_cfg: Any) -> CacheConfig:
-    layers = getattr(model_cfg, "layers", None)
-    if policy.policy == "full" or not isinstance(layers, str):
+    """A KV policy on a hybrid acts on the attention layers only, and its row label says so."""
+    mixers = getattr(model_cfg, "mixers", None)
+    if policy.policy == "full" or mixers is None:
         return policy
-    fields = {f.name: getattr(policy, f.name) for f in dataclasses.fields(CacheConfig)}
-    return ScopedCacheConfig(**fields, scope=f"attn layers {layers.count('A')}/{len(layers)}")
+    return policy.scoped(f"attn layers {mixers.count('attention')}/{len(mixers)}")
 
 
 def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:

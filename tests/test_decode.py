@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.decode import decode_predictions, teacher_forced_predictions
 from pipeline.memory import measure_peak
 from tasks.dataset import generate

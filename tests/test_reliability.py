@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, TINY, compose_config
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.checkpoint import CheckpointError, read_checkpoint
 from pipeline.config import ConfigError, validate
 from pipeline.evaluate import evaluate_grid, run_cell

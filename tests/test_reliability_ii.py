@@ -20,7 +20,7 @@ import torch
 from conftest import ROOT, TINY, compose_config
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.checkpoint import AtomicCheckpointIO, CheckpointError, find_resume_checkpoint, read_checkpoint
 from pipeline.config import ConfigError
 from pipeline.evaluate import evaluate_grid, is_oom, run_cell

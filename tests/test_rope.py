@@ -9,12 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from models.families.transformer import Transformer, TransformerConfig
 from models.pos import POS_RULES
 from models.pos.alibi import alibi_slopes
 from models.pos.yarn import yarn_correction_range
 from models.positional import Positional
 from models.rope import PosConfig, base_inv_freq, rope_frequencies
-from models.transformer import Transformer, TransformerConfig
 
 hf_rope = pytest.importorskip("transformers.modeling_rope_utils")
 from transformers import LlamaConfig, logging  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.config import ConfigError, validate
 from pipeline.evaluate import evaluate_grid
 from pipeline.rows import ROW_FIELDS

@@ -1,8 +1,8 @@
-"""Mamba (Gu & Dao 2023): a selective state-space language model, decoded through the cache protocol.
+"""The Mamba mixer (Gu & Dao 2023): a selective state-space layer, decoded through the cache protocol.
 
 ``MambaMixer`` is the reference block (state-spaces/mamba ``Mamba``): in_proj -> depthwise causal
 conv + SiLU -> x_proj (dt, B, C) -> dt_proj -> selective scan -> y * SiLU(z) -> out_proj.
-``MambaLM`` stacks pre-RMSNorm residual blocks between an embedding and a (tied) head.
+``MambaConfig`` is the config its layers read (and the mamba family's, models/families/mamba.py).
 
 Two paths compute the same function: the pure-PyTorch chunked scan (models/scan.py), the CPU
 default and the reference, and the CUDA kernels of ``mamba_ssm`` / ``causal_conv1d`` when they
@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache import CacheConfig, LayerCache, ModelCache
-from models.lm import DecoderLM, check_dtype
+from models.cache import CacheConfig, LayerCache
+from models.layers import Block
+from models.lm import check_dtype
+from models.mixers import MIXERS, MixerSpec
 from models.scan import selective_scan
-from models.transformer import RMSNorm
 
 try:  # the kernels import only where their CUDA extensions were built
     from causal_conv1d import causal_conv1d_fn
@@ -240,7 +241,9 @@ class MambaMixer(nn.Module):
         y = (y * F.silu(z.to(f))).to(hidden.dtype)
         return self.out_proj(y)[:, None]  # (B, 1, d_model)
 
-    def new_layer_cache(self, batch_size: int) -> MambaLayerCache:
+    def new_layer_cache(self, batch_size: int, policy: Optional[CacheConfig] = None, layer_idx: int = 0,
+                        n_layers: int = 1) -> MambaLayerCache:
+        """Zero conv and SSM states; a KV policy has nothing to act on here."""
         p = self.in_proj.weight
         return MambaLayerCache(
             torch.zeros(batch_size, self.d_inner, self.cfg.d_conv, device=p.device, dtype=p.dtype),
@@ -249,51 +252,9 @@ class MambaMixer(nn.Module):
         )
 
 
-class MambaBlock(nn.Module):
-    """x + mixer(RMSNorm(x))."""
-
-    def __init__(self, cfg, n_layers: int) -> None:
-        super().__init__()
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = MambaMixer(cfg, n_layers)
-
-    def forward(self, x: torch.Tensor, layer_cache: Optional[MambaLayerCache] = None,
-                start: int = 0) -> torch.Tensor:
-        return x + self.mixer(self.norm(x), layer_cache, start)
+def build_block(cfg: MambaConfig, layer_idx: int, shared: dict) -> Block:
+    """x + mixer(RMSNorm(x)): no MLP, as the reference."""
+    return Block(MambaMixer(cfg, cfg.n_layers), cfg.d_model, cfg.norm_eps)
 
 
-class MambaLM(DecoderLM):
-    """forward(input_ids (B, T), cache=None) -> logits (B, T, V)."""
-
-    def __init__(self, cfg: MambaConfig) -> None:
-        super().__init__()
-        require_kernels(cfg.kernel)
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(MambaBlock(cfg, cfg.n_layers) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        nn.init.normal_(self.embed_tokens.weight, std=cfg.init_std)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
-
-    def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
-        """As DecoderLM; a long no-grad prefill into a cache goes block by block, carrying the state.
-
-        The scan itself is chunked (models/scan.py), but the block's (B, T, d_inner) activations
-        are not; blocks of ``prefill_block`` tokens bound those too, so evaluation memory does not
-        grow with the prompt.
-        """
-        T, block = input_ids.shape[1], self.cfg.prefill_block
-        if cache is None or torch.is_grad_enabled() or T <= block:
-            return super().hidden_states(input_ids, cache)
-        return torch.cat([super(MambaLM, self).hidden_states(input_ids[:, s : s + block], cache)
-                          for s in range(0, T, block)], dim=1)
-
-    def new_cache(self, batch_size: int, policy: CacheConfig | str = "full") -> ModelCache:
-        """Zero conv and SSM states; a KV policy has nothing to act on here and is only recorded."""
-        if isinstance(policy, str):
-            policy = CacheConfig(policy=policy)
-        return ModelCache([layer.mixer.new_layer_cache(batch_size) for layer in self.layers], policy)
+MIXERS.register("mamba")(MixerSpec("mamba", MambaConfig, build_block, letter="M"))
