@@ -6,7 +6,7 @@ Every pattern takes rotated q (B, H, T, D) and k, v (B, Hkv, T, D) with H a mult
 (grouped-query attention) and returns (B, H, T, D). ``bias`` is an optional additive
 (H, T, S) tensor (ALiBi); patterns accept and ignore extra keywords they do not use
 (``gate``: the layer's DuoAttention gates, (Hkv,)). Patterns decide *which* keys a query may see; positions are the
-positional rule's business (models/rope.py), so the two are orthogonal.
+positional rule's business (models/pos/), so the two are orthogonal.
 """
 
 from __future__ import annotations

@@ -432,7 +432,7 @@ def validate(cfg: DictConfig, eval_task_nodes: dict[str, Any] | None = None, tra
     n_attention = attention_layers(model)
     if cache.policy != "full" and n_attention == 0:
         raise ConfigError(f"cache.policy={cache.policy!r} on model.family={model.family!r}"
-                          f"{'' if model.family == 'mamba' else f' (model.layers={model.layers!r})'}: a KV policy "
+                          f"{'' if model.family == 'mamba' else f' (model.layers={model.schedule!r})'}: a KV policy "
                           "needs attention layers and this model has none (its decode state is constant); "
                           "allowed: cache=full")
     if lora.enabled and stage == "duo_gates":

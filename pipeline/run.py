@@ -61,7 +61,7 @@ def describe(model_cfg: Any) -> dict[str, Any]:
     attention = None
     if attn is not None:
         attention = attn.eval if attn.train == attn.eval else f"{attn.train}->{attn.eval}"
-    layers = getattr(model_cfg, "layers", None)
+    layers = getattr(model_cfg, "schedule", None)
     if isinstance(layers, str):  # hybrid schedule
         attention = f"{layers}:{attention}" if attention else layers
     return {"model": model_cfg.family, "pos": pos.name if pos is not None else None,

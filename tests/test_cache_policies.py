@@ -358,7 +358,8 @@ def test_prefill_policy_and_dense_both_run(tmp_path, ids, name):
 @pytest.mark.parametrize("name", ["full", "sink_window", "duo", "quest"])
 def test_clone_gives_identical_continuations(tmp_path, ids, name):
     model = tiny_model()
-    knobs = {"full": {}, "sink_window": {"sink": 2, "window": 4}, "quest": {"budget": 8, "page_size": 4, "dense_layers": 0},
+    knobs = {"full": {}, "sink_window": {"sink": 2, "window": 4},
+             "quest": {"budget": 8, "page_size": 4, "dense_layers": 0},
              "duo": {"sink": 2, "window": 4, "sparsity": 0.5,
                      "gates_path": write_gates(tmp_path, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))}}[name]
     policy = CacheConfig(policy=name, **knobs)

@@ -78,6 +78,13 @@ class HybridConfig:
         """The schedule as mixer names."""
         return mixer_names(self.layers)
 
+    @property
+    def schedule(self) -> str:
+        """The schedule for labels: letters ("MMA") when every mixer has one, else comma-joined names."""
+        names = self.mixers
+        letters = [MIXERS.get(n).letter for n in names]
+        return "".join(letters) if all(letters) else ",".join(names)
+
     def mixer_config(self, name: str) -> Any:
         """The config the ``name`` layers are built from (its fields taken from this config)."""
         return mixer_config(MIXERS.get(name), self)
