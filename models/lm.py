@@ -52,6 +52,14 @@ class DecoderLM(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
+    def init_embed_and_head(self, std: float, tie: bool) -> None:
+        """Embedding ~ N(0, std); the head tied to it, or ~ N(0, std) of its own."""
+        nn.init.normal_(self.embed_tokens.weight, std=std)
+        if tie:
+            self.lm_head.weight = self.embed_tokens.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=std)
+
     def new_cache(self, batch_size: int, policy: CacheConfig | str = "full") -> ModelCache:
         """An empty cache: each layer's mixer makes its own (KV tensors are allocated as tokens arrive)."""
         policy = as_cache_config(policy)

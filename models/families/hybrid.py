@@ -14,8 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from torch import nn
-
 from models.attention import AttentionConfig
 from models.families import FAMILIES
 from models.lm import DecoderLM, check_dtype
@@ -106,8 +104,4 @@ class Hybrid(DecoderLM):
             init = MIXERS.get(name).init
             if init is not None:
                 init(layer, cfg.init_std)
-        nn.init.normal_(self.embed_tokens.weight, std=cfg.init_std)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
+        self.init_embed_and_head(cfg.init_std, cfg.tie_embeddings)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
 
 from models.cache import ModelCache
 from models.families import FAMILIES
@@ -30,11 +29,7 @@ class MambaLM(DecoderLM):
         super().__init__()
         require_kernels(cfg.kernel)
         self.build(cfg, ["mamba"] * cfg.n_layers)
-        nn.init.normal_(self.embed_tokens.weight, std=cfg.init_std)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
+        self.init_embed_and_head(cfg.init_std, cfg.tie_embeddings)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
         """As DecoderLM; a long no-grad prefill into a cache goes block by block, carrying the state.
