@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from registries import Registry
 
 PATTERNS: Registry[Callable[..., torch.Tensor]] = Registry(
-    "attention pattern", "model.attention.train", package="models.patterns")
+    "pattern", "model.attention.train", package="models.patterns")
 
 
 @dataclass

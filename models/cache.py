@@ -74,7 +74,7 @@ class CacheConfig:
         raise NotImplementedError(f"cache policy {self.policy!r} builds no layer cache")
 
 
-CACHE_POLICIES: Registry[type[CacheConfig]] = Registry("cache policy", "cache.policy", package="models.caches")
+CACHE_POLICIES: Registry[type[CacheConfig]] = Registry("policy", "cache.policy", package="models.caches")
 
 
 def policy_config(policy: Any) -> type[CacheConfig]:

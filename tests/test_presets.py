@@ -21,7 +21,8 @@ def smoke(preset: str, extra: list[str]) -> list[str]:
     out = [f"experiment={preset}", *extra, "scale=smoke", *tiny, "eval.lengths=[32,64]", "task.train_len=32"]
     text = open(os.path.join(CONF_DIR, "experiment", f"{preset}.yaml")).read()
     if "\nbase:" in text:  # presets that pretrain their base model first
-        out += ["base_len=32", "model.attention.window=8", "model.attention.sink=2", "cache.window=8", "cache.sink=2"]
+        # ++: presets on the full cache have no window (a cache node keeps only its policy's knobs)
+        out += ["base_len=32", "model.attention.window=8", "model.attention.sink=2", "++cache.window=8", "++cache.sink=2"]
     return out
 
 

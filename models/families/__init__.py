@@ -5,4 +5,4 @@ from __future__ import annotations
 
 from registries import Registry
 
-FAMILIES: Registry[type] = Registry("model family", "model.family", package="models.families")
+FAMILIES: Registry[type] = Registry("family", "model.family", package="models.families")

@@ -40,7 +40,7 @@ class PosRule:
     slopes: Optional[Callable[[int], torch.Tensor]] = None
 
 
-POS_RULES: Registry[PosRule] = Registry("positional rule", "model.pos.rule", package="models.pos")
+POS_RULES: Registry[PosRule] = Registry("rule", "model.pos.rule", package="models.pos")
 
 
 def pos_rule(name: str, **traits: Any) -> Callable[[Frequencies], Frequencies]:
