@@ -22,7 +22,8 @@ def smoke(preset: str, extra: list[str]) -> list[str]:
     text = open(os.path.join(CONF_DIR, "experiment", f"{preset}.yaml")).read()
     if "\nbase:" in text:  # presets that pretrain their base model first
         # ++: presets on the full cache have no window (a cache node keeps only its policy's knobs)
-        out += ["base_len=32", "model.attention.window=8", "model.attention.sink=2", "++cache.window=8", "++cache.sink=2"]
+        out += ["base_len=32", "model.attention.window=8", "model.attention.sink=2",
+                "++cache.window=8", "++cache.sink=2"]
     return out
 
 
