@@ -70,31 +70,29 @@ class MambaConfig:
             raise ValueError(f"model.family={self.family!r} but this is the mamba config")
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
-        validate_mamba_knobs(self, ("vocab_size", "d_model", "n_layers", "max_seq_len"))
+        self._check_knobs()
         check_dtype(self.dtype)
 
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
 
-
-def validate_mamba_knobs(cfg, extra_positive: tuple[str, ...] = ()) -> None:
-    """Checks shared by MambaConfig and HybridConfig (any object with the mamba fields)."""
-    for name in (*extra_positive, "d_state", "d_conv", "expand", "dt_rank"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"model.{name}={getattr(cfg, name)} must be >= 1")
-    if getattr(cfg, "prefill_block", 1) < 1:
-        raise ValueError(f"model.prefill_block={cfg.prefill_block} must be >= 1")
-    if cfg.chunk_size is not None and cfg.chunk_size < 1:
-        raise ValueError(f"model.chunk_size={cfg.chunk_size} must be >= 1 or None (auto)")
-    if not 0.0 < cfg.dt_min <= cfg.dt_max:
-        raise ValueError(f"model.dt_min={cfg.dt_min}, model.dt_max={cfg.dt_max}: need 0 < dt_min <= dt_max")
-    if cfg.dt_init_floor <= 0:
-        raise ValueError(f"model.dt_init_floor={cfg.dt_init_floor} must be > 0")
-    if cfg.norm_eps <= 0 or cfg.init_std <= 0:
-        raise ValueError(f"model.norm_eps={cfg.norm_eps}, model.init_std={cfg.init_std} must be > 0")
-    if cfg.kernel not in KERNELS:
-        raise ValueError(f"model.kernel={cfg.kernel!r}; allowed: {list(KERNELS)}")
+    def _check_knobs(self) -> None:
+        positive = ("vocab_size", "d_model", "n_layers", "max_seq_len", "d_state", "d_conv", "expand", "dt_rank",
+                    "prefill_block")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"model.chunk_size={self.chunk_size} must be >= 1 or None (auto)")
+        if not 0.0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"model.dt_min={self.dt_min}, model.dt_max={self.dt_max}: need 0 < dt_min <= dt_max")
+        if self.dt_init_floor <= 0:
+            raise ValueError(f"model.dt_init_floor={self.dt_init_floor} must be > 0")
+        if self.norm_eps <= 0 or self.init_std <= 0:
+            raise ValueError(f"model.norm_eps={self.norm_eps}, model.init_std={self.init_std} must be > 0")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"model.kernel={self.kernel!r}; allowed: {list(KERNELS)}")
 
 
 def require_kernels(kernel: str) -> None:
