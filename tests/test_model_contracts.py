@@ -151,7 +151,9 @@ def test_policy_reports_exact_bytes(name: str, tmp_path) -> None:
         assert cache.nbytes() == direct == held_bytes(cache), "bytes are what the tensors hold, no pinned views"
         sizes[which] = cache.nbytes()
     assert sizes["policy"] > 0 and sizes["full"] > 0
-    assert cfg.label and policy(name, tmp_path, lossless=False).label.startswith(name)
+    own = policy(name, tmp_path, lossless=False)
+    assert own.label.startswith(name) and own.scoped("attn layers 1/3").label == f"{own.label}[attn layers 1/3]"
+    assert set(own.knobs()) == set(type(own).__dataclass_fields__) - {"policy", "prefill", "chunk_size"}
 
 
 # ---------------------------------------------------------------- mixers

@@ -12,7 +12,6 @@ from torch import nn
 from models.families import FAMILIES
 from models.lm import DecoderLM
 from models.mixers.attention import TransformerConfig, init_block
-from models.positional import Positional
 
 __all__ = ["Transformer", "TransformerConfig"]
 
@@ -33,7 +32,3 @@ class Transformer(DecoderLM):
         nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-
-    @property
-    def positional(self) -> Positional:
-        return self.layers[0].self_attn.positional
