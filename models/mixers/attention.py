@@ -59,6 +59,9 @@ class TransformerConfig:
             self.mlp_hidden = 16 * ((8 * self.d_model // 3 + 15) // 16)
         if self.mlp_hidden < 1:
             raise ValueError(f"model.mlp_hidden={self.mlp_hidden} must be >= 1")
+        for name in ("norm_eps", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be > 0")
         check_dtype(self.dtype)
 
     @property
