@@ -46,7 +46,8 @@ class DecoderLM(nn.Module):
         self.cfg, self.mixers = cfg, list(mixers)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         specs = {name: MIXERS.get(name) for name in self.mixers}
-        configs = {name: mixer_config(spec, cfg) for name, spec in specs.items()}
+        extra = getattr(cfg, "mixer_args", {})
+        configs = {name: mixer_config(spec, cfg, extra.get(name)) for name, spec in specs.items()}
         shared: dict = {}
         self.layers = nn.ModuleList(specs[name].build(configs[name], i, shared) for i, name in enumerate(mixers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)

@@ -199,3 +199,13 @@ def test_mixer_joins_a_hybrid_by_name(name: str) -> None:
     ids = torch.randint(0, 64, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(decode(model, ids), model(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_a_mixer_takes_its_own_knobs_in_a_hybrid() -> None:
+    cfg = HybridConfig(vocab_size=64, d_model=32, layers=["mamba", "toy_ema"],
+                       mixer_args={"toy_ema": {"decay_span": 4.0}})
+    assert Hybrid(cfg).layers[1].token_mixer.decay_logit[0].item() == -4.0
+    with pytest.raises(ValueError, match="model.mixer_args.toy_ema has \\['spans'\\], not knobs of mixer 'toy_ema'"):
+        HybridConfig(layers=["toy_ema"], mixer_args={"toy_ema": {"spans": 1.0}})
+    with pytest.raises(ValueError, match="model.mixer_args names mixers \\['attention'\\] that model.layers does not"):
+        HybridConfig(layers=["toy_ema"], mixer_args={"attention": {"n_heads": 2}})

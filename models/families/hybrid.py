@@ -52,6 +52,8 @@ class HybridConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     dtype: Optional[str] = None  # parameter dtype (models/lm.py DTYPES); None: float32
+    # knobs of other mixers by name, beyond the fields above: +model.mixer_args.<mixer>.<knob>=...
+    mixer_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.family != "hybrid":
@@ -59,6 +61,10 @@ class HybridConfig:
         if not isinstance(self.layers, str):
             self.layers = list(self.layers)
         names = mixer_names(self.layers)
+        stray = sorted(set(self.mixer_args) - set(names))
+        if stray:
+            raise ValueError(f"model.mixer_args names mixers {stray} that model.layers does not use; allowed: "
+                             f"{sorted(set(names))}")
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
         check_dtype(self.dtype)
@@ -85,7 +91,7 @@ class HybridConfig:
 
     def mixer_config(self, name: str) -> Any:
         """The config the ``name`` layers are built from (its fields taken from this config)."""
-        return mixer_config(MIXERS.get(name), self)
+        return mixer_config(MIXERS.get(name), self, self.mixer_args.get(name, {}))
 
 
 @FAMILIES.register("hybrid")

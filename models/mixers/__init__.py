@@ -36,12 +36,17 @@ class MixerSpec:
 MIXERS: Registry[MixerSpec] = Registry("mixer", "model.layers", package="models.mixers")
 
 
-def mixer_config(spec: MixerSpec, model_cfg: Any) -> Any:
-    """``spec.config`` filled from the same-named fields of ``model_cfg`` (a hybrid's config)."""
-    if isinstance(model_cfg, spec.config):
+def mixer_config(spec: MixerSpec, model_cfg: Any, extra: Optional[dict[str, Any]] = None) -> Any:
+    """``spec.config`` filled from the same-named fields of ``model_cfg`` (a hybrid's config), then ``extra``."""
+    if isinstance(model_cfg, spec.config) and not extra:
         return model_cfg
     names = [f.name for f in dataclasses.fields(spec.config) if f.init and f.name != "family"]
-    return spec.config(**{n: getattr(model_cfg, n) for n in names if hasattr(model_cfg, n)})
+    unknown = sorted(set(extra or {}) - set(names))
+    if unknown:
+        raise ValueError(f"model.mixer_args.{spec.name} has {unknown}, not knobs of mixer {spec.name!r}; "
+                         f"allowed: {names}")
+    fields = {n: getattr(model_cfg, n) for n in names if hasattr(model_cfg, n)}
+    return spec.config(**{**fields, **(extra or {})})
 
 
 def mixer_names(layers: Any) -> list[str]:

@@ -83,6 +83,7 @@ class EmaConfig:
 
     d_model: int = 32
     norm_eps: float = 1e-5
+    decay_span: float = 2.0  # decay logits start evenly spread over [-span, span]; +model.mixer_args.toy_ema.decay_span
 
 
 class EmaState(LayerCache):
@@ -98,7 +99,7 @@ class EmaMixer(nn.Module):
         super().__init__()
         self.inp = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.decay_logit = nn.Parameter(torch.linspace(-2.0, 2.0, cfg.d_model))
+        self.decay_logit = nn.Parameter(torch.linspace(-cfg.decay_span, cfg.decay_span, cfg.d_model))
 
     def forward(self, x: torch.Tensor, layer_cache: EmaState | None = None, start: int = 0) -> torch.Tensor:
         a = torch.sigmoid(self.decay_logit)  # (d,)
