@@ -67,6 +67,9 @@ class HybridConfig:
                              f"{sorted(set(names))}")
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
+        for name in ("norm_eps", "init_std"):  # the language model's own (the mixers check theirs)
+            if not getattr(self, name) > 0:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be > 0")
         check_dtype(self.dtype)
         # every mixer's own checks (heads divide d_model, SSM knobs, ...) run here, before training
         configs = {name: self.mixer_config(name) for name in names}
