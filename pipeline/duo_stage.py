@@ -11,6 +11,7 @@ each, never below 0.1. How many heads stream is decided at deployment only (``ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from models.duo import OBJECTIVES, attach_duo_gates, clamp_gates_, duo_distill_loss, duo_hidden_pair
+from models.duo import save_gates as save_gate_file
+from pipeline.provenance import RecordsProvenance
 from tasks.base import IGNORE
 
 
@@ -55,7 +58,7 @@ def duo_schedule(total: int, floor: float = 0.1):
     return lr
 
 
-class DuoGatesLM(L.LightningModule):
+class DuoGatesLM(RecordsProvenance, L.LightningModule):
     def __init__(self, model: nn.Module, duo: DuoConfig, query_token: int,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -88,8 +91,10 @@ class DuoGatesLM(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, duo_schedule(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from pipeline.module import code_version
 
-        checkpoint["config"] = self.config
-        checkpoint["code_version"] = code_version()
+def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
+    """Write learned DuoAttention gates as run_dir/gates.pt; evaluation serves them to
+    ``cache.gates_path=learned`` (validation accepts that name before the gates exist)."""
+    path = run_dir / "gates.pt"
+    save_gate_file(gates, str(path))
+    return path

@@ -27,10 +27,8 @@ import numpy as np
 
 from tasks.base import TASKS, Task, TaskArrays, register
 from tasks.common import check_depth, row_signature
+from tasks.registry import suite_families
 from tasks.vocab import Vocab
-
-ALL_FAMILIES = ("niah", "multikey", "kv_retrieval", "variable_tracking", "frequent_tokens", "counting",
-                "copy", "conflict", "mqar")
 
 
 def split_counts(n: int, weights: np.ndarray) -> np.ndarray:
@@ -47,26 +45,23 @@ def split_counts(n: int, weights: np.ndarray) -> np.ndarray:
 class Mix(Task):
     name: ClassVar[str] = "mix"
     has_depth: ClassVar[bool] = True  # the depth goes to the families that have one
-    # family -> knob overrides; None: every family of ALL_FAMILIES with its defaults. (A dict default
+    # family -> knob overrides; None: every family of the suite (suite_families()) with its defaults. (A dict default
     # would be merged into, never replaced, by an OmegaConf override, so None it is.)
     components: Optional[dict[str, dict[str, Any]]] = None
     weights: Optional[dict[str, float]] = None  # by family; None: equal shares
 
     def __post_init__(self) -> None:
         if self.components is None:
-            self.components = {f: {} for f in ALL_FAMILIES}
+            self.components = {f: {} for f in suite_families()}
         if not self.components:
             raise ValueError("task.components is empty; allowed: None or a mapping family -> knob overrides")
-        from tasks.registry import load_all  # every family registered (lazy: registry imports this module)
-
-        load_all()
         self.tasks: dict[str, Task] = {}
         for family, overrides in self.components.items():
             if family not in TASKS or family == "mix":
                 allowed = sorted(set(TASKS) - {"mix"})
                 raise ValueError(f"task.components has family {family!r}; allowed: {allowed}")
             overrides = dict(overrides or {})
-            known = {f.name for f in fields(TASKS[family])}
+            known = {f.name for f in fields(TASKS.get(family))}
             unknown = sorted(set(overrides) - known)
             if unknown:
                 raise ValueError(
@@ -74,7 +69,7 @@ class Mix(Task):
                 )
             overrides.setdefault("train_len", self.train_len)
             try:
-                self.tasks[family] = TASKS[family](**overrides)
+                self.tasks[family] = TASKS.get(family)(**overrides)
             except ValueError as e:
                 raise ValueError(f"task.components.{family}: {e}") from e
         if self.weights is not None:
@@ -87,9 +82,10 @@ class Mix(Task):
                 )
         owner: dict[tuple[int, int, int], str] = {}
         for family, task in self.tasks.items():
-            if not hasattr(task, "signatures"):
+            sigs = task.signatures()
+            if not sigs:
                 raise ValueError(f"task.components.{family}: no signatures() to tell its rows apart by")
-            for sig in task.signatures():
+            for sig in sigs:
                 if sig in owner:
                     raise ValueError(
                         f"task.components: {owner[sig]!r} and {family!r} ask questions of the same shape"

@@ -97,7 +97,7 @@ def test_every_registered_family_is_covered() -> None:
 
 
 def make(family: str, knobs: dict) -> Task:
-    return TASKS[family](**knobs)
+    return TASKS.get(family)(**knobs)
 
 
 def check_invariants(task: Task, arrays: TaskArrays, n: int, length: int) -> None:
