@@ -21,6 +21,7 @@ trains on (conflict: contradicting documents only at test time).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -59,6 +60,7 @@ class Task:
     # Place in the synthetic suite (task=mix's default components, eval=ruler's tasks); None: not in it.
     # The rank fixes the order a default mix draws its rows in, so a new family takes a new, higher rank.
     suite_rank: ClassVar[Optional[int]] = None
+    has_oracle: ClassVar[bool] = True  # False only where no prompt-only answer exists (language modelling)
     train_len: int = 128
 
     def __post_init__(self) -> None:
@@ -108,6 +110,11 @@ class Task:
         the suite (``suite_rank``) must state them; the default (none) keeps a family out of mixes.
         """
         return set()
+
+    def shortcuts(self) -> dict[str, Callable[..., np.ndarray]]:
+        """Family-specific prompt-only shortcut baselines by name, beside the generic ones of
+        ``tasks/baselines.py`` (each ``(task, vocab, hidden, answer_mask, prior) -> predictions``)."""
+        return {}
 
 
 def split_seed(split: str, seed: int) -> int:

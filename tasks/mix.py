@@ -55,31 +55,41 @@ class Mix(Task):
             self.components = {f: {} for f in suite_families()}
         if not self.components:
             raise ValueError("task.components is empty; allowed: None or a mapping family -> knob overrides")
-        self.tasks: dict[str, Task] = {}
-        for family, overrides in self.components.items():
-            if family not in TASKS or family == "mix":
-                allowed = sorted(set(TASKS) - {"mix"})
-                raise ValueError(f"task.components has family {family!r}; allowed: {allowed}")
-            overrides = dict(overrides or {})
-            known = {f.name for f in fields(TASKS.get(family))}
-            unknown = sorted(set(overrides) - known)
-            if unknown:
-                raise ValueError(
-                    f"task.components.{family} has unknown knobs {unknown}; allowed: {sorted(known)}"
-                )
-            overrides.setdefault("train_len", self.train_len)
-            try:
-                self.tasks[family] = TASKS.get(family)(**overrides)
-            except ValueError as e:
-                raise ValueError(f"task.components.{family}: {e}") from e
-        if self.weights is not None:
-            self.weights = {k: float(v) for k, v in dict(self.weights).items()}
-            if set(self.weights) != set(self.components) or min(self.weights.values()) < 0 \
-                    or sum(self.weights.values()) <= 0:
-                raise ValueError(
-                    f"task.weights={self.weights} must give a weight >= 0 to each of {list(self.components)}"
-                    " (not all zero)"
-                )
+        self.tasks: dict[str, Task] = {family: self._component(family, overrides)
+                                       for family, overrides in self.components.items()}
+        self._check_weights()
+        self._owner = self._signature_owners()
+        super().__post_init__()
+
+    def _component(self, family: str, overrides: Optional[dict[str, Any]]) -> Task:
+        """One family's task with its knob overrides (and the mix's train_len)."""
+        if family not in TASKS or family == "mix":
+            allowed = sorted(set(TASKS) - {"mix"})
+            raise ValueError(f"task.components has family {family!r}; allowed: {allowed}")
+        overrides = dict(overrides or {})
+        known = {f.name for f in fields(TASKS.get(family))}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"task.components.{family} has unknown knobs {unknown}; allowed: {sorted(known)}")
+        overrides.setdefault("train_len", self.train_len)
+        try:
+            return TASKS.get(family)(**overrides)
+        except ValueError as e:
+            raise ValueError(f"task.components.{family}: {e}") from e
+
+    def _check_weights(self) -> None:
+        if self.weights is None:
+            return
+        self.weights = {k: float(v) for k, v in dict(self.weights).items()}
+        if set(self.weights) != set(self.components) or min(self.weights.values()) < 0 \
+                or sum(self.weights.values()) <= 0:
+            raise ValueError(
+                f"task.weights={self.weights} must give a weight >= 0 to each of {list(self.components)}"
+                " (not all zero)"
+            )
+
+    def _signature_owners(self) -> dict[tuple[int, int, int], str]:
+        """Which family asks each question shape; two families sharing one could not be told apart."""
         owner: dict[tuple[int, int, int], str] = {}
         for family, task in self.tasks.items():
             sigs = task.signatures()
@@ -92,8 +102,7 @@ class Mix(Task):
                         f" {sig} (opener, question, answer lengths); change key_len/value_len of one"
                     )
                 owner[sig] = family
-        self._owner = owner
-        super().__post_init__()
+        return owner
 
     def min_length(self) -> int:
         return max(t.min_length() for t in self.tasks.values())

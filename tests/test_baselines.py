@@ -26,8 +26,9 @@ FAMILIES = sorted(suite_families())  # the synthetic token families (text tasks 
 
 
 def default_task(family: str, **overrides):
-    knobs = OmegaConf.to_container(OmegaConf.load(CONF / f"{family}.yaml"))
-    knobs.pop("name")
+    path = CONF / f"{family}.yaml"  # a plugin family without a yaml: its dataclass defaults
+    knobs = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
+    knobs.pop("name", None)
     return TASKS.get(family)(**{**knobs, **overrides})
 
 

@@ -9,6 +9,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from pipeline.fit import fit_module
 from pipeline.schema import to_dataclass
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ class Stage:
 
     def fit(self, cfg: DictConfig, res: Resolved, model: nn.Module, run_dir: Path) -> Optional[dict[str, Any]]:
         """Fit ``model`` in this stage; the row fields it adds (None on a non-zero DDP rank)."""
-        from pipeline.fit import fit_module
-
         if hasattr(model, "set_activation_checkpointing"):
             model.set_activation_checkpointing(res.activation_checkpointing)
         module = self.module(cfg, res, model)
