@@ -11,11 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.checkpoint import load_trained_model, read_checkpoint
 from pipeline.config import validate
-from pipeline.duo_stage import save_gates
 from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
 from pipeline.run import device_of, evaluate, run_dir_of
 from pipeline.run_state import RunLock
 from pipeline.schema import ConfigError
+from pipeline.stages.duo_gates import save_gates
 
 log = logging.getLogger(__name__)
 

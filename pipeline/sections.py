@@ -6,10 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from pipeline.run_state import RESUME_MODES  # force: continue a named run whose config changed
 from pipeline.schema import ConfigError, to_dataclass
 from tasks.base import MAX_SEED
-
-RESUME_MODES = ("auto", "force")  # force: continue a named run whose config changed
 
 
 @dataclass

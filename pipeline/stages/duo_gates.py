@@ -1,26 +1,113 @@
-"""``duo_gates``: the model frozen, DuoAttention's per-layer x KV-head gates learned by distillation.
+"""The ``duo_gates`` stage: the model frozen, one gate per layer x KV head learned by distillation.
 
-The stage owns the ``duo`` section (``DuoConfig``: lr, lam, objective) and leaves ``gates.pt`` in the
-run dir, which ``cache.gates_path=learned`` serves to the duo cache policy at evaluation.
+The student mixes (1 - alpha) * its own sink_window attention + alpha * the teacher's full
+attention per head (DuoAttention's two-way forward, models/duo.py); the loss is the squared error
+of its final hidden states against the frozen full-attention model over the question/answer
+region, plus lam * mean|alpha|. AdamW, no weight decay, lr 0.02; the reference's schedule
+min(1, max((s+1)/(N/5), 0.1), max((N-s)/(N/5), 0.1)): warm-up and decay over a fifth of the steps
+each, never below 0.1. How many heads stream is decided at deployment only (``cache.sparsity``).
+
+The stage owns the ``duo`` section (``DuoConfig``) and leaves ``gates.pt`` in the run dir, which
+``cache.gates_path=learned`` serves to the duo cache policy at evaluation.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from models.duo import detach_duo_gates
-from pipeline.duo_stage import DuoConfig, DuoGatesLM, save_gates
+from models.duo import OBJECTIVES, attach_duo_gates, clamp_gates_, detach_duo_gates, duo_distill_loss, duo_hidden_pair
+from models.duo import save_gates as save_gate_file
+from pipeline.provenance import RecordsProvenance
 from pipeline.schema import ConfigError
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage, run_config_dict
+from tasks.base import IGNORE
 
 if TYPE_CHECKING:
     from pipeline.config import Resolved
+
+
+@dataclass
+class DuoConfig:
+    lr: float = 0.02
+    lam: float = 0.05  # weight of mean|alpha|
+    objective: str = "two_way"  # two_way (DuoAttention) | same_states (ablation: full branch on student states)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"duo.lr={self.lr} must be > 0")
+        if self.lam < 0:
+            raise ValueError(f"duo.lam={self.lam} must be >= 0")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"duo.objective={self.objective!r}; allowed: {list(OBJECTIVES)}")
+
+
+def qa_region(input_ids: torch.Tensor, labels: torch.Tensor, query_token: int) -> torch.Tensor:
+    """(B, T) True from the first question marker on (the QA block), or at answer labels if none."""
+    is_query = input_ids == query_token
+    has = is_query.any(dim=1, keepdim=True)
+    first = is_query.float().argmax(dim=1, keepdim=True)
+    from_query = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] >= first
+    return torch.where(has, from_query, labels != IGNORE)
+
+
+def duo_schedule(total: int, floor: float = 0.1):
+    """DuoAttention's LR multiplier per step: linear ramps over total // 5 steps, clipped to [floor, 1]."""
+    ramp = max(1, total // 5)
+
+    def lr(step: int) -> float:
+        return min(1.0, max((step + 1) / ramp, floor), max((total - step) / ramp, floor))
+
+    return lr
+
+
+class DuoGatesLM(RecordsProvenance, L.LightningModule):
+    def __init__(self, model: nn.Module, duo: DuoConfig, query_token: int,
+                 config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.model, self.duo, self.query_token = model, duo, query_token
+        self.config = config or {}
+        self.gates = attach_duo_gates(model)
+
+    def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        h_full, h_mix = duo_hidden_pair(self.model, batch["input_ids"], self.duo.objective)
+        mask = qa_region(batch["input_ids"], batch["labels"], self.query_token)
+        loss = duo_distill_loss(h_full, h_mix, mask, self.gates, self.duo.lam)
+        bs = batch["input_ids"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/mean_gate", self.gates.detach().mean(), batch_size=bs)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        clamp_gates_(self.gates)  # clamped before every step, as the reference does
+        return self._loss(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._loss(batch, "val")
+
+    def on_train_end(self) -> None:
+        clamp_gates_(self.gates)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW([self.gates], lr=self.duo.lr, weight_decay=0.0)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, duo_schedule(total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
+    """Write learned DuoAttention gates as run_dir/gates.pt; evaluation serves them to
+    ``cache.gates_path=learned`` (validation accepts that name before the gates exist)."""
+    path = run_dir / "gates.pt"
+    save_gate_file(gates, str(path))
+    return path
 
 
 @STAGES.register()
