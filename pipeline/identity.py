@@ -19,7 +19,6 @@ import dataclasses
 import inspect
 import json
 import math
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -138,7 +137,8 @@ def is_identity(column: str) -> bool:
 def identity_keys(columns: Iterable[str]) -> list[str]:
     """The identity columns among ``columns``: named ones in their order, then prefixed ones sorted."""
     cols = set(columns)
-    return [c for c in IDENTITY_COLUMNS if c in cols] + sorted(c for c in cols - set(IDENTITY_COLUMNS) if is_identity(c))
+    named = [c for c in IDENTITY_COLUMNS if c in cols]
+    return named + sorted(c for c in cols - set(IDENTITY_COLUMNS) if is_identity(c))
 
 
 def present(value: Any) -> bool:

@@ -19,8 +19,8 @@ import argparse
 import json
 import math
 import os
-import sys
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 

@@ -17,21 +17,10 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
 
+from .base import FIGURES, table_kind
+from .results import FINE_TUNED, ZERO_SHOT, final_phase, phase_column
 from .stats import accuracy_with_interval, n_note
 from .style import DOUBLE_COL, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save
-
-ZERO_SHOT, FINE_TUNED, TRAINED = "zero-shot", "fine-tuned", "trained"
-
-
-def phase_column(df: pd.DataFrame) -> pd.Series:
-    """``zero-shot`` (stage=zero_shot), ``fine-tuned`` (extend / duo_gates / finetuned=True) or ``trained``.
-
-    Rows without ``finetuned`` (eval.py runs, older rows) or with mixed types never break this."""
-    stage = df["stage"].astype(str) if "stage" in df.columns else pd.Series("pretrain", index=df.index)
-    tuned = df["finetuned"].map(lambda v: str(v).lower() == "true") if "finetuned" in df.columns else False
-    phase = np.where(stage == "zero_shot", ZERO_SHOT,
-                     np.where(stage.isin(["extend", "duo_gates"]) | tuned, FINE_TUNED, TRAINED))
-    return pd.Series(phase, index=df.index)
 
 
 def _compared_labels(acc: pd.DataFrame) -> set[str]:
@@ -174,6 +163,7 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
 
     paths: list[Path] = []
     cols = [c for c in ("peak_mem_bytes", "cache_bytes") if c in df.columns]
+    df = final_phase(df)  # a fine-tuned label's zero-shot rows: the same model, not a second line
     ok = df[df["status"] == "ok"]
     for task, g in df.groupby("task", sort=True):
         gok = ok[ok["task"] == task]
@@ -211,3 +201,9 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
             _legend(fig, palette.sort(drawn), palette, False, oom, names)
             paths += save(fig, out, f"memory_vs_length_{task}")
     return paths
+
+
+FIGURES.register("accuracy")(table_kind(plot_accuracy_vs_length, "ok rows at 2+ eval lengths",
+                                        "Accuracy vs eval length, one line per label (95% Wilson bars)."))
+FIGURES.register("memory")(table_kind(plot_memory_vs_length, "peak_mem_bytes / cache_bytes at 2+ eval lengths",
+                                      "Peak memory and cache bytes per sequence vs eval length."))
