@@ -154,3 +154,35 @@ def key_value(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def failure_identity(cfg: Any) -> dict[str, Any]:
+    """What can be read of a config that failed (error rows): the ``pos`` and ``cache`` identity columns of
+    the parts that still validate, else the bare rule and policy names."""
+    from omegaconf import OmegaConf
+
+    from models.cache import CacheConfig
+    from models.rope import PosConfig
+    from pipeline.config import to_dataclass
+
+    def part(cls: type, key: str) -> Any:
+        try:
+            return to_dataclass(cls, OmegaConf.select(cfg, key, default=None), key)
+        except Exception:  # the failure may be this very node
+            return None
+
+    pos, policy = part(PosConfig, "model.pos"), part(CacheConfig, "cache")
+    def select(key: str) -> Any:
+        try:
+            return OmegaConf.select(cfg, key, default=None)
+        except Exception:  # an interpolation that cannot resolve is part of what failed
+            return None
+
+    rule, factor = select("model.pos.rule"), select("model.pos.factor")
+    out = {"pos_rule": rule, "cache_policy": select("cache.policy")}
+    out["pos"] = None if rule is None else rule if factor in (None, 1, 1.0) else f"{rule}x{factor:g}"
+    if pos is not None and select("model.pos") is not None:
+        out.update(pos_columns(pos))
+    if policy is not None and out["cache_policy"] is not None:
+        out.update(cache_columns(policy))
+    return out

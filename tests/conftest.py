@@ -61,3 +61,23 @@ TINY = [
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+# --- test-only plugins (added by the results-identity helper, i15r; the models helper adds the same hook:
+# keep one when merging) -----------------------------------------------------------------------------------
+# Every module of tests/plugins registers a toy variant (a figure kind, ...) on import, so the parametrized
+# contract tests over each registry test it without any list being edited.
+def _load_test_plugins() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parent / "plugins").glob("[!_]*.py")):
+        name = f"longctx_test_plugins.{path.stem}"
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+
+
+_load_test_plugins()
