@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.identity import key_value
@@ -34,20 +35,21 @@ def group_rows(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, int], li
 
 
 def _line(rs: list[dict[str, Any]]) -> list[str]:
-    ok = [r for r in rs if r["status"] == "ok"]
-    n = sum(r["n_examples"] or 0 for r in ok)
-    acc = sum((r["accuracy"] or 0) * (r["n_examples"] or 0) for r in ok) / n if n else None
-    tf = [r.get("tf_accuracy") for r in ok if r.get("tf_accuracy") is not None]
+    ok = [r for r in rs if r.get("status") == "ok"]
+    n = sum(r.get("n_examples") or 0 for r in ok)
+    acc = sum((r.get("accuracy") or 0) * (r.get("n_examples") or 0) for r in ok) / n if n else None
+    tf = [r["tf_accuracy"] for r in ok if r.get("tf_accuracy") is not None]
     accs = [r["accuracy"] for r in ok if r.get("accuracy") is not None]
+    speed = ok[0].get("tokens_per_s") if ok else None
     return [
         str(len(rs)),
         "-" if acc is None else f"{acc:.3f}",
         "-" if not accs else f"{min(accs):.3f}",
         "-" if not tf else f"{sum(tf) / len(tf):.3f}",
-        _mb(max((r["peak_mem_bytes"] or 0) for r in ok) if ok else None),
-        _mb(max((r["cache_bytes"] or 0) for r in ok) if ok else None),
-        "-" if not ok or ok[0]["tokens_per_s"] is None else f"{ok[0]['tokens_per_s']:.0f}",
-        ",".join(sorted({r["status"] for r in rs})),
+        _mb(max((r.get("peak_mem_bytes") or 0) for r in ok) if ok else None),
+        _mb(max((r.get("cache_bytes") or 0) for r in ok) if ok else None),
+        "-" if speed is None else f"{speed:.0f}",
+        ",".join(sorted({str(r.get("status")) for r in rs})),
     ]
 
 
@@ -57,7 +59,8 @@ def summary_table(rows: list[dict[str, Any]], title: str = "results") -> Table:
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in TEXT else "right", overflow="fold")
     for (label, stage, task, length), rs in sorted(group_rows(rows).items()):
-        table.add_row(label, stage or "-", task, str(length), *_line(rs))
+        # escaped: "[lora]", "[attn layers 1/2]" are text, not Rich markup
+        table.add_row(escape(label), stage or "-", escape(task), str(length), *_line(rs))
     return table
 
 

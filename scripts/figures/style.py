@@ -32,8 +32,9 @@ NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0
 
 FAMILY_ORDER = ("transformer", "hybrid", "mamba")
 FAMILY_MARKERS = {"transformer": "o", "hybrid": "^", "mamba": "s"}
-# Known positional rules first, in the order they are usually introduced; unknown ones sort after.
-POS_ORDER = ("none", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "longrope")
+# Every positional rule of models/rope.py, in the order they are usually introduced (tests/test_identity.py
+# checks the list is complete); a rule from a plugin sorts after them, by name.
+POS_ORDER = ("none", "alibi", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope")
 STAGE_ORDER = ("pretrain", "extend", "duo_gates")
 
 # Colour-blind-safe qualitative colours (Okabe-Ito, then tab10 leftovers), handed out in legend order;
