@@ -102,3 +102,13 @@ def legacy_identity(row: dict[str, Any]) -> dict[str, Any]:
         if layers and not present(row.get("model_layers")):
             out["model_layers"] = layers
     return out
+
+
+def difference(row: dict[str, Any], other: dict[str, Any]) -> str:
+    """What sets ``row`` apart from ``other``, from their identity columns: the label columns that differ
+    (``linear``), else ``column=value`` of the others (``cache_budget=64``)."""
+    named = [str(row.get(c)) for c in NAMED if key_value(row.get(c)) != key_value(other.get(c))]
+    if named:
+        return "/".join(named)
+    keys = [c for c in identity_keys(set(row) | set(other)) if c not in NAMED]
+    return " ".join(_difference(c, row.get(c)) for c in keys if key_value(row.get(c)) != key_value(other.get(c)))

@@ -17,6 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
 
+from pipeline.labels import difference
+
 from .base import FIGURES, table_kind
 from .results import FINE_TUNED, ZERO_SHOT, final_phase, phase_column
 from .stats import accuracy_with_interval, n_note
@@ -136,13 +138,6 @@ def _merge_identical(m: pd.DataFrame, cols: list[str], labels: list[str]) -> dic
     return groups
 
 
-def _difference(label: str, head: str) -> str:
-    """The parts of ``label`` (model/pos/attention/cache) that differ from ``head``: ``linear``."""
-    a, b = str(label).split("/"), str(head).split("/")
-    diff = [x for i, x in enumerate(a) if i >= len(b) or x != b[i]]
-    return "/".join(diff) or str(label)
-
-
 def _log_bytes_axis(ax: Axes) -> None:
     """Log y with labels at 1-2-5 steps, so even a range under one decade carries several ticks."""
     ax.set_yscale("log")
@@ -181,9 +176,11 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
             groups = _merge_identical(m, have, palette.sort(m["label"]))
             drawn = list(groups)
             nudge = _nudges(drawn)
+            first = {r["label"]: r for r in gok.drop_duplicates("label").to_dict("records")}
             for head, members in groups.items():
-                if len(members) > 1:
-                    names[head] = f"{head} (= {', '.join(_difference(x, head) for x in members[1:])})"
+                if len(members) > 1:  # named by what sets each member apart, from the identity columns
+                    same = ", ".join(difference(first[x], first[head]) or x for x in members[1:])
+                    names[head] = f"{head} (= {same})"
             for ax, col in zip(axes[0], have):
                 for head in drawn:
                     s = m[(m["label"] == head) & m[col].notna()].sort_values("eval_len")
