@@ -52,22 +52,32 @@ def pos_columns(pos: Any) -> dict[str, Any]:
 
 def rule_knobs(pos: Any) -> tuple[str, ...]:
     """The knobs of ``pos.rule``: its own ``knobs`` if it declares them, else the keyword-only parameters of
-    the rule function (``factor``, ``original_max_position_embeddings``, ...; not the runtime ``seq_len``)."""
+    the rule function (``factor``, ``original_max_position_embeddings``, ...; not the runtime ``seq_len``),
+    else every field of its config but the rule's name and base."""
     own = getattr(pos, "knobs", None)
     if own is not None:
         return tuple(own() if callable(own) else own)
-    from models.rope import RULES
+    fn = _rule_function(pos.rule)
+    if inspect.isfunction(fn):
+        params = inspect.signature(fn).parameters.values()
+        return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seq_len")
+    return tuple(f.name for f in dataclasses.fields(pos) if f.name not in ("rule", "base"))
 
-    fn = RULES.get(pos.rule)
-    params = inspect.signature(fn).parameters.values() if fn is not None else ()
-    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seq_len")
+
+def _rule_function(rule: str) -> Any:
+    try:
+        from models.rope import RULES
+
+        return RULES.get(rule)
+    except (ImportError, ValueError):  # rules kept elsewhere, or a rule of a plugin not loaded here
+        return None
 
 
 def cache_columns(policy: Any) -> dict[str, Any]:
     """``cache_policy``, the policy's knobs as ``cache_<knob>`` and, on a hybrid, ``cache_scope``."""
     if policy is None:
         return {}
-    out: dict[str, Any] = {"cache_policy": policy.policy}
+    out: dict[str, Any] = {"cache_policy": getattr(policy, "policy", None) or getattr(policy, "name", None)}
     for knob in policy_knobs(policy):
         out[f"cache_{knob}"] = _knob_value(getattr(policy, knob))
     if getattr(policy, "prefill", None) == "policy":  # chunks only exist when the prompt goes through the policy
@@ -90,8 +100,9 @@ def policy_knobs(policy: Any) -> tuple[str, ...]:
     if own is not None:
         return tuple(own() if callable(own) else own)
     names = [f.name for f in dataclasses.fields(policy)]
-    if {"budget", "sink", "sparsity"} <= set(names) and policy.policy in _SHARED_CONFIG_KNOBS:
-        return _SHARED_CONFIG_KNOBS[policy.policy]
+    name = getattr(policy, "policy", None)
+    if {"budget", "sink", "sparsity"} <= set(names) and name in _SHARED_CONFIG_KNOBS:
+        return _SHARED_CONFIG_KNOBS[name]
     return tuple(n for n in names if n not in CACHE_COMMON)
 
 

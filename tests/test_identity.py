@@ -67,6 +67,41 @@ def test_study_arms_and_hybrid_scope_are_columns(tmp_path):
     assert hybrid["model_layers"] == "MA" and hybrid["cache_scope"] == "attn layers 1/2"
 
 
+def test_a_variant_with_a_config_of_its_own_gets_its_fields_as_columns():
+    """A new policy or rule (one file, its own config dataclass) needs no edit here: its fields are its knobs,
+    unless it declares ``knobs``."""
+    from dataclasses import dataclass
+
+    from pipeline.identity import cache_columns, pos_columns
+
+    @dataclass
+    class KeepEvery:
+        policy: str = "keep_every"
+        prefill: str = "dense"
+        chunk_size: int = 8
+        stride: int = 3
+
+    @dataclass
+    class Declared(KeepEvery):
+        knobs = ("stride",)
+        seed: int = 0  # a field that is not part of the identity
+
+    assert cache_columns(KeepEvery()) == {"cache_policy": "keep_every", "cache_stride": 3}
+    assert cache_columns(Declared()) == {"cache_policy": "keep_every", "cache_stride": 3}
+
+    @dataclass
+    class Toy:
+        rule: str = "toy_rule"
+        base: float = 500.0
+        factor: float = 2.0
+
+        @property
+        def name(self) -> str:
+            return f"{self.rule}x{self.factor:g}"
+
+    assert pos_columns(Toy()) == {"pos": "toy_rulex2", "pos_rule": "toy_rule", "pos_base": 500.0, "pos_factor": 2.0}
+
+
 def niah_rows(run_id: str, accuracy: float, **identity) -> list[dict]:
     """One arm's grid rows; the label columns say nothing about the identity column under test."""
     base = dict(run_id=run_id, model="transformer", pos="linearx4", attention="full", cache="full", task="niah",
