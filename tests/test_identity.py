@@ -178,19 +178,18 @@ def test_rows_without_identity_columns_still_load_label_and_plot(tmp_path):
     assert make_palette(df).order[0].startswith("transformer/rope")  # family order, from the columns
 
 
-def test_legend_order_knows_every_positional_rule():
-    from figures.style import POS_ORDER
-
-    from models.rope import RULES
-
-    assert set(RULES) <= set(POS_ORDER), f"add {set(RULES) - set(POS_ORDER)} to figures/style.py POS_ORDER"
-    arms = [("longropex4", "longrope", 4.0), ("linearx4", "linear", 4.0), ("linearx2", "linear", 2.0),
-            ("alibi", "alibi", None), ("llama3x4", "llama3", 4.0)]
-    rows = [dict(model="transformer", pos=p, pos_rule=r, pos_factor=f, attention="full") for p, r, f in arms]
+def test_legend_order_knows_every_positional_rule(monkeypatch):
     from figures.style import label_sort_key
 
-    assert [r["pos"] for r in sorted(rows, key=label_sort_key)] == [
-        "alibi", "linearx2", "linearx4", "llama3x4", "longropex4"]
+    import models.rope as rope
+
+    arms = [("longropex4", "longrope", 4.0), ("linearx4", "linear", 4.0), ("linearx2", "linear", 2.0),
+            ("alibi", "alibi", None), ("llama3x4", "llama3", 4.0), ("zz_plugin", "zz_plugin", None),
+            ("new_rulex2", "new_rule", 2.0)]
+    monkeypatch.setitem(rope.RULES, "new_rule", rope.RULES["rope"])  # a rule added later, in its own file
+    rows = [dict(model="transformer", pos=p, pos_rule=r, pos_factor=f, attention="full") for p, r, f in arms]
+    assert [r["pos"] for r in sorted(rows, key=label_sort_key)] == [  # llama3 and alibi were missing
+        "alibi", "linearx2", "linearx4", "llama3x4", "longropex4", "new_rulex2", "zz_plugin"]
 
 
 def test_the_preset_rows_fixture_keeps_every_arm_apart():

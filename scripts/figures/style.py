@@ -32,8 +32,8 @@ NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0
 
 FAMILY_ORDER = ("transformer", "hybrid", "mamba")
 FAMILY_MARKERS = {"transformer": "o", "hybrid": "^", "mamba": "s"}
-# Every positional rule of models/rope.py, in the order they are usually introduced (tests/test_identity.py
-# checks the list is complete); a rule from a plugin sorts after them, by name.
+# Legend order of positional rules: these in the order they are usually introduced, then every other rule
+# the positional registry knows (a new rule file needs no edit here), then rules only the rows name.
 POS_ORDER = ("none", "alibi", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope")
 STAGE_ORDER = ("pretrain", "extend", "duo_gates")
 
@@ -69,12 +69,23 @@ def _order_key(order: tuple[str, ...], value: object) -> tuple[int, str]:
     return (order.index(s) if s in order else len(order), s)
 
 
+def pos_order() -> tuple[str, ...]:
+    """POS_ORDER, then the registered rules it does not list, in registration order."""
+    try:
+        from models.rope import RULES
+
+        registered = list(RULES)
+    except ImportError:  # figures drawn without the models package: the declared order alone
+        registered = []
+    return POS_ORDER + tuple(r for r in registered if r not in POS_ORDER)
+
+
 def label_sort_key(row: dict) -> tuple:
     """Legend order from a row's identity columns: family, positional rule and factor, attention pattern,
     cache policy, then the label columns (budgets of one policy in their label order)."""
     factor = row.get("pos_factor")
     factor = float(factor) if isinstance(factor, (int, float)) and not math.isnan(factor) else 0.0
-    return (_order_key(FAMILY_ORDER, row.get("model")), _order_key(POS_ORDER, row.get("pos_rule")), factor,
+    return (_order_key(FAMILY_ORDER, row.get("model")), _order_key(pos_order(), row.get("pos_rule")), factor,
             str(row.get("attention")), _order_key(CACHE_ORDER, row.get("cache_policy")), str(row.get("cache")))
 
 
