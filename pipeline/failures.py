@@ -18,10 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import ConfigError
 from pipeline.evaluate import is_oom
 from pipeline.identity import failure_identity
 from pipeline.rows import append_row, make_row
+from pipeline.schema import ConfigError
 
 log = logging.getLogger(__name__)
 

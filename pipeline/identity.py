@@ -174,7 +174,7 @@ def failure_identity(cfg: Any) -> dict[str, Any]:
 
     from models.cache import CacheConfig
     from models.rope import PosConfig
-    from pipeline.config import to_dataclass
+    from pipeline.schema import to_dataclass
 
     def part(cls: type, key: str) -> Any:
         try:

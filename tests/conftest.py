@@ -14,6 +14,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# --- test-only plugins: every module of tests/plugins is imported once; each registers toy variants ---
+# (a toy stage, a toy task family ...), so the registry-parametrized contract tests pick them up with no
+# other edit. (The models helper of issue 15 adds the same block; keep one copy when merging.)
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+for _plugin in pkgutil.iter_modules([os.path.join(ROOT, "tests", "plugins")]):
+    importlib.import_module(f"plugins.{_plugin.name}")
+# --- end of test-only plugins ---
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
@@ -62,22 +72,3 @@ TINY = [
 def tiny_overrides() -> list[str]:
     return list(TINY)
 
-
-# --- test-only plugins (added by the results-identity helper, i15r; the models helper adds the same hook:
-# keep one when merging) -----------------------------------------------------------------------------------
-# Every module of tests/plugins registers a toy variant (a figure kind, ...) on import, so the parametrized
-# contract tests over each registry test it without any list being edited.
-def _load_test_plugins() -> None:
-    import importlib.util
-    from pathlib import Path
-
-    for path in sorted((Path(__file__).parent / "plugins").glob("[!_]*.py")):
-        name = f"longctx_test_plugins.{path.stem}"
-        if name not in sys.modules:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-
-
-_load_test_plugins()

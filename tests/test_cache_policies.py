@@ -482,7 +482,7 @@ def test_two_way_forward_equals_reference_loss_and_gate_gradient():
 
 
 def test_duo_schedule_matches_reference_lambda():
-    from pipeline.duo_stage import duo_schedule
+    from pipeline.stages.duo_gates import duo_schedule
 
     for total in (10, 37, 2000):
         ours = duo_schedule(total)
