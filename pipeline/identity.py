@@ -65,12 +65,24 @@ def rule_knobs(pos: Any) -> tuple[str, ...]:
 
 
 def _rule_function(rule: str) -> Any:
+    return rule_functions().get(rule)
+
+
+def rule_functions() -> dict[str, Any]:
+    """Every registered positional rule's frequency function by name (one module per rule in models/pos/,
+    or the first build's ``models.rope.RULES``); empty when neither is importable."""
+    try:
+        from models.pos import POS_RULES
+
+        return {name: POS_RULES.get(name).frequencies for name in POS_RULES.names()}
+    except ImportError:
+        pass
     try:
         from models.rope import RULES
 
-        return RULES.get(rule)
-    except (ImportError, ValueError):  # rules kept elsewhere, or a rule of a plugin not loaded here
-        return None
+        return dict(RULES)
+    except ImportError:
+        return {}
 
 
 def cache_columns(policy: Any) -> dict[str, Any]:
@@ -97,8 +109,8 @@ _SHARED_CONFIG_KNOBS = {"full": (), "sink_window": ("sink", "window", "positions
 
 def policy_knobs(policy: Any) -> tuple[str, ...]:
     own = getattr(policy, "knobs", None)
-    if own is not None:
-        return tuple(own() if callable(own) else own)
+    if own is not None:  # declared by the policy; a location (gates_path) is never identity
+        return tuple(k for k in (own() if callable(own) else own) if k not in CACHE_COMMON)
     names = [f.name for f in dataclasses.fields(policy)]
     name = getattr(policy, "policy", None)
     if {"budget", "sink", "sparsity"} <= set(names) and name in _SHARED_CONFIG_KNOBS:

@@ -83,8 +83,11 @@ def test_a_variant_with_a_config_of_its_own_gets_its_fields_as_columns():
 
     @dataclass
     class Declared(KeepEvery):
-        knobs = ("stride",)
         seed: int = 0  # a field that is not part of the identity
+        gates_path: str = "/runs/x/gates.pt"  # a location, even when a policy lists it
+
+        def knobs(self) -> dict:
+            return {"stride": self.stride, "gates_path": self.gates_path}
 
     assert cache_columns(KeepEvery()) == {"cache_policy": "keep_every", "cache_stride": 3}
     assert cache_columns(Declared()) == {"cache_policy": "keep_every", "cache_stride": 3}
@@ -181,12 +184,15 @@ def test_rows_without_identity_columns_still_load_label_and_plot(tmp_path):
 def test_legend_order_knows_every_positional_rule(monkeypatch):
     from figures.style import label_sort_key
 
-    import models.rope as rope
+    from pipeline import identity
 
     arms = [("longropex4", "longrope", 4.0), ("linearx4", "linear", 4.0), ("linearx2", "linear", 2.0),
             ("alibi", "alibi", None), ("llama3x4", "llama3", 4.0), ("zz_plugin", "zz_plugin", None),
             ("new_rulex2", "new_rule", 2.0)]
-    monkeypatch.setitem(rope.RULES, "new_rule", rope.RULES["rope"])  # a rule added later, in its own file
+    rules = identity.rule_functions()
+    assert {"alibi", "llama3", "rope"} <= set(rules)
+    rules["new_rule"] = rules["rope"]  # a rule added later, in its own file
+    monkeypatch.setattr(identity, "rule_functions", lambda: rules)
     rows = [dict(model="transformer", pos=p, pos_rule=r, pos_factor=f, attention="full") for p, r, f in arms]
     assert [r["pos"] for r in sorted(rows, key=label_sort_key)] == [  # llama3 and alibi were missing
         "alibi", "linearx2", "linearx4", "llama3x4", "longropex4", "new_rulex2", "zz_plugin"]

@@ -71,13 +71,9 @@ def _order_key(order: tuple[str, ...], value: object) -> tuple[int, str]:
 
 def pos_order() -> tuple[str, ...]:
     """POS_ORDER, then the registered rules it does not list, in registration order."""
-    try:
-        from models.rope import RULES
+    from pipeline.identity import rule_functions
 
-        registered = list(RULES)
-    except ImportError:  # figures drawn without the models package: the declared order alone
-        registered = []
-    return POS_ORDER + tuple(r for r in registered if r not in POS_ORDER)
+    return POS_ORDER + tuple(r for r in rule_functions() if r not in POS_ORDER)
 
 
 def label_sort_key(row: dict) -> tuple:
