@@ -27,6 +27,7 @@ from pipeline.eval_kinds import run_eval_kind
 from pipeline.evaluate import evaluate_grid
 from pipeline.fit import count_params
 from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
+from pipeline.identity import model_columns, run_identity
 from pipeline.prefix import evaluate_prefix_cache
 from pipeline.quiet import silence_known_noise
 from pipeline.run_state import ROWS_FILE, RunLock, claim_run_config, is_launcher_rank
@@ -38,17 +39,8 @@ silence_known_noise()  # also in DDP worker processes, which import this module
 
 
 def describe(model_cfg: Any) -> dict[str, Any]:
-    """Row identifiers of an architecture: family, positional rule, attention pattern."""
-    pos = getattr(model_cfg, "pos", None)
-    attn = getattr(model_cfg, "attention", None)
-    attention = None
-    if attn is not None:
-        attention = attn.eval if attn.train == attn.eval else f"{attn.train}->{attn.eval}"
-    layers = getattr(model_cfg, "schedule", None)
-    if isinstance(layers, str):  # hybrid schedule
-        attention = f"{layers}:{attention}" if attention else layers
-    return {"model": model_cfg.family, "pos": pos.name if pos is not None else None,
-            "attention": attention or model_cfg.family}
+    """Row identifiers of an architecture: family, positional rule, attention pattern (pipeline/identity.py)."""
+    return {k: v for k, v in model_columns(model_cfg).items() if k in ("model", "pos", "attention")}
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -65,8 +57,10 @@ def device_of(cfg: DictConfig) -> torch.device:
 
 
 def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
-    return dict(run_id=run_id, **describe(res.model), train_len=res.task.train_len,
-                train_task=res.task.name, stage=cfg.get("stage", "pretrain"), config_hash=res.config_hash,
+    """The columns every row of this run shares: its identity (pipeline/identity.py) and where it came from."""
+    return dict(run_id=run_id, **run_identity(res.model, scoped_policy(res.cache, res.model), res.lora),
+                train_len=res.task.train_len, train_task=res.task.name, stage=cfg.get("stage", "pretrain"),
+                config_hash=res.config_hash,
                 variant=cfg.get("variant_name"),  # a study arm's name (conf/variant), if any
                 arm_hash=arm_hash(cfg))  # equal for seeds of one configuration; collect/plot keep others apart
 
