@@ -26,7 +26,6 @@ from pipeline.model_checks import (
     check_cache_on_model,
     check_lengths,
     check_lora,
-    check_model_scalars,
     check_text_eval,
     check_vocab_size,
 )
@@ -118,7 +117,6 @@ def check_combinations(cfg: DictConfig, run: RunConfig, res: Resolved) -> None:
     res.stage.check(cfg, res)
     check_lora(res.lora, res.model)
     check_attention(res.model, res.task, run.allow_sparse_eval)
-    check_model_scalars(res.model)
     check_prefix_cache(res.eval, res.task)
     if "trainer" in cfg:
         trainer_kwargs(cfg.trainer)

@@ -69,20 +69,10 @@ def _rule_function(rule: str) -> Any:
 
 
 def rule_functions() -> dict[str, Any]:
-    """Every registered positional rule's frequency function by name (one module per rule in models/pos/,
-    or the first build's ``models.rope.RULES``); empty when neither is importable."""
-    try:
-        from models.pos import POS_RULES
+    """Every registered positional rule's frequency function by name (one module per rule in models/pos/)."""
+    from models.pos import POS_RULES
 
-        return {name: POS_RULES.get(name).frequencies for name in POS_RULES.names()}
-    except ImportError:
-        pass
-    try:
-        from models.rope import RULES
-
-        return dict(RULES)
-    except ImportError:
-        return {}
+    return {name: POS_RULES.get(name).frequencies for name in POS_RULES.names()}
 
 
 def cache_columns(policy: Any) -> dict[str, Any]:
@@ -99,23 +89,11 @@ def cache_columns(policy: Any) -> dict[str, Any]:
     return out
 
 
-# The four policies of the first build share one CacheConfig holding every policy's fields, so which of
-# them a policy reads is listed here; a policy with a config of its own declares ``knobs`` or has its
-# fields read.
-_SHARED_CONFIG_KNOBS = {"full": (), "sink_window": ("sink", "window", "positions"),
-                        "duo": ("sink", "window", "sparsity", "threshold"),
-                        "quest": ("budget", "page_size", "dense_layers", "selection")}
-
-
 def policy_knobs(policy: Any) -> tuple[str, ...]:
     own = getattr(policy, "knobs", None)
     if own is not None:  # declared by the policy; a location (gates_path) is never identity
         return tuple(k for k in (own() if callable(own) else own) if k not in CACHE_COMMON)
-    names = [f.name for f in dataclasses.fields(policy)]
-    name = getattr(policy, "policy", None)
-    if {"budget", "sink", "sparsity"} <= set(names) and name in _SHARED_CONFIG_KNOBS:
-        return _SHARED_CONFIG_KNOBS[name]
-    return tuple(n for n in names if n not in CACHE_COMMON)
+    return tuple(f.name for f in dataclasses.fields(policy) if f.name not in CACHE_COMMON)
 
 
 def model_columns(model_cfg: Any) -> dict[str, Any]:

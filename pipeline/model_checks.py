@@ -91,9 +91,3 @@ def check_attention(model: Any, task: Task, allow_sparse_eval: bool) -> None:
         raise ConfigError("model.attention.eval=shifted_sparse: LongLoRA evaluates with full attention; "
                           "set model.attention.eval=full, or allow_sparse_eval=true to study it on purpose")
 
-
-def check_model_scalars(model: Any) -> None:
-    for name in ("norm_eps", "init_std"):
-        value = getattr(model, name, None)
-        if value is not None and not value > 0:
-            raise ConfigError(f"model.{name}={value} must be > 0")
