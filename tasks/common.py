@@ -85,7 +85,7 @@ def row_signature(hidden_row: np.ndarray, mask_row: np.ndarray) -> tuple[int, in
     """(opener, tokens between opener and ANSWER, answer tokens) of one example.
 
     The opener is the nearest special token before the ANSWER marker that precedes the first
-    answer, ignoring ``skip`` (the CONTEXT marker may sit inside a question). Rows whose first answer
+    answer, stepping over CONTEXT (that marker may sit inside a question). Rows whose first answer
     does not follow an ANSWER marker (MQAR) get opener -1, between -1.
     """
     p = int(mask_row.argmax())

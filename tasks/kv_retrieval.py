@@ -42,6 +42,7 @@ from tasks.vocab import Vocab
 @dataclass
 class KvRetrieval(Task):
     name: ClassVar[str] = "kv_retrieval"
+    suite_rank: ClassVar[int] = 30
     has_depth: ClassVar[bool] = True
     pairs: int = 8  # records in the context
     key_len: int = 1

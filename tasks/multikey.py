@@ -61,6 +61,7 @@ def shared_masks(key_len: int, shared: int) -> np.ndarray:
 @dataclass
 class Multikey(Task):
     name: ClassVar[str] = "multikey"
+    suite_rank: ClassVar[int] = 20
     has_depth: ClassVar[bool] = True
     key_len: int = 3  # tokens per key
     value_len: int = 2  # tokens per value (the answer)

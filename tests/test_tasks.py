@@ -129,7 +129,7 @@ def test_mqar_model_never_reads_an_answer():
     import torch
 
     from models.cache import CacheConfig
-    from models.transformer import Transformer, TransformerConfig
+    from models.families.transformer import Transformer, TransformerConfig
     from pipeline.evaluate import run_cell
     from tasks.datamodule import TokenDataset
 
