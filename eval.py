@@ -13,8 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import pipeline.resolvers  # noqa: F401  (conf/ uses ${run_path:...})
+from pipeline.eval_run import evaluate_checkpoint
 from pipeline.failures import record_failures
-from pipeline.run import evaluate_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -1,62 +1,117 @@
-"""The cache protocol every family decodes through, and the ``full`` KV cache.
+"""The cache protocol every family decodes through, and the registry of KV-cache policies.
 
 A ``ModelCache`` is one ``LayerCache`` per layer plus the count of tokens seen. Attention layers
 hand their *unrotated* q, k, v to their ``KVLayerCache.attend``, which chooses positions, stores
-what the policy keeps and computes the output — so a policy is one class, registered in
-``KV_POLICIES``. Mamba layers keep their conv and SSM state in a ``LayerCache`` of their own.
+what the policy keeps and computes the output. A policy is one module of models/caches/ that
+registers its config class (a ``CacheConfig`` subclass holding its own knobs, their validation, its
+row label and the ``layer_cache`` factory). Other mixers (Mamba) keep their own ``LayerCache``.
 Every cache reports its exact bytes: the sum of ``nbytes`` of the tensors it holds.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, ClassVar
 
 import torch
 
-from models.attention import causal_sdpa
+from registries import Registry
+
+PREFILLS = ("dense", "policy")
 
 
 @dataclass
 class CacheConfig:
-    """A decode-time cache policy and its knobs (fields unused by a policy are ignored)."""
+    """The knobs every policy shares. ``CacheConfig(policy="quest", budget=32)`` builds the policy's own
+    config class (``QuestConfig``), so callers never name it."""
 
-    policy: str = "full"  # full | sink_window | duo | quest
+    policy: str = "full"
     prefill: str = "dense"  # dense: prompt attends densely, then the policy compresses; policy: chunked
     chunk_size: int = 512  # prefill=policy: tokens per prefill chunk
-    sink: int = 4  # sink_window / duo: attention-sink tokens
-    window: int = 256  # sink_window / duo: most recent tokens
-    positions: str = "cache_relative"  # sink_window: cache_relative (StreamingLLM) | absolute (Duo)
-    budget: int = 256  # quest: tokens read per query head
-    page_size: int = 16  # quest
-    dense_layers: int = 2  # quest: the first layers stay dense (at most n_layers - 1; models/cache_quest.py)
-    selection: str = "eval"  # quest: eval (quest_attention.py, the paper's accuracy) | kernel (current page forced)
-    gates_path: Optional[str] = None  # duo: learned gates (.pt), (n_layers, n_kv_heads)
-    sparsity: Optional[float] = None  # duo: fraction of heads made streaming (global quantile)
-    threshold: Optional[float] = None  # duo: alternatively, retrieval iff gate >= threshold
+    scope: ClassVar[str] = ""  # set by ``scoped``: which layers the policy acts on (not a knob)
+
+    def __new__(cls, *args: Any, **knobs: Any) -> CacheConfig:
+        if cls is CacheConfig:  # the first positional argument, like the first field, is the policy
+            cls = policy_config(args[0] if args else knobs.get("policy", "full"))
+            check_knobs(cls, knobs)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
-        if self.policy not in KV_POLICIES:
-            raise ValueError(f"cache.policy={self.policy!r} is not a known policy; allowed: {sorted(KV_POLICIES)}")
-        if self.prefill not in ("dense", "policy"):
-            raise ValueError(f"cache.prefill={self.prefill!r}; allowed: 'dense', 'policy'")
-        for name in ("chunk_size", "window", "budget", "page_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"cache.{name}={getattr(self, name)} must be >= 1")
-        for name in ("sink", "dense_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"cache.{name}={getattr(self, name)} must be >= 0")
-        check = VALIDATORS.get(self.policy)
-        if check is not None:
-            check(self)
+        expected = policy_name(type(self))
+        if self.policy != expected:
+            raise ValueError(f"cache.policy={self.policy!r} but this is the {expected!r} policy's config")
+        if self.prefill not in PREFILLS:
+            raise ValueError(f"cache.prefill={self.prefill!r}; allowed: {list(PREFILLS)}")
+        if self.chunk_size < 1:
+            raise ValueError(f"cache.chunk_size={self.chunk_size} must be >= 1")
+
+    def describe(self) -> str:
+        """The policy and the knobs that matter to it (policies override)."""
+        return self.policy
 
     @property
     def label(self) -> str:
-        """The policy and the parameters that matter to it, for results rows."""
-        return LABELS.get(self.policy, lambda c: c.policy)(self)
+        """For results rows: ``describe()``, and the scope when the policy acts on some layers only."""
+        return f"{self.describe()}[{self.scope}]" if self.scope else self.describe()
+
+    def knobs(self) -> dict[str, Any]:
+        """The policy's own knobs (beyond policy, prefill and chunk_size), by name."""
+        shared = {f.name for f in dataclasses.fields(CacheConfig)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in shared}
+
+    def scoped(self, scope: str) -> CacheConfig:
+        """A copy whose label names the layers it acts on (a hybrid's attention layers)."""
+        out = copy.copy(self)
+        out.scope = scope
+        return out
+
+    def layer_cache(self, layer_idx: int, n_layers: int, n_kv_heads: int) -> KVLayerCache:
+        """The cache of attention layer ``layer_idx`` (of ``n_layers``) under this policy."""
+        raise NotImplementedError(f"cache policy {self.policy!r} builds no layer cache")
+
+
+CACHE_POLICIES: Registry[type[CacheConfig]] = Registry("policy", "cache.policy", package="models.caches")
+
+
+def policy_config(policy: Any) -> type[CacheConfig]:
+    """The config class of ``policy`` (a ValueError naming cache.policy and the allowed names)."""
+    return CACHE_POLICIES.get(policy)
+
+
+def policy_knobs(node: Mapping[str, Any]) -> tuple[type[CacheConfig], dict[str, Any]]:
+    """The config class of ``node["policy"]`` and the keys of ``node`` it takes (a ``cache`` config node).
+
+    Knobs of other registered policies are dropped, as a study sets streaming knobs once for all its
+    arms and a base run switches ``cache.policy=full`` over an arm's node; a key no policy has is an error.
+    """
+    cls = policy_config(node.get("policy", "full"))
+    own = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for _, c in CACHE_POLICIES.items() for f in dataclasses.fields(c)}
+    for key in node:
+        if key not in known:
+            raise ValueError(f"cache.{key} is not a knob of any cache policy; allowed for cache.policy="
+                             f"{policy_name(cls)!r}: {sorted(own)}")
+    return cls, {k: v for k, v in node.items() if k in own}
+
+
+def check_knobs(cls: type[CacheConfig], knobs: dict[str, Any]) -> None:
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in knobs:
+        if key not in allowed:
+            raise ValueError(f"cache.{key} is not a knob of cache.policy={policy_name(cls)!r}; allowed: {allowed}")
+
+
+def policy_name(cls: type[CacheConfig]) -> str:
+    """The policy a config class is for: the default of its ``policy`` field."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == "policy")
+
+
+def as_cache_config(policy: CacheConfig | str) -> CacheConfig:
+    return CacheConfig(policy=policy) if isinstance(policy, str) else policy
 
 
 class LayerCache(ABC):
@@ -94,57 +149,3 @@ class ModelCache:
     def clone(self) -> ModelCache:
         """An independent copy (prefix caching: prefill once, ask many questions)."""
         return copy.deepcopy(self)
-
-
-class FullKVCache(KVLayerCache):
-    """Keeps every key and value, rotated at its absolute position.
-
-    Grows by concatenation, or, after ``reserve(capacity)``, writes into buffers allocated once:
-    no per-step copy of the whole cache, and the bytes held are those of the reserved length.
-    """
-
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None  # (B, Hkv, held, D): held == tokens seen, or the capacity
-        self.v: torch.Tensor | None = None
-        self.capacity: int | None = None
-
-    def reserve(self, capacity: int) -> None:
-        self.capacity = capacity
-
-    def tensors(self) -> Iterator[torch.Tensor]:
-        yield from (t for t in (self.k, self.v) if t is not None)
-
-    def store(self, k: torch.Tensor, v: torch.Tensor, start: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep k, v (B, Hkv, t, D) for tokens start..total-1; returns all keys and values so far."""
-        if self.capacity is None or total > max(self.capacity, 0 if self.k is None else self.k.shape[2]):
-            # clone the first chunk: k/v may be views pinning the whole fused q/k/v projection output
-            self.k = k.clone() if self.k is None else torch.cat((self.k[:, :, :start], k), dim=2)  # (B, Hkv, total, D)
-            self.v = v.clone() if self.v is None else torch.cat((self.v[:, :, :start], v), dim=2)
-            return self.k, self.v
-        if self.k is None:
-            B, H, _, D = k.shape
-            self.k = k.new_zeros(B, H, self.capacity, D)
-            self.v = v.new_zeros(B, H, self.capacity, D)
-        self.k[:, :, start:total] = k
-        self.v[:, :, start:total] = v
-        return self.k[:, :, :total], self.v[:, :, :total]  # views, no copy
-
-    def attend(self, q, k, v, positional, start):
-        t = q.shape[2]
-        total = start + t
-        positions = torch.arange(start, total, device=q.device)
-        q = positional.rotate(q, positions, total)
-        k = positional.rotate(k, positions, total)
-        keys, values = self.store(k, v, start, total)
-        bias = positional.bias(positions, torch.arange(total, device=q.device))
-        return causal_sdpa(q, keys, values, q_offset=start, bias=bias)
-
-
-# policy name -> factory(cfg, layer_idx, n_layers, n_kv_heads) building one layer's cache
-KV_POLICIES: dict[str, Callable[..., KVLayerCache]] = {"full": lambda cfg, *_: FullKVCache()}
-VALIDATORS: dict[str, Callable[[CacheConfig], None]] = {}
-LABELS: dict[str, Callable[[CacheConfig], str]] = {}
-
-
-# Policies register themselves on import; importing models.cache makes all of them available.
-from models import cache_duo, cache_quest, cache_sink_window  # noqa: E402,F401

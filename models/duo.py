@@ -28,26 +28,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from models.attention import AttentionConfig, causal_sdpa, register, sink_window
-
 OBJECTIVES = ("two_way", "same_states")
-
-
-@register("duo_two_way")
-def duo_two_way(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: AttentionConfig,
-                bias: torch.Tensor | None = None, gate: torch.Tensor | None = None, **_: object) -> torch.Tensor:
-    """Batch [teacher; student] (2B, ...) -> [Full(teacher); (1-a) Stream(student) + a Full(teacher)]."""
-    if gate is None:
-        raise ValueError("attention pattern 'duo_two_way' needs per-head gates (Hkv,): "
-                         "call models.duo.attach_duo_gates(model) first")
-    if q.shape[0] % 2:
-        raise ValueError(f"duo_two_way needs the batch doubled (teacher; student), got batch {q.shape[0]}")
-    B, H, Hkv = q.shape[0] // 2, q.shape[1], k.shape[1]
-    with torch.no_grad():  # the teacher's full attention on its own states
-        full = causal_sdpa(q[:B], k[:B], v[:B], bias=bias)  # (B, H, T, D)
-    stream = sink_window(q[B:], k[B:], v[B:], cfg, bias=bias)  # the student's own states
-    g = gate.clamp(0.0, 1.0).to(q.dtype).repeat_interleave(H // Hkv).view(1, H, 1, 1)  # GQA group shares
-    return torch.cat((full, (1 - g) * stream + g * full))
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:

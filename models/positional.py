@@ -9,22 +9,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.rope import LENGTH_DEPENDENT, NON_ROTARY, PosConfig, apply_rotary, rope_frequencies
+from models.pos import POS_RULES
+from models.rope import PosConfig, apply_rotary, rope_frequencies
 
 
 class Positional(nn.Module):
     def __init__(self, cfg: PosConfig, head_dim: int, n_heads: int) -> None:
         super().__init__()
         self.cfg, self.head_dim, self.n_heads = cfg, head_dim, n_heads
-        self.rotary = cfg.rule not in NON_ROTARY
-        self.length_dependent = cfg.rule in LENGTH_DEPENDENT
+        rule = POS_RULES.get(cfg.rule)
+        self.rotary, self.length_dependent = rule.rotary, rule.length_dependent
         inv_freq, factor = self._frequencies(seq_len=None)
         self.attention_factor = factor
         self._memo: tuple | None = None  # (positions, seq_len key, (cos, sin)) of the last call
         # Non-persistent: frequencies are a function of the config, never of a checkpoint.
         self.register_buffer("inv_freq", inv_freq if inv_freq is not None else torch.empty(0),
                              persistent=False)
-        self.register_buffer("slopes", alibi_slopes(n_heads) if cfg.rule == "alibi" else torch.empty(0),
+        self.register_buffer("slopes", rule.slopes(n_heads) if rule.slopes is not None else torch.empty(0),
                              persistent=False)
 
     def _frequencies(self, seq_len: int | None) -> tuple[torch.Tensor | None, float]:
@@ -64,24 +65,8 @@ class Positional(nn.Module):
         return apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype))
 
     def bias(self, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor | None:
-        """Additive (H, t, s) attention bias, or None for rotary rules."""
+        """Additive (H, t, s) attention bias -slope_h * distance, or None for rules without slopes."""
         if self.slopes.numel() == 0:
             return None
         distance = (q_positions[:, None] - k_positions[None, :]).clamp(min=0).float()  # (t, s)
         return -self.slopes[:, None, None] * distance[None]
-
-
-def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """ALiBi head slopes (Press et al. 2022): geometric 2^(-8/n)…, interleaved for non powers of 2."""
-    import math
-
-    def power_of_2(n: int) -> list[float]:
-        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
-        return [start * start**i for i in range(n)]
-
-    if math.log2(n_heads).is_integer():
-        slopes = power_of_2(n_heads)
-    else:
-        closest = 2 ** math.floor(math.log2(n_heads))
-        slopes = power_of_2(closest) + power_of_2(2 * closest)[0::2][: n_heads - closest]
-    return torch.tensor(slopes, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Model families by name: config dataclass and module. A new family registers one entry."""
+"""Model families by name (models/families/, one module each): the config class and the module."""
 
 from __future__ import annotations
 
@@ -7,22 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.hybrid import Hybrid, HybridConfig
+from models.families import FAMILIES
 from models.lm import DTYPES
-from models.mamba import MambaConfig, MambaLM
-from models.transformer import Transformer, TransformerConfig
-
-FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
-    "transformer": (TransformerConfig, Transformer),
-    "mamba": (MambaConfig, MambaLM),
-    "hybrid": (HybridConfig, Hybrid),
-}
 
 
 def config_class(family: str) -> type:
-    if family not in FAMILIES:
-        raise ValueError(f"model.family={family!r} is not a known family; allowed: {sorted(FAMILIES)}")
-    return FAMILIES[family][0]
+    """The ``model.*`` dataclass of ``family`` (a ValueError naming model.family and the allowed names)."""
+    return FAMILIES.get(family).config_class
 
 
 def build_model(cfg: Any) -> nn.Module:
@@ -31,12 +22,13 @@ def build_model(cfg: Any) -> nn.Module:
     Floating parameters are created in that dtype directly (no float32 copy first); tensors a
     family pins explicitly (Mamba's A_log and D, RoPE tables) keep their own dtype.
     """
+    family = FAMILIES.get(cfg.family)
     dtype = getattr(cfg, "dtype", None)
     if dtype is None:
-        return FAMILIES[cfg.family][1](cfg)
+        return family(cfg)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(DTYPES[dtype])
     try:
-        return FAMILIES[cfg.family][1](cfg)
+        return family(cfg)
     finally:
         torch.set_default_dtype(previous)

@@ -1,7 +1,7 @@
 """The selective scan (Mamba's SSM) in pure PyTorch, memory-lean: the kernel's strategy in chunks.
 
 ``selective_scan`` takes the argument layout of ``mamba_ssm``'s ``selective_scan_fn`` so the CUDA
-kernel and this reference are interchangeable (models/mamba.py picks one):
+kernel and this reference are interchangeable (models/mixers/mamba.py picks one):
 
     delta = softplus(delta + delta_bias)                       (if delta_softplus)
     h_t   = exp(delta_t A) * h_{t-1} + delta_t B_t u_t         h: (B, D, N), h_{-1} = initial_state

@@ -53,7 +53,7 @@ def question_starts(tokens: np.ndarray, answer_mask: np.ndarray, openers: Iterab
 
 def task_openers(task: object) -> set[int]:
     """The question-opening tokens of a task (from ``signatures()``; empty if it has none)."""
-    sigs = task.signatures() if hasattr(task, "signatures") else set()
+    sigs = task.signatures()
     return {s[0] for s in sigs if s[0] >= 0}
 
 

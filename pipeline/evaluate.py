@@ -24,7 +24,8 @@ from rich.progress import Progress
 from torch import nn
 
 from models.cache import CacheConfig
-from pipeline.decode import PROTOCOLS, decode_predictions, decode_start, task_openers, teacher_forced_predictions
+from pipeline.decode import decode_predictions, decode_start, task_openers, teacher_forced_predictions
+from pipeline.eval_config import EvalConfig
 from pipeline.memory import available_bytes, estimate_eval_bytes, measure_peak
 from pipeline.rows import CELL_KEYS, append_rows, cell_key, make_row, read_rows
 from tasks.base import Task, TaskArrays
@@ -159,32 +160,23 @@ def evaluate_grid(
     model: nn.Module,
     tasks: list[Task],
     vocab: Vocab,
-    lengths: list[int],
-    depths: list[float],
-    n_examples: int,
-    batch_size: int,
+    ev: EvalConfig,
     policy: CacheConfig,
     seed: int,
     row_base: dict[str, Any],
     rows_path: str | Path | None,
-    decode: bool = True,
-    teacher_forced: bool = True,
     device: torch.device | str = "cpu",
     on_row: Callable[[dict[str, Any]], None] | None = None,
     cell_runner: Callable[..., CellResult] = run_cell,
-    protocol: str = "question_decoded",
-    decode_tail: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate every (task, length, depth) cell; rows are appended to ``rows_path`` as they come."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"eval.protocol={protocol!r}; allowed: {list(PROTOCOLS)}")
+    """Evaluate every (task, length, depth) cell of ``ev``; rows are appended to ``rows_path`` as they come."""
     device = torch.device(device)
     model.eval()
-    if decode:
-        tail = "the whole question" if decode_tail is None else f"the last {decode_tail} prompt tokens"
+    if ev.decode:
+        tail = "the whole question" if ev.decode_tail is None else f"the last {ev.decode_tail} prompt tokens"
         log.info("evaluation protocol %s: context prefilled (%s), then %s fed token by token through %s",
-                 protocol, policy.prefill, "nothing" if protocol == "question_prefilled" else tail, policy.label)
-    cells = [(t, L, d) for t in tasks for L in lengths for d in (depths if t.has_depth else [None])]
+                 ev.protocol, policy.prefill, "nothing" if ev.protocol == "question_prefilled" else tail, policy.label)
+    cells = [(t, L, d) for t in tasks for L in ev.lengths for d in (ev.depths if t.has_depth else [None])]
     out: list[dict[str, Any]] = []
     done = completed_cells(rows_path, row_base.get("run_id"), row_base.get("config_hash"))
     with Progress(transient=True) as progress:
@@ -193,47 +185,58 @@ def evaluate_grid(
             progress.update(bar, description=f"{task.name} L={length} depth={depth}")
             base = dict(row_base, task=task.name, eval_len=length, depth=depth, seed=seed,
                         cache=policy.label, prefill=policy.prefill,
-                        protocol=protocol if decode else "teacher_forced", decode_tail=decode_tail)
+                        protocol=ev.protocol if ev.decode else "teacher_forced", decode_tail=ev.decode_tail)
             key = tuple(base.get(k) for k in CELL_KEYS)
             if key in done:  # written by an earlier (killed or finished) run of this config
-                out += done[key]
-                progress.advance(bar)
-                continue
-            try:
-                check_fits(model, n_examples, length, batch_size, teacher_forced or policy.prefill == "dense", device)
-                arrays = generate(task, vocab, "test", n_examples, length, seed, depth)
-                res = cell_runner(model, arrays, policy, batch_size, decode, teacher_forced, device,
-                                  frozenset(task_openers(task)), protocol, decode_tail)
-                rows = []
-                for slices, idx in slice_groups(arrays):
-                    acc, tok = score(arrays, res.preds, idx)
-                    extra: dict[str, Any] = {}
-                    if res.tf_preds is not None:
-                        extra["tf_accuracy"], extra["tf_token_accuracy"] = score(arrays, res.tf_preds, idx)
-                        if decode:
-                            mask = arrays.answer_mask[idx]
-                            extra["decode_tf_agreement"] = float(
-                                ((res.preds[idx] == res.tf_preds[idx]) | ~mask).all(axis=1).mean())
-                    sub = TaskArrays(arrays.tokens[idx], arrays.answer_mask[idx], arrays.depth[idx],
-                                     {k: np.asarray(v)[idx] for k, v in arrays.slices.items()})
-                    extra.update(task.extra_metrics(vocab, sub, res.preds[idx]))
-                    rows.append(make_row(**base, **slices, **extra, n_examples=len(idx), accuracy=acc,
-                                         token_accuracy=tok, peak_mem_bytes=res.peak_mem_bytes,
-                                         cache_bytes=res.cache_bytes, tokens_per_s=res.tokens_per_s,
-                                         decode_tokens_per_s=res.decode_tokens_per_s, status="ok"))
-            except Exception as err:  # one bad cell never stops the grid
-                status = "oom" if is_oom(err) else "error"
-                if status == "error":
-                    log.error("cell %s L=%s depth=%s failed:\n%s", task.name, length, depth, traceback.format_exc())
-                rows = [make_row(**base, status=status, error=f"{type(err).__name__}: {err}"[:2000])]
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            if rows_path is not None:
-                append_rows(rows_path, rows)  # one write per cell: a kill leaves whole cells
-            for row in rows:
-                if on_row is not None:
-                    on_row(row)
-                out.append(row)
+                rows = done[key]
+            else:
+                rows = cell_or_failure(model, task, vocab, ev, policy, seed, length, depth, base, device, cell_runner)
+                if rows_path is not None:
+                    append_rows(rows_path, rows)  # one write per cell: a kill leaves whole cells
+                for row in rows:
+                    if on_row is not None:
+                        on_row(row)
+            out += rows
             progress.advance(bar)
     return out
+
+
+def cell_or_failure(model: nn.Module, task: Task, vocab: Vocab, ev: EvalConfig, policy: CacheConfig, seed: int,
+                    length: int, depth: float | None, base: dict[str, Any], device: torch.device,
+                    cell_runner: Callable[..., CellResult]) -> list[dict[str, Any]]:
+    """The rows of one cell; an ``oom`` or ``error`` row when it fails (one bad cell never stops the grid)."""
+    try:
+        check_fits(model, ev.n_examples, length, ev.batch_size, ev.teacher_forced or policy.prefill == "dense", device)
+        arrays = generate(task, vocab, "test", ev.n_examples, length, seed, depth)
+        res = cell_runner(model, arrays, policy, ev.batch_size, ev.decode, ev.teacher_forced, device,
+                          frozenset(task_openers(task)), ev.protocol, ev.decode_tail)
+        return cell_rows(task, vocab, arrays, res, ev.decode, base)
+    except Exception as err:
+        status = "oom" if is_oom(err) else "error"
+        if status == "error":
+            log.error("cell %s L=%s depth=%s failed:\n%s", task.name, length, depth, traceback.format_exc())
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return [make_row(**base, status=status, error=f"{type(err).__name__}: {err}"[:2000])]
+
+
+def cell_rows(task: Task, vocab: Vocab, arrays: TaskArrays, res: CellResult, decode: bool,
+              base: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``ok`` row per slice group of the cell's examples."""
+    rows = []
+    for slices, idx in slice_groups(arrays):
+        acc, tok = score(arrays, res.preds, idx)
+        extra: dict[str, Any] = {}
+        if res.tf_preds is not None:
+            extra["tf_accuracy"], extra["tf_token_accuracy"] = score(arrays, res.tf_preds, idx)
+            if decode:
+                mask = arrays.answer_mask[idx]
+                extra["decode_tf_agreement"] = float(((res.preds[idx] == res.tf_preds[idx]) | ~mask).all(axis=1).mean())
+        sub = TaskArrays(arrays.tokens[idx], arrays.answer_mask[idx], arrays.depth[idx],
+                         {k: np.asarray(v)[idx] for k, v in arrays.slices.items()})
+        extra.update(task.extra_metrics(vocab, sub, res.preds[idx]))
+        rows.append(make_row(**base, **slices, **extra, n_examples=len(idx), accuracy=acc, token_accuracy=tok,
+                             peak_mem_bytes=res.peak_mem_bytes, cache_bytes=res.cache_bytes,
+                             tokens_per_s=res.tokens_per_s, decode_tokens_per_s=res.decode_tokens_per_s, status="ok"))
+    return rows

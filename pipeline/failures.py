@@ -18,9 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import ConfigError
 from pipeline.evaluate import is_oom
+from pipeline.identity import failure_identity
 from pipeline.rows import append_row, make_row
+from pipeline.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,8 @@ def _select(cfg: DictConfig, key: str) -> Any:
 
 
 def failure_row(cfg: DictConfig, err: BaseException) -> dict[str, Any]:
-    rule, factor = _select(cfg, "model.pos.rule"), _select(cfg, "model.pos.factor")
-    pos = None if rule is None else (rule if factor in (None, 1, 1.0) else f"{rule}x{factor:g}")
     return make_row(
-        run_id=_select(cfg, "run_id"), model=_select(cfg, "model.family"), pos=pos,
+        **failure_identity(cfg), run_id=_select(cfg, "run_id"), model=_select(cfg, "model.family"),
         attention=_select(cfg, "model.attention.eval"), cache=_select(cfg, "cache.policy"),
         task=_select(cfg, "task.name"), train_len=_select(cfg, "task.train_len"), seed=_select(cfg, "seed"),
         stage=_select(cfg, "stage"), status="oom" if is_oom(err) else "error",

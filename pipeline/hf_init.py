@@ -51,13 +51,31 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def group_yaml(path: Path) -> dict[str, Any]:
+    """A group yaml as Hydra composes it: its ``defaults`` (same-group names, or ``/group@key: option``) merged
+    under its own keys (conf/model/transformer.yaml takes ``pos`` from conf/pos/)."""
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    merged = OmegaConf.create({})
+    for item in node.pop("defaults", []):
+        if item == "_self_":
+            continue
+        if isinstance(item, str):  # a sibling in the same group
+            merged = OmegaConf.merge(merged, group_yaml(path.parent / f"{item}.yaml"))
+            continue
+        (target, option), = item.items()
+        group, _, key = target.lstrip("/").partition("@")
+        sub = group_yaml(path.parents[1] / group / f"{option}.yaml")
+        merged = OmegaConf.merge(merged, {key or group: sub})
+    return OmegaConf.to_container(OmegaConf.merge(merged, node), resolve=False)
+
+
 def chosen_model_keys(model: dict[str, Any], overrides: list[str]) -> set[str]:
     """Dotted keys under ``model`` that the user chose: overridden, or unlike the family's yaml default."""
     keys = {item.split("=", 1)[0].lstrip("+~") for item in overrides}
     chosen = {k[len("model."):] for k in keys if k.startswith("model.")}
     default_file = CONF_MODEL / f"{model.get('family')}.yaml"
     if default_file.is_file():
-        defaults = _leaves(OmegaConf.to_container(OmegaConf.load(default_file), resolve=False))
+        defaults = _leaves(group_yaml(default_file))
         for key, value in _leaves(model).items():
             default = defaults.get(key)
             if not (isinstance(default, str) and "${" in default) and key in defaults and value != default:
@@ -75,7 +93,7 @@ def imported_model_node(cfg: DictConfig, path: Path, overrides: list[str]) -> di
         if any(k.split("=", 1)[0].lstrip("+~") == "model" for k in overrides):
             raise HFFormatError(f"init_from=hf:{path} holds a {fields['family']} model but model="
                                 f"{composed.get('family')} was chosen; drop it or use model={fields['family']}")
-        base = OmegaConf.to_container(OmegaConf.load(CONF_MODEL / f"{fields['family']}.yaml"), resolve=False)
+        base = group_yaml(CONF_MODEL / f"{fields['family']}.yaml")
         chosen = set()
     node = OmegaConf.create(base)
     for key, value in _leaves(fields).items():

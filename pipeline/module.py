@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import OptimConfig
+from pipeline.provenance import RecordsProvenance
+from pipeline.sections import OptimConfig
 from tasks.base import IGNORE
 
 
@@ -44,7 +45,7 @@ def no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "embed" in name or "norm" in name or getattr(param, "_no_weight_decay", False)
 
 
-class LitLM(L.LightningModule):
+class LitLM(RecordsProvenance, L.LightningModule):
     def __init__(self, model: nn.Module, optim: OptimConfig, config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
@@ -97,23 +98,3 @@ class LitLM(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["config"] = self.config
-        checkpoint["code_version"] = code_version()
-
-
-def code_version() -> str:
-    """The git commit of the code (with '+dirty' when the tree has changes), or 'unknown'."""
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return (sha or "unknown") + ("+dirty" if dirty else "")
-    except Exception:
-        return "unknown"

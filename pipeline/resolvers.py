@@ -24,3 +24,15 @@ def times(base: int, factors: list[float] | float) -> ListConfig | int:
 
 if not OmegaConf.has_resolver("times"):
     OmegaConf.register_new_resolver("times", times)
+
+
+def task_suite() -> ListConfig:
+    """``${task_suite:}``: the registered families of the synthetic suite (``eval=ruler``), so a new
+    family joins it without an edit here."""
+    from tasks.registry import suite_families
+
+    return ListConfig(suite_families())
+
+
+if not OmegaConf.has_resolver("task_suite"):
+    OmegaConf.register_new_resolver("task_suite", task_suite)

@@ -4,7 +4,8 @@ Each row is written and flushed as one line (fsync'd), so a crash loses at most 
 measured. A crash or a full disk can leave a torn last line (no newline); the next append repairs it
 first (a complete JSON object gets its newline, a fragment is cut off with a warning), so the next
 good row never lands on the fragment. Later issues add columns; the ones in ``ROW_FIELDS`` are
-never renamed.
+never renamed. What a row measured (rule, policy and their knobs, the study arm) is a set of columns built
+in pipeline/identity.py; tables and figures group by them (pipeline/labels.py).
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from pipeline.checkpoint import atomic_write
-from pipeline.config import ConfigError, hashed_config
+from pipeline.config_hash import hashed_config
+from pipeline.schema import ConfigError
+
+ROWS_FILE = "results.jsonl"  # a run dir's results rows (JSON lines)
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".run.lock"

@@ -1,44 +1,66 @@
-"""A rich summary table of results rows, printed at the end of train.py / eval.py."""
+"""A rich summary table of results rows, printed at the end of train.py / eval.py and of a sweep.
+
+One line per identity (pipeline/identity.py: every ``pos_*``, ``cache_*``, ``attention_*``, ``lora_*``
+column, the arm's variant and stage ...), task and eval length: rows of two arms that differ in one knob
+are never averaged together; the label names what tells them apart (pipeline/labels.py).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from pipeline.identity import key_value
+from pipeline.labels import labels
+
+TEXT = ("label", "stage", "task", "status")
+COLUMNS = ("label", "stage", "task", "eval_len", "cells", "accuracy", "min acc", "tf acc", "peak MiB",
+           "cache MiB/seq", "tok/s", "status")
 
 
 def _mb(value: Any) -> str:
     return "-" if value is None else f"{value / 2**20:.2f}"
 
 
-def summary_table(rows: list[dict[str, Any]], title: str = "results") -> Table:
-    """One line per (model, pos, cache, task, eval_len): accuracy averaged over depths and slices."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
-        key = (row.get("model"), row.get("pos"), row.get("cache"), row.get("task"), row.get("eval_len"))
+def group_rows(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, int], list[dict[str, Any]]]:
+    """(label, stage, task, eval_len) -> rows; the label differs wherever an identity column does."""
+    groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
+    for label, row in zip(labels(rows), rows):
+        key = (label, key_value(row.get("stage")), str(row.get("task")), row.get("eval_len") or 0)
         groups.setdefault(key, []).append(row)
+    return groups
+
+
+def _line(rs: list[dict[str, Any]]) -> list[str]:
+    ok = [r for r in rs if r.get("status") == "ok"]
+    n = sum(r.get("n_examples") or 0 for r in ok)
+    acc = sum((r.get("accuracy") or 0) * (r.get("n_examples") or 0) for r in ok) / n if n else None
+    tf = [r["tf_accuracy"] for r in ok if r.get("tf_accuracy") is not None]
+    accs = [r["accuracy"] for r in ok if r.get("accuracy") is not None]
+    speed = ok[0].get("tokens_per_s") if ok else None
+    return [
+        str(len(rs)),
+        "-" if acc is None else f"{acc:.3f}",
+        "-" if not accs else f"{min(accs):.3f}",
+        "-" if not tf else f"{sum(tf) / len(tf):.3f}",
+        _mb(max((r.get("peak_mem_bytes") or 0) for r in ok) if ok else None),
+        _mb(max((r.get("cache_bytes") or 0) for r in ok) if ok else None),
+        "-" if speed is None else f"{speed:.0f}",
+        ",".join(sorted({str(r.get("status")) for r in rs})),
+    ]
+
+
+def summary_table(rows: list[dict[str, Any]], title: str = "results") -> Table:
+    """One line per (identity, stage, task, eval_len): accuracy averaged over depths, slices and seeds."""
     table = Table(title=title)
-    for col in ("model", "pos", "cache", "task", "eval_len", "cells", "accuracy", "min acc",
-                "tf acc", "peak MiB", "cache MiB/seq", "tok/s", "status"):
-        table.add_column(col, justify="right" if col not in ("model", "pos", "cache", "task", "status") else "left")
-    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0][:4]) + (kv[0][4] or 0,)):
-        ok = [r for r in rs if r["status"] == "ok"]
-        n = sum(r["n_examples"] or 0 for r in ok)
-        acc = sum((r["accuracy"] or 0) * (r["n_examples"] or 0) for r in ok) / n if n else None
-        tf = [r.get("tf_accuracy") for r in ok if r.get("tf_accuracy") is not None]
-        statuses = sorted({r["status"] for r in rs})
-        table.add_row(
-            *(str(k) for k in key),
-            str(len(rs)),
-            "-" if acc is None else f"{acc:.3f}",
-            "-" if not ok else f"{min(r['accuracy'] for r in ok):.3f}",
-            "-" if not tf else f"{sum(tf) / len(tf):.3f}",
-            _mb(max((r["peak_mem_bytes"] or 0) for r in ok) if ok else None),
-            _mb(max((r["cache_bytes"] or 0) for r in ok) if ok else None),
-            "-" if not ok or ok[0]["tokens_per_s"] is None else f"{ok[0]['tokens_per_s']:.0f}",
-            ",".join(statuses),
-        )
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in TEXT else "right", overflow="fold")
+    for (label, stage, task, length), rs in sorted(group_rows(rows).items()):
+        # escaped: "[lora]", "[attn layers 1/2]" are text, not Rich markup
+        table.add_row(escape(label), stage or "-", escape(task), str(length), *_line(rs))
     return table
 
 

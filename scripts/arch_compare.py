@@ -81,7 +81,7 @@ def floor_of(task: str, length: int) -> float | None:
     knobs = OmegaConf.to_container(OmegaConf.load(conf))
     knobs.pop("name", None)
     try:
-        return TASKS[task](**knobs).chance_floor(Vocab(256), length)["accuracy"]
+        return TASKS.get(task)(**knobs).chance_floor(Vocab(256), length)["accuracy"]
     except (NotImplementedError, ValueError):
         return None
 

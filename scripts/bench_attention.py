@@ -55,7 +55,7 @@ def fwd_bwd(fn: Callable[..., torch.Tensor], cfg: AttentionConfig, q, k, v, grad
 def bench_one(pattern: str, cfg: AttentionConfig, shape: tuple[int, int, int, int, int],
               device: torch.device, dtype: torch.dtype, repeats: int) -> tuple[float, int]:
     """Median fwd+bwd seconds over ``repeats`` (after one warm-up) and peak bytes of one run."""
-    fn = PATTERNS[pattern]
+    fn = PATTERNS.get(pattern)
     B, H, Hkv, T, D = shape
     q, k, v, grad = _inputs(B, H, Hkv, T, D, device, dtype)
     fwd_bwd(fn, cfg, q, k, v, grad)  # warm-up (kernel selection, allocator)

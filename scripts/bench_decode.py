@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.cache import CacheConfig  # noqa: E402
 from models.duo import deploy_gates, save_gates  # noqa: E402
-from models.transformer import Transformer, TransformerConfig  # noqa: E402
+from models.families.transformer import Transformer, TransformerConfig  # noqa: E402
 from pipeline.memory import measure_peak, module_bytes  # noqa: E402
 
 SINK, WINDOW, BUDGET, PAGE = 4, 256, 512, 16

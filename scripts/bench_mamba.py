@@ -2,13 +2,13 @@
 
     python scripts/bench_mamba.py [--quick] [--json PATH] [--threads N]
 
-1. fwd + bwd tokens/s of models.mamba.MambaLM (kernel=torch) and transformers' MambaForCausalLM
+1. fwd + bwd tokens/s of models.families.mamba.MambaLM (kernel=torch) and transformers' MambaForCausalLM
    with the same config and the same weights (2 layers, d_model 128 by default), at T=512 and
    T=2048, in this process. Without mamba_ssm, transformers runs its token-by-token loop.
 2. Peak bytes of one fwd + bwd and of one no-grad forward (pipeline.memory's tensor-allocation
    tracker: live tensor storages allocated inside the region) and decode-cache bytes after a
    prefill of T tokens, for Mamba vs
-   models.transformer.Transformer of the same width and depth, per length. The torch scan holds
+   models.families.transformer.Transformer of the same width and depth, per length. The torch scan holds
    (B, chunk, d_inner, d_state) at a time, never (B, T, d_inner, d_state): its fwd+bwd peak should
    stay near the transformer's and grow linearly in T (``--chunk-size`` sets model.chunk_size).
 
@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.mamba import MambaConfig, MambaLM  # noqa: E402
-from models.transformer import Transformer, TransformerConfig  # noqa: E402
+from models.families.mamba import MambaConfig, MambaLM  # noqa: E402
+from models.families.transformer import Transformer, TransformerConfig  # noqa: E402
 from pipeline.memory import measure_peak  # noqa: E402
 
 

@@ -51,7 +51,7 @@ CASES: list[tuple[str, str, dict, float | None]] = [
 
 
 def bench(family: str, knobs: dict, depth: float | None, length: int, n: int, repeats: int) -> float:
-    task = TASKS[family](train_len=length, **knobs)
+    task = TASKS.get(family)(train_len=length, **knobs)
     vocab = Vocab(256)
     task.generate(vocab, 4, length, np.random.default_rng(0), depth)  # warm caches
     best = float("inf")

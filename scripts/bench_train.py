@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.transformer import Transformer, TransformerConfig  # noqa: E402
+from models.families.transformer import Transformer, TransformerConfig  # noqa: E402
 
 
 def hf_llama(cfg: TransformerConfig) -> torch.nn.Module:

@@ -28,6 +28,7 @@ for p in (ROOT, HERE):  # pipeline.rows (schema) and the figures package
 import pandas as pd  # noqa: E402
 from figures.results import RESULTS_FILE, find_jobs, load_results, make_palette, weighted_mean  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from pipeline.rows import CELL_KEYS  # noqa: E402
@@ -124,7 +125,7 @@ def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
         at_train = ok[ok["eval_len"] == ok["train_len"]]
         at_max = ok[ok["eval_len"] == max_len]
         table.add_row(
-            str(label), str(st), str(task), str(g["run_id"].nunique() or g["run_dir"].nunique()),
+            escape(str(label)), str(st), escape(str(task)), str(g["run_id"].nunique() or g["run_dir"].nunique()),
             str(counts.get("ok", 0)), str(counts.get("oom", 0)), str(counts.get("error", 0)),
             fmt(weighted_mean(ok["accuracy"], ok["n_examples"]) if not ok.empty else None),
             fmt(weighted_mean(at_train["accuracy"], at_train["n_examples"]) if not at_train.empty else None),
@@ -148,7 +149,7 @@ def print_report(rep: Report, sweep: str | Path, console: Console | None = None)
         for col in ("job", "overrides", "last train.log line"):
             t.add_column(col, overflow="fold")
         for job in rep.missing:
-            t.add_row(str(job), _overrides(job), _last_log_line(job))
+            t.add_row(str(job), escape(_overrides(job)), escape(_last_log_line(job)))
         console.print(t)
     if not rep.failed.empty:
         # one line per (job, label, task, status, message): a sweep can fail thousands of cells alike
@@ -160,7 +161,7 @@ def print_report(rep: Report, sweep: str | Path, console: Console | None = None)
         for (job, label, task, status, msg), g in f.groupby(["_job", "label", "task", "status", "_msg"],
                                                             dropna=False):
             lengths = ",".join(str(int(L)) for L in sorted(g["eval_len"].dropna().unique()))
-            t.add_row(str(job), str(label), str(task), str(status), str(len(g)), lengths, msg)
+            t.add_row(str(job), escape(str(label)), str(task), str(status), str(len(g)), lengths, escape(msg))
         console.print(t)
     for b in rep.bad_lines:
         kind = "torn last line" if b["last"] else "corrupt line"
@@ -174,7 +175,7 @@ def print_report(rep: Report, sweep: str | Path, console: Console | None = None)
         d = rep.duplicates
         for key, g in d.groupby(["run_id", "config_hash", "task", "eval_len", "depth", "cache"], dropna=False):
             where = ", ".join(f"{Path(str(s)).name}:{int(n)}" for s, n in zip(g["source"], g["line"]) if pd.notna(n))
-            t.add_row(*(str(k) for k in key), str(len(g)), where[:200])
+            t.add_row(*(escape(str(k)) for k in key), str(len(g)), where[:200])
         console.print(t)
     if not df.empty:
         console.print(summary_table(df, title=f"sweep summary: {sweep}"))

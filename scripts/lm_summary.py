@@ -2,7 +2,9 @@
 
     python scripts/lm_summary.py outputs/runs/<run> outputs/eval/... [--markdown]
 
-Means are over position buckets weighted by their size (every position counts once).
+Means are over position buckets weighted by their size (every position counts once). One line per
+identity (the row's ``label``, built from its identity columns, and its stage), so two runs or two policies
+that differ in one knob are never averaged together.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     lm = df[(df["task"] == "lm") & df["nll"].notna()].copy()
     lm["n"] = lm["bucket_end"] - lm["bucket_start"] + 1
     lm["weighted"] = lm["nll"] * lm["n"]
-    keys = ["train_len", "start_token", "cache"] if "start_token" in lm else ["train_len", "cache"]
+    keys = [c for c in ("label", "stage", "train_len", "start_token", "cache") if c in lm]
+    lm[keys] = lm[keys].astype(object).where(lm[keys].notna(), "-")  # a missing start token is a group too
     out = []
     for key, g in lm.groupby(keys, dropna=False):
         inside, past = g[~g["past_train_len"].astype(bool)], g[g["past_train_len"].astype(bool)]

@@ -3,10 +3,9 @@
     python scripts/plot.py multirun/2026-11-26/12-00-00 [more run dirs / results.jsonl / .parquet]
         [--out figures] [--kind heatmap accuracy ...]
 
-Kinds: heatmap (NIAH accuracy by length x depth), accuracy (vs eval length), memory (peak and cache
-bytes vs length), pareto (accuracy vs cache bytes), lost_in_middle / hops / similarity / family
-(accuracy vs slice_<knob>), cost (training cost bars), curves (metrics.csv), gates (DuoAttention
-gates.pt). Kinds without data are skipped with a message. Reads local files only.
+Kinds: every figure kind registered in scripts/figures (``python scripts/plot.py --help`` lists them with
+what each draws; a new kind is one module there). Kinds without data are skipped with a message.
+Reads local files only.
 """
 
 from __future__ import annotations
@@ -22,14 +21,17 @@ for p in (ROOT, HERE):  # pipeline.rows (schema) and the figures package
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from figures import KINDS, load_results, render  # noqa: E402
+from figures import FIGURES, load_results, render  # noqa: E402
+from figures.base import describe  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    kinds = "\n".join(f"  {k:15s} {describe(k)}" for k in FIGURES.names())
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=f"figure kinds:\n{kinds}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", help="run dirs, sweep dirs, results.jsonl, collected .parquet/.csv")
     ap.add_argument("--out", default="figures", help="output folder (default: figures)")
-    ap.add_argument("--kind", nargs="+", choices=list(KINDS), default=None,
+    ap.add_argument("--kind", nargs="+", choices=FIGURES.names(), default=None, metavar="KIND",
                     help="figure kinds to draw (default: all)")
     ap.add_argument("--format", nargs="+", default=["png", "pdf"], help="file formats (default: png pdf)")
     ap.add_argument("--dpi", type=int, default=300, help="PNG resolution (default: 300)")

@@ -21,11 +21,13 @@ trains on (conflict: contradicting documents only at test time).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import numpy as np
 
+from tasks.registry import TASKS, register  # noqa: F401  (families import both from here)
 from tasks.vocab import Vocab
 
 IGNORE = -100
@@ -49,20 +51,16 @@ class TaskArrays:
         assert not self.answer_mask[:, 0].any(), "the first token cannot be an answer"
 
 
-TASKS: dict[str, type[Task]] = {}
-
-
-def register(cls: type[Task]) -> type[Task]:
-    TASKS[cls.name] = cls
-    return cls
-
-
 @dataclass
 class Task:
     """Base of every task config. ``train_len`` is the training sequence length."""
 
     name: ClassVar[str] = "base"
     has_depth: ClassVar[bool] = False  # whether depth is a knob (NIAH-like) or NaN
+    # Place in the synthetic suite (task=mix's default components, eval=ruler's tasks); None: not in it.
+    # The rank fixes the order a default mix draws its rows in, so a new family takes a new, higher rank.
+    suite_rank: ClassVar[Optional[int]] = None
+    has_oracle: ClassVar[bool] = True  # False only where no prompt-only answer exists (language modelling)
     train_len: int = 128
 
     def __post_init__(self) -> None:
@@ -101,6 +99,21 @@ class Task:
 
     def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:
         """Task-specific metrics for one evaluation cell (predictions: (n, L), valid at answers)."""
+        return {}
+
+    def signatures(self) -> set[tuple[int, int, int]]:
+        """The shapes of this configuration's questions: ``(opener, tokens between opener and ANSWER,
+        answer tokens)``, as ``tasks.common.row_signature`` reads them off a row with hidden answers.
+
+        ``task=mix`` tells its families' rows apart by these (so two mixed families must not share one),
+        and evaluation feeds the question from its opener on token by token. Every family that joins
+        the suite (``suite_rank``) must state them; the default (none) keeps a family out of mixes.
+        """
+        return set()
+
+    def shortcuts(self) -> dict[str, Callable[..., np.ndarray]]:
+        """Family-specific prompt-only shortcut baselines by name, beside the generic ones of
+        ``tasks/baselines.py`` (each ``(task, vocab, hidden, answer_mask, prior) -> predictions``)."""
         return {}
 
 
@@ -153,13 +166,6 @@ def sample_distinct(rng: np.random.Generator, n: int, pool: range, k: int) -> np
     if k > len(pool):
         raise ValueError(f"cannot draw {k} distinct tokens from a range of {len(pool)}")
     return pool.start + rng.random((n, len(pool))).argsort(axis=1)[:, :k]
-
-
-def place(tokens: np.ndarray, start: np.ndarray, block: np.ndarray) -> None:
-    """Write block (n, b) into tokens (n, L) at per-row offsets start (n,), in place."""
-    n, b = block.shape
-    cols = start[:, None] + np.arange(b)[None, :]
-    tokens[np.arange(n)[:, None], cols] = block
 
 
 def uniform_tokens(rng: np.random.Generator, pool: range, shape: tuple[int, ...]) -> np.ndarray:

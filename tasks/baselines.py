@@ -289,7 +289,7 @@ SKILL: dict[str, set[str]] = {"frequent_tokens": {"most_frequent"}}  # generic r
 def baselines_for(task: Task) -> dict[str, Baseline]:
     """Every shortcut baseline that applies to ``task``'s family."""
     generic = {k: v for k, v in GENERIC.items() if k not in SKILL.get(task.name, set())}
-    return {**generic, **FAMILY.get(task.name, {})}
+    return {**generic, **FAMILY.get(task.name, {}), **task.shortcuts()}
 
 
 def score(arrays: TaskArrays, preds: np.ndarray) -> tuple[float, float]:

@@ -85,7 +85,7 @@ def row_signature(hidden_row: np.ndarray, mask_row: np.ndarray) -> tuple[int, in
     """(opener, tokens between opener and ANSWER, answer tokens) of one example.
 
     The opener is the nearest special token before the ANSWER marker that precedes the first
-    answer, ignoring ``skip`` (the CONTEXT marker may sit inside a question). Rows whose first answer
+    answer, stepping over CONTEXT (that marker may sit inside a question). Rows whose first answer
     does not follow an ANSWER marker (MQAR) get opener -1, between -1.
     """
     p = int(mask_row.argmax())
@@ -96,3 +96,9 @@ def row_signature(hidden_row: np.ndarray, mask_row: np.ndarray) -> tuple[int, in
     while j >= 0 and (hidden_row[j] >= N_SPECIAL or hidden_row[j] == Vocab.CONTEXT):
         j -= 1
     return (int(hidden_row[j]) if j >= 0 else -1, p - 2 - j, a)
+
+
+def question_counts(rng: np.random.Generator, n: int, most: int) -> np.ndarray:
+    """Questions per row, uniform in 1..``most`` (training rows: several questions, and the
+    one-question evaluation layout among them); all 1, drawing nothing, when ``most`` is 1."""
+    return np.ones(n, dtype=np.int64) if most == 1 else rng.integers(1, most + 1, size=n)

@@ -45,6 +45,7 @@ from tasks.vocab import Vocab
 @dataclass
 class Conflict(Task):
     name: ClassVar[str] = "conflict"
+    suite_rank: ClassVar[int] = 80
     has_depth: ClassVar[bool] = True
     world_seed: int = 0  # fixes the world k -> W[k], independent of the data seed
     world_keys: Optional[int] = None  # how many keys the world knows (the first ones); None: all

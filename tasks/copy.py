@@ -31,6 +31,7 @@ from tasks.vocab import Vocab
 @dataclass
 class Copy(Task):
     name: ClassVar[str] = "copy"
+    suite_rank: ClassVar[int] = 70
     has_depth: ClassVar[bool] = True
     span: int = 16  # tokens to reproduce
     reverse: bool = False

@@ -29,6 +29,7 @@ from tasks.vocab import Vocab
 @dataclass
 class Counting(Task):
     name: ClassVar[str] = "counting"
+    suite_rank: ClassVar[int] = 60
     min_count: int = 0
     max_count: int = 16
 

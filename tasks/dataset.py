@@ -26,7 +26,7 @@ from tasks.vocab import Vocab
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
-FORMAT_VERSION = 2  # bump when generators change what they emit for the same config
+FORMAT_VERSION = 3  # bump when generators change what they emit for the same config
 
 
 def task_fingerprint(task: Task, vocab: Vocab, split: str, n: int, length: int, seed: int,

@@ -66,6 +66,7 @@ def zipf_counts(total: int, types: int, k: int, alpha: float) -> tuple[int, ...]
 @dataclass
 class FrequentTokens(Task):
     name: ClassVar[str] = "frequent_tokens"
+    suite_rank: ClassVar[int] = 50
     k: int = 3  # how many most frequent tokens to answer
     types: int = 16  # distinct word tokens in the context
     alpha: float = 0.5  # Zipf exponent: larger is more skewed, easier

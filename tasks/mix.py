@@ -27,10 +27,8 @@ import numpy as np
 
 from tasks.base import TASKS, Task, TaskArrays, register
 from tasks.common import check_depth, row_signature
+from tasks.registry import suite_families
 from tasks.vocab import Vocab
-
-ALL_FAMILIES = ("niah", "multikey", "kv_retrieval", "variable_tracking", "frequent_tokens", "counting",
-                "copy", "conflict", "mqar")
 
 
 def split_counts(n: int, weights: np.ndarray) -> np.ndarray:
@@ -47,57 +45,68 @@ def split_counts(n: int, weights: np.ndarray) -> np.ndarray:
 class Mix(Task):
     name: ClassVar[str] = "mix"
     has_depth: ClassVar[bool] = True  # the depth goes to the families that have one
-    # family -> knob overrides; None: every family of ALL_FAMILIES with its defaults. (A dict default
+    # family -> knob overrides; None: every family of the suite (suite_families()) with its defaults. (A dict default
     # would be merged into, never replaced, by an OmegaConf override, so None it is.)
     components: Optional[dict[str, dict[str, Any]]] = None
     weights: Optional[dict[str, float]] = None  # by family; None: equal shares
 
     def __post_init__(self) -> None:
         if self.components is None:
-            self.components = {f: {} for f in ALL_FAMILIES}
+            self.components = {f: {} for f in suite_families()}
         if not self.components:
             raise ValueError("task.components is empty; allowed: None or a mapping family -> knob overrides")
-        from tasks.registry import load_all  # every family registered (lazy: registry imports this module)
+        self.tasks: dict[str, Task] = {family: self._component(family, overrides)
+                                       for family, overrides in self.components.items()}
+        self._check_weights()
+        self._owner = self._signature_owners()
+        super().__post_init__()
 
-        load_all()
-        self.tasks: dict[str, Task] = {}
-        for family, overrides in self.components.items():
-            if family not in TASKS or family == "mix":
-                allowed = sorted(set(TASKS) - {"mix"})
-                raise ValueError(f"task.components has family {family!r}; allowed: {allowed}")
-            overrides = dict(overrides or {})
-            known = {f.name for f in fields(TASKS[family])}
-            unknown = sorted(set(overrides) - known)
-            if unknown:
-                raise ValueError(
-                    f"task.components.{family} has unknown knobs {unknown}; allowed: {sorted(known)}"
-                )
-            overrides.setdefault("train_len", self.train_len)
-            try:
-                self.tasks[family] = TASKS[family](**overrides)
-            except ValueError as e:
-                raise ValueError(f"task.components.{family}: {e}") from e
-        if self.weights is not None:
-            self.weights = {k: float(v) for k, v in dict(self.weights).items()}
-            if set(self.weights) != set(self.components) or min(self.weights.values()) < 0 \
-                    or sum(self.weights.values()) <= 0:
-                raise ValueError(
-                    f"task.weights={self.weights} must give a weight >= 0 to each of {list(self.components)}"
-                    " (not all zero)"
-                )
+    def _component(self, family: str, overrides: Optional[dict[str, Any]]) -> Task:
+        """One family's task with its knob overrides (and the mix's train_len)."""
+        if family not in TASKS or family == "mix":
+            allowed = sorted(set(TASKS) - {"mix"})
+            raise ValueError(f"task.components has family {family!r}; allowed: {allowed}")
+        overrides = dict(overrides or {})
+        known = {f.name for f in fields(TASKS.get(family))}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"task.components.{family} has unknown knobs {unknown}; allowed: {sorted(known)}")
+        overrides.setdefault("train_len", self.train_len)
+        try:
+            task = TASKS.get(family)(**overrides)
+        except ValueError as e:
+            raise ValueError(f"task.components.{family}: {e}") from e
+        if getattr(task, "train_queries", 1) != 1:  # rows are told apart by one question's shape
+            raise ValueError(f"task.components.{family}.train_queries={overrides['train_queries']}; "
+                             "allowed in a mix: 1 (mix tells rows apart by the shape of their one question)")
+        return task
+
+    def _check_weights(self) -> None:
+        if self.weights is None:
+            return
+        self.weights = {k: float(v) for k, v in dict(self.weights).items()}
+        if set(self.weights) != set(self.components) or min(self.weights.values()) < 0 \
+                or sum(self.weights.values()) <= 0:
+            raise ValueError(
+                f"task.weights={self.weights} must give a weight >= 0 to each of {list(self.components)}"
+                " (not all zero)"
+            )
+
+    def _signature_owners(self) -> dict[tuple[int, int, int], str]:
+        """Which family asks each question shape; two families sharing one could not be told apart."""
         owner: dict[tuple[int, int, int], str] = {}
         for family, task in self.tasks.items():
-            if not hasattr(task, "signatures"):
+            sigs = task.signatures()
+            if not sigs:
                 raise ValueError(f"task.components.{family}: no signatures() to tell its rows apart by")
-            for sig in task.signatures():
+            for sig in sigs:
                 if sig in owner:
                     raise ValueError(
                         f"task.components: {owner[sig]!r} and {family!r} ask questions of the same shape"
                         f" {sig} (opener, question, answer lengths); change key_len/value_len of one"
                     )
                 owner[sig] = family
-        self._owner = owner
-        super().__post_init__()
+        return owner
 
     def min_length(self) -> int:
         return max(t.min_length() for t in self.tasks.values())

@@ -41,6 +41,7 @@ from tasks.vocab import Vocab
 @dataclass
 class Mqar(Task):
     name = "mqar"
+    suite_rank = 90
     train_len: int = 64
     num_kv_pairs: int = 4
     num_queries: Optional[int] = None  # None: one query per pair

@@ -20,13 +20,22 @@ record i sits at depth i / (records - 1). The target is record round(depth * (re
 half a record of the depth asked (``TaskArrays.depth`` and ``achieved_depth``: the depth
 achieved); with no depth given its rank is uniform.
 
+Training rows may ask several questions (``train_queries``, applied by ``for_split("train")``):
+1..train_queries (uniform per row) ``QUERY key ANSWER value`` blocks about distinct records (the
+first at the requested depth, the others at random slots), every value labelled, so one row
+carries several retrieval signals; records share the context the questions leave. At
+L=64 nine records leave room for one question only, so training rows may hold fewer look-alikes
+(``train_distractors``; None: ``distractors``). Validation and test rows always have
+``distractors`` look-alikes and one question, so evaluation, the chance floor, the baselines and
+the mix signature are unchanged. Slices: ``similarity``, ``distractors``, ``key_len``, ``questions``.
+
 Chance floor: 1 / records (target + distractors): a prompt-only shortcut sees records that are
 exchangeable with the target in keys, values and placement.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import combinations
 from math import comb
@@ -35,7 +44,7 @@ from typing import ClassVar, Optional
 import numpy as np
 
 from tasks.base import Task, TaskArrays, register, uniform_tokens
-from tasks.common import check_depth, digits, distinct_codes, place_blocks
+from tasks.common import check_depth, digits, distinct_codes, place_blocks, question_counts
 from tasks.vocab import Vocab
 
 
@@ -52,11 +61,15 @@ def shared_masks(key_len: int, shared: int) -> np.ndarray:
 @dataclass
 class Multikey(Task):
     name: ClassVar[str] = "multikey"
+    suite_rank: ClassVar[int] = 20
     has_depth: ClassVar[bool] = True
     key_len: int = 3  # tokens per key
     value_len: int = 2  # tokens per value (the answer)
     distractors: Optional[int] = 8  # look-alike records; None: as many as fill the context
     similarity: float = 0.67  # fraction of key tokens every record keeps from the hidden centre key
+    train_queries: int = 1  # most questions per training row (1..this, uniform); val/test rows ask one
+    train_distractors: Optional[int] = None  # look-alikes in training rows; None: distractors
+    questions: int = 1  # most questions per generated row: for_split sets it (train_queries, else 1)
 
     def __post_init__(self) -> None:
         if self.key_len < 1:
@@ -71,7 +84,32 @@ class Multikey(Task):
                 f"task.similarity={self.similarity} with key_len={self.key_len} must be in [0, {top:.3f}]"
                 " (a distractor must differ from the target in at least one key token)"
             )
+        if self.train_distractors is not None and self.train_distractors < 0:
+            raise ValueError(f"task.train_distractors={self.train_distractors} must be None (distractors) or >= 0")
+        for f in ("train_queries", "questions"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"task.{f}={getattr(self, f)} must be >= 1")
+        td, tq, block = self.train_distractors, self.train_queries, self.question_len + self.value_len
+        td = self.distractors if td is None else td
+        m = max((self.train_len - tq * block) // self.record_len, 2) if td is None else 1 + td
+        if tq > m:
+            raise ValueError(f"task.train_queries={tq} must be <= the {m} records of a training row"
+                             " (each question asks a distinct record)")
+        if self.train_len < m * self.record_len + tq * block:
+            raise ValueError(
+                f"task.train_queries={tq} with train_distractors={self.train_distractors} needs task.train_len >= "
+                f"{m * self.record_len + tq * block} ({m} records of {self.record_len} tokens and {tq} questions "
+                f"of {block}); got {self.train_len}")
         super().__post_init__()
+
+    def for_split(self, split: str) -> Multikey:
+        """Training rows: ``train_queries`` questions among ``train_distractors`` look-alikes."""
+        if split != "train":
+            return self if self.questions == 1 else replace(self, questions=1)
+        distractors = self.distractors if self.train_distractors is None else self.train_distractors
+        if (self.questions, self.distractors) == (self.train_queries, distractors):
+            return self
+        return replace(self, questions=self.train_queries, distractors=distractors)
 
     @property
     def shared(self) -> int:
@@ -88,12 +126,12 @@ class Multikey(Task):
     def records(self, length: int) -> int:
         """Records (target + distractors) at this length."""
         if self.distractors is None:
-            return max((length - self.question_len - self.value_len) // self.record_len, 2)
+            return max((length - self.questions * (self.question_len + self.value_len)) // self.record_len, 2)
         return 1 + self.distractors
 
     def min_length(self) -> int:
         m = 2 if self.distractors is None else 1 + self.distractors
-        return m * self.record_len + self.question_len + self.value_len
+        return m * self.record_len + self.questions * (self.question_len + self.value_len)
 
     def signatures(self) -> set[tuple[int, int, int]]:
         return {(Vocab.QUERY, self.key_len, self.value_len)}
@@ -120,13 +158,14 @@ class Multikey(Task):
         return {"accuracy": 1.0 / self.records(length)}
 
     def depth_resolution(self, length: int) -> float:
-        context = length - self.question_len - self.value_len
+        context = length - self.questions * (self.question_len + self.value_len)
         m = self.records(length)
         return (0.5 / (m - 1) if m > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
 
-    def record_starts(self, length: int) -> np.ndarray:
+    def record_starts(self, length: int, asks: np.ndarray | int = 1) -> np.ndarray:
+        """(rows, records) starts: spread evenly over the context the row's ``asks`` questions leave."""
         m, w = self.records(length), self.record_len
-        context = length - self.question_len - self.value_len
+        context = length - np.atleast_1d(asks)[:, None] * (self.question_len + self.value_len)
         return np.arange(m) * w + (np.arange(m) * (context - m * w)) // max(m - 1, 1)
 
     def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
@@ -135,8 +174,7 @@ class Multikey(Task):
         self.check_records(vocab, length)
         check_depth(depth)
         kl, vl, nk, nv = self.key_len, self.value_len, len(vocab.keys), len(vocab.values)
-        m, changed = self.records(length), kl - self.shared
-        context = length - self.question_len - vl
+        m, changed, q, qlen = self.records(length), kl - self.shared, self.questions, self.question_len + vl
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
         centre = rng.integers(0, nk, size=(n, 1, kl))
         # One code per record: (which positions change, by how much); distinct codes = distinct keys.
@@ -148,6 +186,8 @@ class Multikey(Task):
         shift[which] = steps.reshape(-1)  # row-major: each record's changed positions in order
         keys = vocab.keys.start + (centre + shift) % nk  # (n, m, kl), record 0 is the target
         vals = vocab.values.start + digits(distinct_codes(rng, n, nv**vl, m), nv, vl)
+        asks = question_counts(rng, n, q)  # (n,) questions per row; all 1 in evaluation rows
+        context = length - asks * qlen  # (n,)
         if depth is not None:
             rank = np.full(n, int(round(float(depth) * (m - 1))))
         else:
@@ -155,19 +195,25 @@ class Multikey(Task):
         # Slot order: the target at its rank, distractors 1..m-1 in the other slots.
         slot = np.arange(m)[None, :]
         order = np.where(slot < rank[:, None], slot + 1, np.where(slot == rank[:, None], 0, slot))
+        if q > 1:  # records 1..q-1 are asked too: shuffle the look-alikes so they land at random slots
+            shuffled = 1 + np.argsort(rng.random((n, m - 1)), axis=1)
+            order = np.where(order > 0, np.take_along_axis(shuffled, np.maximum(order - 1, 0), axis=1), 0)
         records = np.concatenate([np.full((n, m, 1), vocab.NEEDLE), keys, vals], axis=2)
         records = np.take_along_axis(records, order[:, :, None], axis=1)
-        starts = self.record_starts(length)
-        place_blocks(tokens, np.broadcast_to(starts, (n, m)), records)
-        tokens[:, context] = vocab.QUERY
-        tokens[:, context + 1 : context + 1 + kl] = keys[:, 0]
-        tokens[:, context + 1 + kl] = vocab.ANSWER
-        tokens[:, length - vl :] = vals[:, 0]
+        starts = np.broadcast_to(self.record_starts(length, asks), (n, m))
+        place_blocks(tokens, starts, records)
         answer_mask = np.zeros((n, length), dtype=bool)
-        answer_mask[:, length - vl :] = True
-        achieved = starts[rank] / max(context - self.record_len, 1)
+        rows = np.arange(n)
+        for j in range(q):  # question j asks record j (record 0: the target at the requested depth)
+            i = rows[asks > j]
+            at = (context[i] + j * qlen)[:, None]
+            block = np.concatenate([np.full((len(i), 1), vocab.QUERY), keys[i, j],
+                                    np.full((len(i), 1), vocab.ANSWER), vals[i, j]], axis=1)
+            tokens[i[:, None], at + np.arange(qlen)] = block
+            answer_mask[i[:, None], at + 2 + kl + np.arange(vl)] = True
+        achieved = starts[rows, rank] / np.maximum(context - self.record_len, 1)
         slices = {"similarity": np.full(n, self.shared / kl), "distractors": np.full(n, m - 1),
-                  "key_len": np.full(n, kl)}
+                  "key_len": np.full(n, kl), "questions": asks}
         return TaskArrays(tokens, answer_mask, achieved, slices)
 
     def _records(self, vocab: Vocab, row: np.ndarray, end: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -177,13 +223,16 @@ class Multikey(Task):
 
     def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:
         out = hidden.copy()
+        kl, vl = self.key_len, self.value_len
         for i, row in enumerate(hidden):
-            q = int(np.flatnonzero(row == vocab.QUERY)[-1])
-            key = row[q + 1 : q + 1 + self.key_len]
-            for k, v in zip(*self._records(vocab, row, q)):
-                if np.array_equal(k, key):
-                    out[i, answer_mask[i]] = v
-                    break
+            queries = np.flatnonzero(row == vocab.QUERY)
+            records = list(zip(*self._records(vocab, row, int(queries[0]))))
+            for q in queries:  # every question of the row (training rows may ask several)
+                key = row[q + 1 : q + 1 + kl]
+                for k, v in records:
+                    if np.array_equal(k, key):
+                        out[i, q + 2 + kl : q + 2 + kl + vl] = v
+                        break
         return out
 
     def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:

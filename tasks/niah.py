@@ -49,6 +49,7 @@ FILLER_PATTERN = 10  # period of the fixed "filler" haystack
 @dataclass
 class Niah(Task):
     name: ClassVar[str] = "niah"
+    suite_rank: ClassVar[int] = 10
     has_depth: ClassVar[bool] = True
     key_len: int = 1  # tokens per key
     value_len: int = 2  # tokens per value (the answer of one query)

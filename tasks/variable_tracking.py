@@ -34,6 +34,7 @@ STATEMENT = 3  # ASSIGN dst src
 @dataclass
 class VariableTracking(Task):
     name: ClassVar[str] = "variable_tracking"
+    suite_rank: ClassVar[int] = 40
     chains: int = 6  # independent assignment chains (the others are distractors)
     hops: int = 4  # assignments after the first: the answer has hops + 1 variables
 

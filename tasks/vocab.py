@@ -27,7 +27,7 @@ class Vocab:
     REVERSE = 9  # copy task: reproduce reversed
     COPY = 10  # copy task: reproduce as is
     ASSIGN = 11  # variable tracking: VAR = value
-    HOP = 12  # reserved for multi-hop questions
+    HOP = 12  # opens a multi-hop question (variable tracking: HOP value ANSWER)
     FREQ = 13  # frequent-tokens question
     COUNT = 14  # counting question
     UNUSED = 15

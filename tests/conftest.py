@@ -14,6 +14,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# --- test-only plugins: every module of tests/plugins is imported once; each registers toy variants ---
+# (a toy stage, a toy task family, a toy rule / pattern / cache policy / mixer ...), so the
+# registry-parametrized contract tests pick them up with no other edit.
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+for _plugin in pkgutil.iter_modules([os.path.join(ROOT, "tests", "plugins")]):
+    importlib.import_module(f"plugins.{_plugin.name}")
+# --- end of test-only plugins ---
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.attention_probe import attention_layers, attention_weights, sink_mass
 
 

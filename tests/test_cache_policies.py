@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from models.attention import PATTERNS, AttentionConfig
-from models.cache import CacheConfig, FullKVCache
-from models.cache_duo import DuoLayerCache
-from models.cache_quest import QuestCache
-from models.cache_sink_window import SinkWindowCache
+from models.cache import CacheConfig
+from models.caches.duo import DuoLayerCache
+from models.caches.full import FullKVCache
+from models.caches.quest import QuestCache
+from models.caches.sink_window import SinkWindowCache
 from models.duo import (
     attach_duo_gates,
     clamp_gates_,
@@ -27,9 +28,9 @@ from models.duo import (
     load_gates,
     save_gates,
 )
+from models.families.transformer import Transformer, TransformerConfig
 from models.positional import Positional
 from models.rope import PosConfig
-from models.transformer import Transformer, TransformerConfig
 
 B, H, HKV, D = 2, 4, 2, 8  # layer-level tests: GQA with groups of 2
 
@@ -339,12 +340,12 @@ def test_bytes_match_held_tensors_and_closed_forms(tmp_path):
 @pytest.mark.parametrize("name", ["sink_window", "duo", "quest"])
 def test_prefill_policy_and_dense_both_run(tmp_path, ids, name):
     model = tiny_model()
-    extra = {"gates_path": write_gates(tmp_path, torch.tensor([[1.0, 0.0], [0.0, 1.0]])), "sparsity": 0.5} \
-        if name == "duo" else {}
+    knobs = {"sink_window": {"sink": 2, "window": 4}, "quest": {"budget": 16, "page_size": 4, "dense_layers": 0},
+             "duo": {"sink": 2, "window": 4, "sparsity": 0.5,
+                     "gates_path": write_gates(tmp_path, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))}}[name]
     outs = {}
     for prefill, chunk in (("dense", None), ("policy", 8)):
-        policy = CacheConfig(policy=name, prefill=prefill, chunk_size=8, sink=2, window=4, budget=16,
-                             page_size=4, dense_layers=0, **extra)
+        policy = CacheConfig(policy=name, prefill=prefill, chunk_size=8, **knobs)
         assert f"prefill={prefill}" in policy.label
         outs[prefill] = run_cached(model, policy, ids, prompt=32, chunk=chunk)
         assert outs[prefill].shape == (2, 40, 64) and torch.isfinite(outs[prefill]).all()
@@ -357,9 +358,11 @@ def test_prefill_policy_and_dense_both_run(tmp_path, ids, name):
 @pytest.mark.parametrize("name", ["full", "sink_window", "duo", "quest"])
 def test_clone_gives_identical_continuations(tmp_path, ids, name):
     model = tiny_model()
-    extra = {"gates_path": write_gates(tmp_path, torch.tensor([[1.0, 0.0], [0.0, 1.0]])), "sparsity": 0.5} \
-        if name == "duo" else {}
-    policy = CacheConfig(policy=name, sink=2, window=4, budget=8, page_size=4, dense_layers=0, **extra)
+    knobs = {"full": {}, "sink_window": {"sink": 2, "window": 4},
+             "quest": {"budget": 8, "page_size": 4, "dense_layers": 0},
+             "duo": {"sink": 2, "window": 4, "sparsity": 0.5,
+                     "gates_path": write_gates(tmp_path, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))}}[name]
+    policy = CacheConfig(policy=name, **knobs)
     cache = model.new_cache(2, policy)
     with torch.no_grad():
         model(ids[:, :30], cache)
@@ -383,15 +386,15 @@ def test_sink_window_and_duo_patterns_equal_naive_masked_attention(rule):
     i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
     streaming = (j <= i) & ((j < S) | (j > i - R))  # StreamingLLM's token-exact mask
     sw = naive_attention(q, k, v, streaming, bias)
-    torch.testing.assert_close(PATTERNS["sink_window"](q, k, v, cfg, bias=bias), sw, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(PATTERNS.get("sink_window")(q, k, v, cfg, bias=bias), sw, atol=1e-5, rtol=1e-4)
     assert streaming.sum(-1).max() == S + R
     gate = torch.tensor([0.3, 1.7])  # clamped to [0, 1]; shared by each KV head's query group
     full = naive_attention(q, k, v, j <= i, bias)
     g = torch.tensor([0.3, 0.3, 1.0, 1.0]).view(1, H, 1, 1)
-    torch.testing.assert_close(PATTERNS["duo"](q, k, v, cfg, bias=bias, gate=gate), g * full + (1 - g) * sw,
+    torch.testing.assert_close(PATTERNS.get("duo")(q, k, v, cfg, bias=bias, gate=gate), g * full + (1 - g) * sw,
                                atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="attach_duo_gates"):
-        PATTERNS["duo"](q, k, v, cfg, bias=bias, gate=None)
+        PATTERNS.get("duo")(q, k, v, cfg, bias=bias, gate=None)
 
 
 def test_gate_optimisation_lowers_loss_and_separates_heads():
@@ -482,7 +485,7 @@ def test_two_way_forward_equals_reference_loss_and_gate_gradient():
 
 
 def test_duo_schedule_matches_reference_lambda():
-    from pipeline.duo_stage import duo_schedule
+    from pipeline.stages.duo_gates import duo_schedule
 
     for total in (10, 37, 2000):
         ours = duo_schedule(total)
@@ -543,7 +546,7 @@ def test_quest_eval_path_pages_equal_reference(budget):
 
 
 def test_quest_dense_layers_keep_the_last_layer_sparse():
-    from models.cache_quest import effective_dense_layers
+    from models.caches.quest import effective_dense_layers
 
     assert effective_dense_layers(2, 32) == 2 and effective_dense_layers(2, 4) == 2
     assert effective_dense_layers(2, 2) == 1 and effective_dense_layers(2, 1) == 0

@@ -17,10 +17,10 @@ from conftest import TINY, compose_config
 
 import models.lm as lm
 from models.attention import AttentionConfig
-from models.hybrid import Hybrid, HybridConfig
+from models.families.hybrid import Hybrid, HybridConfig
+from models.families.mamba import MambaConfig, MambaLM
+from models.families.transformer import Transformer, TransformerConfig
 from models.lora import LoraPlusConfig, apply_lora
-from models.mamba import MambaConfig, MambaLM
-from models.transformer import Transformer, TransformerConfig
 from pipeline.config import ConfigError, trainer_kwargs, validate
 from pipeline.memory import measure_peak
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.decode import decode_predictions, teacher_forced_predictions
 from pipeline.memory import measure_peak
 from tasks.dataset import generate
@@ -137,13 +137,15 @@ def test_question_starts_follow_each_rows_opener():
 
 
 def test_grid_rows_name_their_protocol(tmp_path):
+    from pipeline.eval_config import EvalConfig
     from pipeline.evaluate import evaluate_grid
 
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2)).eval()
     for protocol in ("question_decoded", "question_prefilled"):
-        rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32], [0.5], 4, 4,
-                             CacheConfig("sink_window", window=4), 0, {"run_id": "t"}, None, protocol=protocol)
+        ev = EvalConfig(lengths=[32], depths=[0.5], n_examples=4, batch_size=4, protocol=protocol)
+        rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), ev, CacheConfig("sink_window", window=4), 0,
+                             {"run_id": "t"}, None)
         assert {r["protocol"] for r in rows} == {protocol}
     with pytest.raises(ValueError, match="eval.protocol"):
-        evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32], [0.5], 4, 4, CacheConfig(), 0, {}, None,
-                      protocol="dense_question")
+        ev = EvalConfig(lengths=[32], depths=[0.5], n_examples=4, batch_size=4, protocol="dense_question")
+        evaluate_grid(model, [Niah(train_len=32)], Vocab(64), ev, CacheConfig(), 0, {}, None)

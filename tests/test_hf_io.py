@@ -254,8 +254,8 @@ def test_unsupported_directory_errors_are_clear(saved, tmp_path):
 
 
 def test_model_dtype_builds_in_that_dtype_and_rejects_unknown_names():
+    from models.families.transformer import TransformerConfig
     from models.registry import build_model
-    from models.transformer import TransformerConfig
 
     model = build_model(TransformerConfig(vocab_size=64, d_model=32, n_heads=4, dtype="bfloat16"))
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -276,7 +276,7 @@ def test_a_stored_head_beside_tied_embeddings_must_equal_them(saved, tmp_path):
 
 
 def test_export_refuses_what_transformers_cannot_express(saved, tmp_path):
-    from models.hybrid import Hybrid, HybridConfig
+    from models.families.hybrid import Hybrid, HybridConfig
 
     with pytest.raises(HFFormatError, match="model.family='hybrid'"):
         save_pretrained(Hybrid(HybridConfig(vocab_size=64, d_model=32)), tmp_path / "hybrid")
@@ -301,9 +301,9 @@ ROPE_RULES = {
 def test_every_rope_rule_exports_to_transformers_with_equal_logits(rule, tmp_path):
     """Our rule -> transformers' rope_parameters (static NTK as plain RoPE with its raised base): same logits
     at T=40, past every rule's original length (dynamic and longrope switch to their long form)."""
+    from models.families.transformer import TransformerConfig
     from models.registry import build_model
     from models.rope import PosConfig
-    from models.transformer import TransformerConfig
 
     cfg = TransformerConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=48,
                             max_seq_len=64, init_std=0.2, pos=PosConfig(rule=rule, base=1000.0, **ROPE_RULES[rule]))

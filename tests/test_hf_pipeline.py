@@ -14,7 +14,8 @@ from conftest import ROOT, compose_config
 transformers = pytest.importorskip("transformers")
 from models.hf import HFFormatError  # noqa: E402
 from pipeline.checkpoint import model_state, read_checkpoint  # noqa: E402
-from pipeline.run import evaluate_checkpoint, train  # noqa: E402
+from pipeline.eval_run import evaluate_checkpoint  # noqa: E402
+from pipeline.run import train  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 # tiny task settings; the model's sizes come from the directory, not from model.* overrides

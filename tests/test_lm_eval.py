@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from conftest import compose_config
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
+from pipeline.eval_run import evaluate_checkpoint
 from pipeline.lm_eval import LmEvalConfig, evaluate_lm, recompute_nll, stream_nll
-from pipeline.run import evaluate_checkpoint, train
+from pipeline.run import train
 
 
 def tiny(n_layers: int = 1) -> Transformer:

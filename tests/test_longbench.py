@@ -81,7 +81,7 @@ def test_greedy_generate_equals_recomputing_every_step(prefill: str, tail: int) 
     import torch
 
     from models.cache import CacheConfig
-    from models.transformer import Transformer, TransformerConfig
+    from models.families.transformer import Transformer, TransformerConfig
     from pipeline.longbench_eval import greedy_generate
 
     torch.manual_seed(0)
@@ -106,7 +106,7 @@ def test_longbench_tail_goes_through_the_policy() -> None:
     import torch
 
     from models.cache import CacheConfig
-    from models.transformer import Transformer, TransformerConfig
+    from models.families.transformer import Transformer, TransformerConfig
     from pipeline.longbench_eval import greedy_generate
 
     torch.manual_seed(0)

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import models.attention as attention
+import models.patterns.shifted_sparse as attention
 from models.attention import PATTERNS, AttentionConfig
+from models.families.transformer import Transformer, TransformerConfig
 from models.lora import LoraPlusConfig, apply_lora, has_lora, merge_lora, trainable_parameters
 from models.rope import PosConfig
-from models.transformer import Transformer, TransformerConfig
 
-s2 = PATTERNS["shifted_sparse"]
+s2 = PATTERNS.get("shifted_sparse")
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +123,7 @@ def test_group_of_whole_sequence():
     T = 16
     q, k, v = qkv(H=4, Hkv=2, T=T)
     y = s2(q, k, v, AttentionConfig(group_ratio=1.0))
-    full = PATTERNS["full"](q, k, v, AttentionConfig())
+    full = PATTERNS.get("full")(q, k, v, AttentionConfig())
     torch.testing.assert_close(y[:, :2], full[:, :2])
     expected = naive(q, k, v, torch.stack([block_mask(T, T, True)] * 4))
     torch.testing.assert_close(y[:, 2:], expected[:, 2:])

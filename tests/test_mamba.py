@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.cache import FullKVCache
-from models.hybrid import Hybrid, HybridConfig
-from models.mamba import KERNELS_AVAILABLE, MambaConfig, MambaLayerCache, MambaLM
+from models.caches.full import FullKVCache
+from models.families.hybrid import Hybrid, HybridConfig
+from models.families.mamba import MambaConfig, MambaLM
+from models.mixers.mamba import KERNELS_AVAILABLE, MambaLayerCache
 from models.registry import build_model, config_class
 from models.scan import selective_scan
 
@@ -252,7 +253,7 @@ def test_dt_rank_default_is_ceil_d_model_over_16():
 
 
 def test_blocked_no_grad_prefill_equals_one_shot_prefill():
-    from models.mamba import MambaConfig, MambaLM
+    from models.families.mamba import MambaConfig, MambaLM
 
     torch.manual_seed(0)
     model = MambaLM(MambaConfig(vocab_size=64, d_model=32, n_layers=2, prefill_block=7)).eval()

@@ -21,7 +21,9 @@ def smoke(preset: str, extra: list[str]) -> list[str]:
     out = [f"experiment={preset}", *extra, "scale=smoke", *tiny, "eval.lengths=[32,64]", "task.train_len=32"]
     text = open(os.path.join(CONF_DIR, "experiment", f"{preset}.yaml")).read()
     if "\nbase:" in text:  # presets that pretrain their base model first
-        out += ["base_len=32", "model.attention.window=8", "model.attention.sink=2", "cache.window=8", "cache.sink=2"]
+        # ++: presets on the full cache have no window (a cache node keeps only its policy's knobs)
+        out += ["base_len=32", "model.attention.window=8", "model.attention.sink=2",
+                "++cache.window=8", "++cache.sink=2"]
     return out
 
 
@@ -49,8 +51,8 @@ def test_named_evaluation_suites_validate(suite, tmp_path):
 def test_every_preset_composes_and_validates_at_every_scale(preset, scale, tmp_path):
     import torch
 
+    from pipeline.base_model import base_config
     from pipeline.config import validate
-    from pipeline.run import base_config
 
     cfg = compose_config([f"experiment={preset}", f"scale={scale}"], run_dir=str(tmp_path))
     here = scale != "gpu" or torch.cuda.is_available()  # the accelerator check is this machine's
@@ -66,7 +68,7 @@ def test_every_preset_composes_and_validates_at_every_scale(preset, scale, tmp_p
 
 def test_base_checkpoint_is_keyed_by_its_config(tmp_path, monkeypatch):
     """A reduced base (other steps, other scale) lives in its own directory: never silently reused."""
-    from pipeline.run import base_config
+    from pipeline.base_model import base_config
 
     monkeypatch.setenv("LONGCTX_STUDY_DIR", str(tmp_path))
     dirs = {}
@@ -80,7 +82,7 @@ def test_base_checkpoint_is_keyed_by_its_config(tmp_path, monkeypatch):
 
 
 def test_study_stops_when_its_base_did_not_learn(tmp_path, monkeypatch):
-    from pipeline.run import BaseNotLearned
+    from pipeline.base_model import BaseNotLearned
 
     monkeypatch.setenv("LONGCTX_STUDY_DIR", str(tmp_path / "studies"))
     overrides = smoke("kv_policies", ["+kv=full"]) + ["base_min_accuracy=0.9"]

@@ -212,8 +212,8 @@ def test_every_readme_train_and_eval_command_validates(tmp_path, monkeypatch):
     import torch
     from conftest import compose_config
 
+    from pipeline.base_model import base_config
     from pipeline.config import validate
-    from pipeline.run import base_config
 
     monkeypatch.setenv("LONGCTX_STUDY_DIR", str(tmp_path / "studies"))
     checked = 0
@@ -227,7 +227,7 @@ def test_every_readme_train_and_eval_command_validates(tmp_path, monkeypatch):
         for job in _job_overrides(tokens[2:]):
             job = [a for a in job if not a.startswith("ckpt=")] + ["scale=smoke"]
             # eval.py: the default checkpoint's (train.py) config with the command's overrides, as eval.py
-            # builds it (pipeline.run.apply_eval_overrides)
+            # builds it (pipeline.eval_run.apply_eval_overrides)
             cfg = compose_config(job, run_dir=str(tmp_path / "run"))
             arms = [[]]
             preset = next((a.split("=", 1)[1] for a in job if a.startswith("experiment=")), None)

@@ -15,9 +15,10 @@ import torch
 from conftest import ROOT, TINY, compose_config
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.checkpoint import CheckpointError, read_checkpoint
 from pipeline.config import ConfigError, validate
+from pipeline.eval_config import EvalConfig
 from pipeline.evaluate import evaluate_grid, run_cell
 from pipeline.rows import read_rows
 from pipeline.run import train
@@ -143,8 +144,8 @@ def test_oom_at_one_length_is_a_row_and_the_grid_goes_on(tmp_path):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return run_cell(model, arrays, *args)
 
-    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32, 64, 96], [0.5], 4, 4, CacheConfig(), 0,
-                         {"run_id": "t"}, tmp_path / "rows.jsonl", cell_runner=runner)
+    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), EvalConfig([32, 64, 96], [0.5], 4, 4),
+                         CacheConfig(), 0, {"run_id": "t"}, tmp_path / "rows.jsonl", cell_runner=runner)
     assert [(r["eval_len"], r["status"]) for r in rows] == [(32, "ok"), (64, "oom"), (96, "ok")]
     assert "out of memory" in rows[1]["error"]
     assert [r["status"] for r in read_rows(tmp_path / "rows.jsonl")] == ["ok", "oom", "ok"]

@@ -20,9 +20,10 @@ import torch
 from conftest import ROOT, TINY, compose_config
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.checkpoint import AtomicCheckpointIO, CheckpointError, find_resume_checkpoint, read_checkpoint
 from pipeline.config import ConfigError
+from pipeline.eval_config import EvalConfig
 from pipeline.evaluate import evaluate_grid, is_oom, run_cell
 from pipeline.failures import record_failures
 from pipeline.rows import append_row, make_row, read_rows
@@ -159,7 +160,7 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint_with_a_warning(tmp_
 
 def test_a_killed_evaluation_resumes_without_duplicating_rows(tmp_path):
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2))
-    args = ([Niah(train_len=32)], Vocab(64), [32, 48], [0.0, 0.5, 1.0], 4, 4, CacheConfig(), 0,
+    args = ([Niah(train_len=32)], Vocab(64), EvalConfig([32, 48], [0.0, 0.5, 1.0], 4, 4), CacheConfig(), 0,
             {"run_id": "r", "config_hash": "h1"}, tmp_path / "results.jsonl")
     calls = []
 
@@ -189,7 +190,7 @@ def test_rerunning_a_finished_named_run_adds_no_rows(tmp_path):
 
 
 def test_rerunning_an_eval_command_skips_its_cells(tmp_path):
-    from pipeline.run import evaluate_checkpoint
+    from pipeline.eval_run import evaluate_checkpoint
 
     train(compose_config(TINY + ["evaluate=false"], run_dir=str(tmp_path / "train")))
     ov = [f"ckpt={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}", "run_id=ev", "eval.lengths=[32]",
@@ -316,7 +317,7 @@ def test_a_cell_beyond_the_machines_memory_is_an_oom_row_before_allocating(tmp_p
                         real_generate(task, vocab, split, n, length, *a))
     monkeypatch.setattr(ev, "available_bytes", lambda device: 8 * 2**30)  # an 8 GiB machine
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2))
-    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32, 2**28], [0.5], 4, 4, CacheConfig(), 0,
+    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), EvalConfig([32, 2**28], [0.5], 4, 4), CacheConfig(), 0,
                          {"run_id": "m"}, tmp_path / "rows.jsonl")
     assert [(r["eval_len"], r["status"]) for r in rows] == [(32, "ok"), (2**28, "oom")]
     assert "estimated" in rows[1]["error"] and generated == [32]  # nothing generated or allocated for it
@@ -328,7 +329,7 @@ def test_a_cpu_allocation_failure_is_an_oom_row(tmp_path):
     def runner(model, arrays, *a):
         torch.empty(2**52, dtype=torch.uint8)  # more than any address space: DefaultCPUAllocator fails
 
-    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32], [0.5], 4, 4, CacheConfig(), 0,
+    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), EvalConfig([32], [0.5], 4, 4), CacheConfig(), 0,
                          {"run_id": "c"}, None, cell_runner=runner)
     assert rows[0]["status"] == "oom", rows[0]["error"]
     assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
@@ -487,7 +488,7 @@ def test_every_bad_value_is_stopped_before_any_data_or_step(overrides, message, 
 @pytest.mark.gpu
 def test_a_cell_beyond_the_gpus_memory_is_an_oom_row_before_allocating(tmp_path):
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2))
-    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), [32, 2**30], [0.5], 4, 4, CacheConfig(), 0,
+    rows = evaluate_grid(model, [Niah(train_len=32)], Vocab(64), EvalConfig([32, 2**30], [0.5], 4, 4), CacheConfig(), 0,
                          {"run_id": "g"}, tmp_path / "rows.jsonl", device="cuda")
     assert [(r["eval_len"], r["status"]) for r in rows] == [(32, "ok"), (2**30, "oom")]
     assert "estimated" in rows[1]["error"] and "on cuda" in rows[1]["error"]

@@ -9,17 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models.positional import Positional, alibi_slopes
-from models.rope import (
-    LENGTH_DEPENDENT,
-    NON_ROTARY,
-    RULES,
-    PosConfig,
-    base_inv_freq,
-    rope_frequencies,
-    yarn_correction_range,
-)
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
+from models.pos import POS_RULES
+from models.pos.alibi import alibi_slopes
+from models.pos.yarn import yarn_correction_range
+from models.positional import Positional
+from models.rope import PosConfig, base_inv_freq, rope_frequencies
 
 hf_rope = pytest.importorskip("transformers.modeling_rope_utils")
 from transformers import LlamaConfig, logging  # noqa: E402
@@ -37,6 +32,11 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+# The rules shipped in models/pos/ (test plugins add their own; tests/test_model_contracts.py covers every rule).
+BUILTIN = {name: r for name, r in POS_RULES.items() if r.frequencies.__module__.startswith("models.pos.")}
+RULES = sorted(BUILTIN)
+NON_ROTARY = {name for name, r in BUILTIN.items() if not r.rotary}
+LENGTH_DEPENDENT = {name for name, r in BUILTIN.items() if r.length_dependent}
 ROTARY = sorted(set(RULES) - NON_ROTARY)
 HF_TYPE = {"linear": "linear", "dynamic_ntk": "dynamic", "yarn": "yarn", "llama3": "llama3",
            "longrope": "longrope"}

@@ -5,8 +5,9 @@ import torch
 from conftest import TINY, compose_config
 
 from pipeline.checkpoint import CheckpointError
+from pipeline.eval_run import evaluate_checkpoint
 from pipeline.rows import read_rows
-from pipeline.run import evaluate_checkpoint, train
+from pipeline.run import train
 
 
 @pytest.fixture(scope="module")

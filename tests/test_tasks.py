@@ -129,7 +129,7 @@ def test_mqar_model_never_reads_an_answer():
     import torch
 
     from models.cache import CacheConfig
-    from models.transformer import Transformer, TransformerConfig
+    from models.families.transformer import Transformer, TransformerConfig
     from pipeline.evaluate import run_cell
     from tasks.datamodule import TokenDataset
 
@@ -162,3 +162,7 @@ def test_task_recipes_follow_the_task_and_yield_to_overrides():
     assert compose_config(["task=mqar", "optim.lr=0.01", "trainer.max_steps=7"]).optim.lr == 0.01
     assert compose_config(["task=mqar", "trainer.max_steps=7"]).trainer.max_steps == 7
     assert compose_config(["task=counting"]).trainer.max_steps == 1000  # no recipe: the trainer default
+    # Recipes may set training-layout task knobs (several questions per training row); overrides still win.
+    assert compose_config(["task=kv_retrieval"]).task.train_queries > 1
+    assert compose_config(["task=kv_retrieval", "task.train_queries=1"]).task.train_queries == 1
+    assert "train_queries" not in compose_config(["task=mix"]).task  # other tasks' recipes leave mix alone

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 from pipeline.config import ConfigError, validate
+from pipeline.eval_config import EvalConfig
 from pipeline.evaluate import evaluate_grid
 from pipeline.rows import ROW_FIELDS
 from tasks.base import hide_answers
@@ -103,7 +104,7 @@ def test_text_tasks_write_the_same_rows_as_every_task(bpe_path: str) -> None:
     vocab = Vocab(tok.vocab_size)
     model = Transformer(TransformerConfig(vocab_size=vocab.size, d_model=32, n_heads=2, n_layers=1))
     tasks = [Passkey(tokenizer=bpe_path, train_len=256), TextNiah(tokenizer=bpe_path, train_len=700)]
-    rows = evaluate_grid(model, tasks, vocab, [700], [0.5], n_examples=2, batch_size=2,
+    rows = evaluate_grid(model, tasks, vocab, EvalConfig(lengths=[700], depths=[0.5], n_examples=2, batch_size=2),
                          policy=CacheConfig(policy="sink_window", window=32), seed=0,
                          row_base={"run_id": "t"}, rows_path=None)
     assert [r["status"] for r in rows] == ["ok", "ok"]

@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose_config
 
+from pipeline.eval_run import evaluate_checkpoint
 from pipeline.rows import ROW_FIELDS, read_rows
-from pipeline.run import evaluate_checkpoint, train
+from pipeline.run import train
 
 
 def test_fast_dev_run_writes_rows_and_checkpoint(tmp_path):

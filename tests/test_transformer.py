@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models.cache import CacheConfig
-from models.transformer import Transformer, TransformerConfig
+from models.families.transformer import Transformer, TransformerConfig
 
 
 def tiny(**kw) -> Transformer:

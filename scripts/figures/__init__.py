@@ -3,9 +3,12 @@
     from figures import load_results, render
     df = load_results(["multirun/2026-11-26/12-00-00"])
     render(df, "figures/")
+
+A new figure kind is one module here that registers a draw function with ``FIGURES`` (figures/base.py).
 """
 
-from .render import KINDS, render
+from .base import FIGURES, Context
+from .render import render
 from .results import load_results, make_palette
 
-__all__ = ["KINDS", "load_results", "make_palette", "render"]
+__all__ = ["FIGURES", "Context", "load_results", "make_palette", "render"]

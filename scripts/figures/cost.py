@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .base import FIGURES, Context
 from .style import DOUBLE_COL, Palette, paper_style, save
 
 COST_COLUMNS = {
@@ -73,3 +74,11 @@ def plot_cost(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
         axes[0][0].set_yticks(range(len(labels)), labels)
         paths = save(fig, out, "training_cost")
     return paths
+
+
+@FIGURES.register("cost")
+def draw_cost(ctx: Context) -> list[Path] | str:
+    """Training cost bars: step time, peak training memory, trainable parameters per label."""
+    if not any(c in ctx.df.columns and ctx.df[c].notna().any() for c in COST_COLUMNS):
+        return f"none of the columns {', '.join(COST_COLUMNS)}"
+    return plot_cost(ctx.df, ctx.out, ctx.palette)

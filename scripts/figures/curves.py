@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from .results import run_dir_of
+from .base import FIGURES, Context
+from .results import find_files, run_dir_of
 from .style import DOUBLE_COL, Palette, legend_below, paper_style, save
 
 
@@ -79,3 +80,21 @@ def plot_training_curves(metrics: pd.DataFrame, run_labels: dict[str, str], out:
             names += ["train", "val"]
         legend_below(fig, handles, names)
         return save(fig, out, "training_curves")
+
+
+def run_labels(df: pd.DataFrame) -> dict[str, str]:
+    """run_dir -> the label of its rows (the legend entry of its curves and gate map)."""
+    if df.empty:
+        return {}
+    first = df.dropna(subset=["run_dir"]).drop_duplicates("run_dir")
+    return {str(Path(d).resolve()): lb for d, lb in zip(first["run_dir"], first["label"])}
+
+
+@FIGURES.register("curves")
+def draw_curves(ctx: Context) -> list[Path] | str:
+    """Training curves (loss, validation exact match) from each run's metrics.csv."""
+    files = find_files(ctx.dirs, "metrics.csv")
+    if not files:
+        return "no metrics.csv under the given directories"
+    return plot_training_curves(read_metrics(files), run_labels(ctx.df), ctx.out, ctx.palette) or \
+        "metrics.csv files have no loss or accuracy columns"

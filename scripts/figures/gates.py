@@ -6,11 +6,15 @@ same red -> green colormap as the NIAH heatmap, fixed to 0..1.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from .style import NIAH_CMAP, SINGLE_COL, paper_style, save
+from .base import FIGURES, Context
+from .curves import run_labels
+from .results import find_files, run_dir_of
+from .style import NIAH_CMAP, SINGLE_COL, paper_style, save, slug
 
 
 def load_gates(path: str | Path) -> np.ndarray:
@@ -48,3 +52,24 @@ def plot_gates(gates: np.ndarray, out: Path, name: str, title: str = "") -> list
         cbar = fig.colorbar(im, ax=ax, pad=0.02, fraction=0.06)
         cbar.set_label("gate alpha")
         return save(fig, out, name)
+
+
+@FIGURES.register("gates")
+def draw_gates(ctx: Context) -> list[Path] | str:
+    """DuoAttention gate map of every gates.pt under the run folders."""
+    files = find_files(ctx.dirs, "gates.pt")
+    if not files:
+        return "no gates.pt under the given directories"
+    labels = run_labels(ctx.df)
+    paths: list[Path] = []
+    skipped = []
+    for f in files:
+        run = run_dir_of(f)
+        try:
+            gates = load_gates(f)
+        except Exception as err:  # truncated, not a tensor, wrong shape: one bad file never stops the rest
+            logging.getLogger(__name__).warning("skipped unreadable %s: %s", f, f"{type(err).__name__}: {err}"[:200])
+            skipped.append(f)
+            continue
+        paths += plot_gates(gates, ctx.out, f"gates_{slug(run.name)}", title=labels.get(str(run), run.name))
+    return paths or f"no readable gates.pt ({len(skipped)} unreadable)"

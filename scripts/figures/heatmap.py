@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .results import accuracy_by
+from .base import FIGURES, table_kind
+from .results import accuracy_by, phase_column
 from .style import NIAH_CMAP, SINGLE_COL, Palette, paper_style, save
 
 MAX_TEXT_COLS = 12  # beyond this the cell numbers no longer fit a column-width figure
@@ -93,11 +94,18 @@ def heatmap_figure(df: pd.DataFrame, title: str = "") -> tuple[Figure, pd.DataFr
 
 
 def plot_heatmaps(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
-    """One heatmap per (label, task) among tasks with depths."""
+    """One heatmap per (label, task) among tasks with depths; a label evaluated both zero-shot and fine-tuned
+    gets one of each (never a pool of the two)."""
     paths: list[Path] = []
     with_depth = df[df["depth"].notna()]
-    for (label, task), g in with_depth.groupby(["label", "task"], sort=False):
+    with_depth = with_depth.assign(_phase=phase_column(with_depth))
+    phases = with_depth.groupby("label")["_phase"].nunique()
+    for (label, phase, task), g in with_depth.groupby(["label", "_phase", "task"], sort=False):
+        name = f"{label} ({phase})" if phases[label] > 1 else str(label)
         with paper_style():
-            fig, _ = heatmap_figure(g, title=f"{task}: {label}")
-            paths += save(fig, out, f"heatmap_{task}_{label}")
+            fig, _ = heatmap_figure(g, title=f"{task}: {name}")
+            paths += save(fig, out, f"heatmap_{task}_{name}")
     return paths
+
+FIGURES.register("heatmap")(table_kind(plot_heatmaps, "rows with a depth",
+                                       "NIAH accuracy by eval length x depth, one heatmap per label and task."))

@@ -17,21 +17,12 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
 
+from pipeline.labels import difference
+
+from .base import FIGURES, table_kind
+from .results import FINE_TUNED, ZERO_SHOT, final_phase, phase_column
 from .stats import accuracy_with_interval, n_note
 from .style import DOUBLE_COL, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save
-
-ZERO_SHOT, FINE_TUNED, TRAINED = "zero-shot", "fine-tuned", "trained"
-
-
-def phase_column(df: pd.DataFrame) -> pd.Series:
-    """``zero-shot`` (stage=zero_shot), ``fine-tuned`` (extend / duo_gates / finetuned=True) or ``trained``.
-
-    Rows without ``finetuned`` (eval.py runs, older rows) or with mixed types never break this."""
-    stage = df["stage"].astype(str) if "stage" in df.columns else pd.Series("pretrain", index=df.index)
-    tuned = df["finetuned"].map(lambda v: str(v).lower() == "true") if "finetuned" in df.columns else False
-    phase = np.where(stage == "zero_shot", ZERO_SHOT,
-                     np.where(stage.isin(["extend", "duo_gates"]) | tuned, FINE_TUNED, TRAINED))
-    return pd.Series(phase, index=df.index)
 
 
 def _compared_labels(acc: pd.DataFrame) -> set[str]:
@@ -147,13 +138,6 @@ def _merge_identical(m: pd.DataFrame, cols: list[str], labels: list[str]) -> dic
     return groups
 
 
-def _difference(label: str, head: str) -> str:
-    """The parts of ``label`` (model/pos/attention/cache) that differ from ``head``: ``linear``."""
-    a, b = str(label).split("/"), str(head).split("/")
-    diff = [x for i, x in enumerate(a) if i >= len(b) or x != b[i]]
-    return "/".join(diff) or str(label)
-
-
 def _log_bytes_axis(ax: Axes) -> None:
     """Log y with labels at 1-2-5 steps, so even a range under one decade carries several ticks."""
     ax.set_yscale("log")
@@ -174,6 +158,7 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
 
     paths: list[Path] = []
     cols = [c for c in ("peak_mem_bytes", "cache_bytes") if c in df.columns]
+    df = final_phase(df)  # a fine-tuned label's zero-shot rows: the same model, not a second line
     ok = df[df["status"] == "ok"]
     for task, g in df.groupby("task", sort=True):
         gok = ok[ok["task"] == task]
@@ -191,9 +176,11 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
             groups = _merge_identical(m, have, palette.sort(m["label"]))
             drawn = list(groups)
             nudge = _nudges(drawn)
+            first = {r["label"]: r for r in gok.drop_duplicates("label").to_dict("records")}
             for head, members in groups.items():
-                if len(members) > 1:
-                    names[head] = f"{head} (= {', '.join(_difference(x, head) for x in members[1:])})"
+                if len(members) > 1:  # named by what sets each member apart, from the identity columns
+                    same = ", ".join(difference(first[x], first[head]) or x for x in members[1:])
+                    names[head] = f"{head} (= {same})"
             for ax, col in zip(axes[0], have):
                 for head in drawn:
                     s = m[(m["label"] == head) & m[col].notna()].sort_values("eval_len")
@@ -211,3 +198,9 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
             _legend(fig, palette.sort(drawn), palette, False, oom, names)
             paths += save(fig, out, f"memory_vs_length_{task}")
     return paths
+
+
+FIGURES.register("accuracy")(table_kind(plot_accuracy_vs_length, "ok rows at 2+ eval lengths",
+                                        "Accuracy vs eval length, one line per label (95% Wilson bars)."))
+FIGURES.register("memory")(table_kind(plot_memory_vs_length, "peak_mem_bytes / cache_bytes at 2+ eval lengths",
+                                      "Peak memory and cache bytes per sequence vs eval length."))

@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.identity import identity_keys, key_value
+
+from .base import FIGURES, table_kind
 from .style import SINGLE_COL, Palette, paper_style, plt, save, slug
 
+CURVE = ("cache", "prefill", "lm_mode")  # what tells the lines of one panel apart; the rest splits panels
 LINE_COLORS = ("#000000", "#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 MARKERS = ("o", "s", "^", "x", "D", "v", "+")
 STYLES = ("-", "--", "-.", ":")
@@ -25,16 +29,22 @@ def plot_nll_by_position(df: pd.DataFrame, out: str | Path, palette: Palette) ->
     if lm.empty:
         return []
     paths: list[Path] = []
+    lm = lm.assign(**{c: lm[c].map(key_value) for c in identity_keys(lm.columns)})  # lists, NaN: groupable
+    curve = [c for c in identity_keys(lm.columns) if c in CURVE or c.startswith("cache_")]
     keys = ["model", "train_len", "corpus"] + (["start_token"] if "start_token" in lm.columns else [])
-    for key, panel in lm.groupby(keys, dropna=False):
+    arm = [c for c in identity_keys(lm.columns) if c not in keys and c not in curve]  # one panel per arm
+    varying = [c for c in arm if lm[c].nunique(dropna=False) > 1]
+    for key, panel in lm.groupby(keys + varying, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        extra = "".join(f", {c}={v}" for c, v in zip(varying, key[len(keys):]))
         with paper_style():
             fig, ax = plt.subplots(figsize=(SINGLE_COL * 1.4, 2.4))
-            for i, (label, curve) in enumerate(panel.groupby("cache", sort=True)):
-                curve = curve.sort_values("position")  # one colour per policy *and* budget: S=0 vs S=4 differ
-                ax.plot(curve["position"], curve["nll"], marker=MARKERS[i % len(MARKERS)], markersize=2.5,
+            for i, ((label, *_), line) in enumerate(panel.groupby(["cache", *curve], sort=True, dropna=False)):
+                line = line.sort_values("position")  # one colour per policy *and* budget: S=0 vs S=4 differ
+                ax.plot(line["position"], line["nll"], marker=MARKERS[i % len(MARKERS)], markersize=2.5,
                         linewidth=1, linestyle=STYLES[i % len(STYLES)], color=LINE_COLORS[i % len(LINE_COLORS)],
                         label=str(label))  # markers and dashes keep coinciding curves visible
-            train_len = key[1]
+            train_len = pd.to_numeric(key[1], errors="coerce")
             if pd.notna(train_len):
                 ax.axvline(float(train_len), color="0.3", linestyle=":", linewidth=0.8)
                 ax.annotate("training length", (float(train_len), 1), xycoords=("data", "axes fraction"),
@@ -42,8 +52,12 @@ def plot_nll_by_position(df: pd.DataFrame, out: str | Path, palette: Palette) ->
             ax.set_xscale("log")
             ax.set_xlabel("position in the stream (tokens)")
             ax.set_ylabel("NLL (nats / token)")
-            start = f", start token {int(key[3])}" if len(key) > 3 and pd.notna(key[3]) else ""
-            ax.set_title(f"{key[0]}, trained at L={key[1]}, corpus {key[2]}{start}", fontsize=7)
+            start = f", start token {key[3]}" if "start_token" in keys and key[3] else ""
+            ax.set_title(f"{key[0]}, trained at L={key[1]}, corpus {key[2]}{start}{extra}", fontsize=7)
             ax.legend(fontsize=6, loc="upper left")
-            paths += save(fig, out, f"nll_by_position_{slug('_'.join(str(k) for k in key))}")
+            paths += save(fig, out, f"nll_by_position_{slug('_'.join(str(k) for k in key if k))}")
     return paths
+
+
+FIGURES.register("nll_position")(table_kind(plot_nll_by_position, "eval=lm rows",
+                                            "NLL by position in the stream, one line per cache policy (eval=lm)."))

@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from .results import ok_rows, weighted_mean
+from .base import FIGURES, table_kind
+from .results import final_phase, ok_rows, weighted_mean
 from .stats import n_note, wilson
-from .style import DOUBLE_COL, FAMILY_MARKERS, PLAIN, SINGLE_COL, Palette, cache_policy, legend_below, paper_style, save
+from .style import DOUBLE_COL, FAMILY_MARKERS, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save
 
 
 def pareto_front(points: pd.DataFrame, x: str = "cache_bytes", y: str = "accuracy") -> pd.DataFrame:
@@ -35,19 +36,9 @@ def pareto_points(g: pd.DataFrame) -> pd.DataFrame:
         acc = weighted_mean(s["accuracy"], s["n_examples"])
         n = float(pd.to_numeric(s["n_examples"], errors="coerce").fillna(0).sum())
         lo, hi = wilson(acc, n)
-        rows.append({"label": label, "cache": s["cache"].iloc[0], "model": s["model"].iloc[0],
+        rows.append({"label": label, "cache_policy": s["cache_policy"].iloc[0], "model": s["model"].iloc[0],
                      "accuracy": acc, "cache_bytes": float(s["cache_bytes"].max()), "n": n, "lo": lo, "hi": hi})
-    return pd.DataFrame(rows, columns=["label", "cache", "model", "accuracy", "cache_bytes", "n", "lo", "hi"])
-
-
-def final_phase(df: pd.DataFrame) -> pd.DataFrame:
-    """Drop the zero-shot rows of labels that were also fine-tuned: one point is one model, never a
-    pool of before and after."""
-    if "stage" not in df.columns:
-        return df
-    zero = df["stage"].astype(str) == "zero_shot"
-    tuned = set(df.loc[~zero, "label"])
-    return df[~(zero & df["label"].isin(tuned))]
+    return pd.DataFrame(rows, columns=["label", "cache_policy", "model", "accuracy", "cache_bytes", "n", "lo", "hi"])
 
 
 def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
@@ -70,8 +61,8 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
             all_pts = pd.concat([p for _, p in panels])
             # colour by cache policy when the points differ in it (kv_policies); else by label
             # (rope_extension: every rule uses the full cache, so policy colours would all be black)
-            by_policy = all_pts["cache"].map(cache_policy).nunique() > 1
-            color = (lambda r: palette.cache_color(r.cache)) if by_policy else (lambda r: palette.color(r.label))
+            by_policy = all_pts["cache_policy"].nunique() > 1
+            color = (lambda r: palette.cache_color(r.cache_policy)) if by_policy else (lambda r: palette.color(r.label))
             drew_front = False
             for ax, (length, pts) in zip(axes[0], panels):
                 front = pareto_front(pts)
@@ -101,7 +92,7 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
             families = [f for f in FAMILY_MARKERS if f in set(all_pts["model"].astype(str))]
             dot = dict(marker="o", linestyle="none")
             if by_policy:
-                names = sorted({cache_policy(c) for c in all_pts["cache"]}, key=lambda c: (c != "full", c))
+                names = sorted({str(c) for c in all_pts["cache_policy"]}, key=lambda c: (c != "full", c))
                 handles = [Line2D([], [], color=palette.cache_color(c), **dot) for c in names]
             else:
                 names = palette.sort(all_pts["label"])
@@ -116,3 +107,7 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
             legend_below(fig, handles, names)
             paths += save(fig, out, f"pareto_{task}")
     return paths
+
+
+FIGURES.register("pareto")(table_kind(plot_pareto, "2+ labels with cache_bytes at one eval length",
+                                      "Accuracy vs KV cache bytes per sequence, the Pareto front as a line."))

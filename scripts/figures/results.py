@@ -18,11 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from pipeline.identity import present
+from pipeline.labels import labels, legacy_identity
 from pipeline.rows import ROW_FIELDS, STATUSES
 
-from .style import Palette, cache_policy, label_sort_key
+from .style import Palette, label_sort_key
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.jsonl"
@@ -178,59 +181,47 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     return df[first + sorted(c for c in df.columns if c not in first)]
 
 
-def _present(v: Any) -> bool:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return False
-    return str(v) not in ("", "nan", "None", "<NA>")
-
-
-def base_label(model: Any, pos: Any, attention: Any, cache: Any) -> str:
-    """``model/pos/attention/cache``; an attention equal to the family (mamba) is not repeated."""
-    parts = [model, pos, None if str(attention) == str(model) else attention, cache]
-    return "/".join(str(p) for p in parts if _present(p)) or "?"
-
-
 def add_labels(df: pd.DataFrame) -> pd.DataFrame:
-    """A ``label`` column (one legend entry); ``@L=<train_len>`` only where a label has several."""
+    """Identity columns for rows written before they existed (the one compatibility reader,
+    ``pipeline.labels.legacy_identity``), then a ``label`` column: one legend entry per identity
+    (pipeline/labels.py), the zero-shot / fine-tuned split aside (a line style, see ``phase_column``)."""
     df = df.copy()
     if df.empty:
         df["label"] = pd.Series(dtype=str)
         return df
-    base = [base_label(*r) for r in df[["model", "pos", "attention", "cache"]].itertuples(index=False)]
-    if "variant" in df.columns:  # study arms that differ in training only (e.g. full FT vs LoRA)
-        base = [f"{b} [{v}]" if _present(v) else b for b, v in zip(base, df["variant"])]
-    df["label"] = base
-    lens = df.groupby("label")["train_len"].nunique()
-    several = set(lens[lens > 1].index)
-    if several:
-        df["label"] = [f"{b} @L={int(t)}" if b in several and _present(t) else b
-                       for b, t in zip(base, df["train_len"])]
-    return _split_unrelated(df)
-
-
-def _split_unrelated(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs of different configurations (``arm_hash``; seeds of one configuration share it) that still
-    share a label get told apart, by size (``133k params``) where that differs, else by ``cfg <hash>``:
-    averaging unrelated runs under one label would report a number no run produced."""
-    if "arm_hash" not in df.columns or not df["arm_hash"].map(_present).any():
-        return df
-    arms = df[df["arm_hash"].map(_present)].groupby("label")["arm_hash"].nunique()
-    mixed = set(arms[arms > 1].index)
-    if not mixed:
-        return df
-    params = df.groupby(["label", "arm_hash"])["n_params"].first() if "n_params" in df.columns else None
-
-    def suffix(label: str, arm: Any) -> str:
-        if label not in mixed or not _present(arm):
-            return label
-        if params is not None:
-            sizes = params.loc[label].dropna()
-            if sizes.nunique() == sizes.size > 1:
-                return f"{label} ({sizes.loc[arm] / 1e3:.0f}k params)"
-        return f"{label} [cfg {str(arm)[:6]}]"
-
-    df["label"] = [suffix(lb, a) for lb, a in zip(df["label"], df["arm_hash"])]
+    records = _table_rows(df)
+    legacy = pd.DataFrame([legacy_identity(r) for r in records], index=df.index)
+    for col in legacy.columns:
+        df[col] = df[col].where(df[col].map(present), legacy[col]) if col in df.columns else legacy[col]
+    for col in ("pos_rule", "cache_policy"):  # figures read them; rows of a Mamba-only table have neither
+        if col not in df.columns:
+            df[col] = None
+    df["label"] = labels(_table_rows(df))
     return df
+
+
+ZERO_SHOT, FINE_TUNED, TRAINED = "zero-shot", "fine-tuned", "trained"
+
+
+def phase_column(df: pd.DataFrame) -> pd.Series:
+    """``zero-shot`` (stage=zero_shot), ``fine-tuned`` (extend / duo_gates / finetuned=True) or ``trained``.
+
+    Rows without ``finetuned`` (eval.py runs, older rows) or with mixed types never break this."""
+    stage = df["stage"].astype(str) if "stage" in df.columns else pd.Series("pretrain", index=df.index)
+    tuned = df["finetuned"].map(lambda v: str(v).lower() == "true") if "finetuned" in df.columns else False
+    phase = np.where(stage == "zero_shot", ZERO_SHOT,
+                     np.where(stage.isin(["extend", "duo_gates"]) | tuned, FINE_TUNED, TRAINED))
+    return pd.Series(phase, index=df.index)
+
+
+def final_phase(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop the zero-shot rows of labels that were also fine-tuned: one point or one line is one model,
+    never a pool of before and after."""
+    if "stage" not in df.columns:
+        return df
+    zero = df["stage"].astype(str) == "zero_shot"
+    tuned = set(df.loc[~zero, "label"])
+    return df[~(zero & df["label"].isin(tuned))]
 
 
 def load_results(paths: Iterable[str | Path] | str | Path) -> pd.DataFrame:
@@ -277,11 +268,10 @@ def make_palette(df: pd.DataFrame) -> Palette:
     """The legend order and colours of every label in ``df`` (family, pos rule, attention, cache)."""
     if df.empty or "label" not in df:
         return Palette(order=[])
-    first = df.drop_duplicates("label")
-    keyed = sorted(first.itertuples(index=False), key=lambda r: label_sort_key(
-        r.model, r.pos, r.attention, r.cache) + (r.label,))
-    caches = sorted({cache_policy(c) for c in df["cache"].dropna()})
-    return Palette(order=[r.label for r in keyed], family={r.label: str(r.model) for r in keyed},
+    first = _table_rows(df.drop_duplicates("label"))
+    keyed = sorted(first, key=lambda r: label_sort_key(r) + (r["label"],))
+    caches = sorted({str(c) for c in df["cache_policy"].dropna()}) if "cache_policy" in df.columns else []
+    return Palette(order=[r["label"] for r in keyed], family={r["label"]: str(r["model"]) for r in keyed},
                    cache_order=caches)
 
 

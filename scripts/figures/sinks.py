@@ -18,8 +18,10 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make ``figures`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from figures.base import FIGURES, table_kind
     from figures.style import DOUBLE_COL, Palette, paper_style, plt, save, slug
 else:
+    from .base import FIGURES, table_kind
     from .style import DOUBLE_COL, Palette, paper_style, plt, save, slug
 
 
@@ -56,6 +58,10 @@ def plot_sinks(df: pd.DataFrame, out: str | Path, palette: Palette | None = None
             fig.suptitle(f"attention sinks: {first.get('model')} {run}, L={first.get('eval_len')}", fontsize=7)
             paths += save(fig, out, f"attention_sinks_{slug(str(run))}")
     return paths
+
+
+FIGURES.register("sinks")(table_kind(plot_sinks, "eval=sinks rows",
+                                     "Attention mass on the first token per layer and head (eval=sinks)."))
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

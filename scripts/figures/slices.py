@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from .base import FIGURES, Context
+from .results import ZERO_SHOT, phase_column
 from .stats import accuracy_with_interval, n_note
 from .style import DOUBLE_COL, SINGLE_COL, Palette, legend_below, paper_style, save
 
@@ -40,7 +42,8 @@ def plot_slice(df: pd.DataFrame, out: Path, palette: Palette, knob: str) -> list
     name, xlabel = KNOB_TITLES.get(knob, (f"accuracy_vs_{knob}", knob))
     paths: list[Path] = []
     for task, g in df[df[col].notna()].groupby("task", sort=True):
-        acc = accuracy_with_interval(g, ["label", "eval_len", col])
+        g = g.assign(_phase=phase_column(g))
+        acc = accuracy_with_interval(g, ["label", "_phase", "eval_len", col])
         if acc.empty or acc[col].nunique() < 2:
             continue
         numeric = pd.api.types.is_numeric_dtype(acc[col])
@@ -52,8 +55,9 @@ def plot_slice(df: pd.DataFrame, out: Path, palette: Palette, knob: str) -> list
                                      sharey=True, squeeze=False)
             for ax, length in zip(axes[0], lengths):
                 a = acc[acc["eval_len"] == length]
-                for label in palette.sort(a["label"]):
-                    s = a[a["label"] == label]
+                for (label, phase), s in sorted(a.groupby(["label", "_phase"]),
+                                                key=lambda kv: (palette.rank(kv[0][0]), kv[0][1])):
+                    dashed = phase == ZERO_SHOT and a.loc[a["label"] == label, "_phase"].nunique() > 1
                     if numeric:
                         s = s.sort_values(col)
                         x = s[col].astype(float)
@@ -63,7 +67,8 @@ def plot_slice(df: pd.DataFrame, out: Path, palette: Palette, knob: str) -> list
                     # categories have no order between them: markers only, no connecting line
                     ax.errorbar(x, s["accuracy"], yerr=[s["accuracy"] - s["lo"], s["hi"] - s["accuracy"]],
                                 color=palette.color(label), marker=palette.marker(label), capsize=1.5,
-                                elinewidth=0.6, linestyle="-" if numeric else "none",
+                                elinewidth=0.6, linestyle=("--" if dashed else "-") if numeric else "none",
+                                markerfacecolor="white" if dashed else palette.color(label),
                                 markersize=3.5 if numeric else 5)
                 if not numeric:
                     ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right")
@@ -80,3 +85,21 @@ def plot_slice(df: pd.DataFrame, out: Path, palette: Palette, knob: str) -> list
             legend_below(fig, handles, labels)
             paths += save(fig, out, f"{name}_{task}")
     return paths
+
+
+def slice_kind(knob: str) -> None:
+    """Register the figure kind of one slice knob (its name in KNOB_KINDS)."""
+
+    def draw(ctx: Context) -> list[Path] | str:
+        col = f"slice_{knob}"
+        if col not in ctx.df.columns or ctx.df[col].notna().sum() == 0:
+            return f"no {col} column"
+        return plot_slice(ctx.df, ctx.out, ctx.palette, knob) or f"{col} has fewer than 2 values per task"
+
+    draw.__doc__ = f"Accuracy vs slice_{knob} ({KNOB_TITLES[knob][1]}), one panel per eval length."
+    FIGURES.register(KNOB_KINDS[knob])(draw)
+
+
+KNOB_KINDS = {"gold_index": "lost_in_middle", "hops": "hops", "similarity": "similarity", "family": "family"}
+for _knob in KNOB_KINDS:
+    slice_kind(_knob)

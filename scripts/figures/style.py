@@ -32,8 +32,9 @@ NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0
 
 FAMILY_ORDER = ("transformer", "hybrid", "mamba")
 FAMILY_MARKERS = {"transformer": "o", "hybrid": "^", "mamba": "s"}
-# Known positional rules first, in the order they are usually introduced; unknown ones sort after.
-POS_ORDER = ("none", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "longrope")
+# Legend order of positional rules: these in the order they are usually introduced, then every other rule
+# the positional registry knows (a new rule file needs no edit here), then rules only the rows name.
+POS_ORDER = ("none", "alibi", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope")
 STAGE_ORDER = ("pretrain", "extend", "duo_gates")
 
 # Colour-blind-safe qualitative colours (Okabe-Ito, then tab10 leftovers), handed out in legend order;
@@ -42,7 +43,7 @@ LABEL_COLORS = (
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#8c564b",
     "#7f7f7f", "#bcbd22", "#17becf", "#9467bd", "#F0E442", "#1f77b4", "#2ca02c", "#d62728",
 )
-# One colour per cache policy (the name before any "(budget)" suffix), fixed across sweeps.
+# One colour per cache policy (the ``cache_policy`` column; its budgets share it), fixed across sweeps.
 CACHE_ORDER = ("full", "state", "sink_window", "duo", "quest")
 CACHE_COLORS = {
     "full": "#000000", "sink_window": "#E69F00", "duo": "#009E73", "quest": "#CC79A7",
@@ -63,20 +64,25 @@ RC = {
 }
 
 
-def cache_policy(label: object) -> str:
-    """``sink_window(4+64)`` -> ``sink_window``: budgets of one policy share a colour."""
-    return re.split(r"[(\[]", str(label), maxsplit=1)[0].strip() or "?"
-
-
 def _order_key(order: tuple[str, ...], value: object) -> tuple[int, str]:
     s = "" if value is None else str(value)
     return (order.index(s) if s in order else len(order), s)
 
 
-def label_sort_key(model: object, pos: object, attention: object, cache: object) -> tuple:
-    """Legend order: family, positional rule, attention pattern, cache policy."""
-    return (_order_key(FAMILY_ORDER, model), _order_key(POS_ORDER, pos), str(attention),
-            _order_key(CACHE_ORDER, cache_policy(cache)), str(cache))
+def pos_order() -> tuple[str, ...]:
+    """POS_ORDER, then the registered rules it does not list, in registration order."""
+    from pipeline.identity import rule_functions
+
+    return POS_ORDER + tuple(r for r in rule_functions() if r not in POS_ORDER)
+
+
+def label_sort_key(row: dict) -> tuple:
+    """Legend order from a row's identity columns: family, positional rule and factor, attention pattern,
+    cache policy, then the label columns (budgets of one policy in their label order)."""
+    factor = row.get("pos_factor")
+    factor = float(factor) if isinstance(factor, (int, float)) and not math.isnan(factor) else 0.0
+    return (_order_key(FAMILY_ORDER, row.get("model")), _order_key(pos_order(), row.get("pos_rule")), factor,
+            str(row.get("attention")), _order_key(CACHE_ORDER, row.get("cache_policy")), str(row.get("cache")))
 
 
 @dataclass
@@ -101,8 +107,9 @@ class Palette:
     def sort(self, labels: Iterable[str]) -> list[str]:
         return sorted(set(labels), key=lambda s: (self.rank(s), s))
 
-    def cache_color(self, cache: object) -> str:
-        name = cache_policy(cache)
+    def cache_color(self, policy: object) -> str:
+        """The colour of a cache policy (a ``cache_policy`` value)."""
+        name = str(policy)
         if name in CACHE_COLORS:
             return CACHE_COLORS[name]
         extra = [c for c in self.cache_order if c not in CACHE_COLORS]

@@ -25,14 +25,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from models.attention import causal_sdpa
-from models.cache import KV_POLICIES, LABELS, VALIDATORS, CacheConfig, FullKVCache, KVLayerCache
+from models.cache import CACHE_POLICIES, CacheConfig, KVLayerCache
+from models.caches.full import FullKVCache
 
 log = logging.getLogger(__name__)
 SELECTIONS = ("eval", "kernel")
+
+
+def check_selection(selection: str) -> None:
+    if selection not in SELECTIONS:
+        raise ValueError(f"cache.selection={selection!r}; allowed: {list(SELECTIONS)}")
 
 
 def page_bounds(k: torch.Tensor, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,8 +56,7 @@ class QuestCache(KVLayerCache):
     """All KV, plus page bounds in sparse layers; sparse top-page attention at decode."""
 
     def __init__(self, budget: int, page_size: int, sparse: bool, selection: str = "eval") -> None:
-        if selection not in SELECTIONS:
-            raise ValueError(f"cache.selection={selection!r}; allowed: {list(SELECTIONS)}")
+        check_selection(selection)
         self.budget, self.budget_pages = budget, max(1, budget // page_size)
         self.page_size, self.sparse, self.selection = page_size, sparse, selection
         self.kv = FullKVCache()  # (B, Hkv, N, D) rotated, absolute positions; preallocates on reserve()
@@ -152,15 +158,6 @@ class QuestCache(KVLayerCache):
         return out.view(B, H, 1, D)
 
 
-def _check(cfg: CacheConfig) -> None:
-    if cfg.selection not in SELECTIONS:
-        raise ValueError(f"cache.selection={cfg.selection!r}; allowed: {list(SELECTIONS)}")
-    if cfg.budget < cfg.page_size:
-        raise ValueError(
-            f"cache.budget={cfg.budget} must be >= cache.page_size={cfg.page_size} (at least one page)"
-        )
-
-
 def effective_dense_layers(dense_layers: int, n_layers: int) -> int:
     """min(dense_layers, n_layers - 1): at least the last layer is sparse (see the module docstring)."""
     return max(0, min(dense_layers, n_layers - 1))
@@ -169,18 +166,36 @@ def effective_dense_layers(dense_layers: int, n_layers: int) -> int:
 _warned: set[tuple[int, int]] = set()
 
 
-def _make(cfg: CacheConfig, layer_idx: int, n_layers: int, n_kv_heads: int) -> QuestCache:
-    dense = effective_dense_layers(cfg.dense_layers, n_layers)
-    if dense != cfg.dense_layers and (cfg.dense_layers, n_layers) not in _warned:
-        _warned.add((cfg.dense_layers, n_layers))
-        log.warning("quest: cache.dense_layers=%d with %d layers; keeping %d dense so that Quest is not "
-                    "full attention", cfg.dense_layers, n_layers, dense)
-    return QuestCache(cfg.budget, cfg.page_size, sparse=layer_idx >= dense, selection=cfg.selection)
+@CACHE_POLICIES.register("quest")
+@dataclass
+class QuestConfig(CacheConfig):
+    policy: str = "quest"
+    budget: int = 256  # tokens read per query head
+    page_size: int = 16
+    dense_layers: int = 2  # the first layers stay dense (at most n_layers - 1; see the module docstring)
+    selection: str = "eval"  # eval (quest_attention.py, the paper's accuracy) | kernel (current page forced)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("budget", "page_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"cache.{name}={getattr(self, name)} must be >= 1")
+        if self.dense_layers < 0:
+            raise ValueError(f"cache.dense_layers={self.dense_layers} must be >= 0")
+        check_selection(self.selection)
+        if self.budget < self.page_size:
+            raise ValueError(
+                f"cache.budget={self.budget} must be >= cache.page_size={self.page_size} (at least one page)"
+            )
 
-KV_POLICIES["quest"] = _make
-VALIDATORS["quest"] = _check
-LABELS["quest"] = (
-    lambda c: f"quest(budget={c.budget},page={c.page_size},dense_layers={c.dense_layers},"
-              f"selection={c.selection},prefill={c.prefill})"
-)
+    def describe(self) -> str:
+        return (f"quest(budget={self.budget},page={self.page_size},dense_layers={self.dense_layers},"
+                f"selection={self.selection},prefill={self.prefill})")
+
+    def layer_cache(self, layer_idx: int, n_layers: int, n_kv_heads: int) -> QuestCache:
+        dense = effective_dense_layers(self.dense_layers, n_layers)
+        if dense != self.dense_layers and (self.dense_layers, n_layers) not in _warned:
+            _warned.add((self.dense_layers, n_layers))
+            log.warning("quest: cache.dense_layers=%d with %d layers; keeping %d dense so that Quest is not "
+                        "full attention", self.dense_layers, n_layers, dense)
+        return QuestCache(self.budget, self.page_size, sparse=layer_idx >= dense, selection=self.selection)

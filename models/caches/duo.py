@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
-from models.cache import KV_POLICIES, LABELS, VALIDATORS, CacheConfig, FullKVCache, KVLayerCache
-from models.cache_sink_window import SinkWindowCache
+from models.cache import CACHE_POLICIES, CacheConfig, KVLayerCache
+from models.caches.full import FullKVCache
+from models.caches.sink_window import SinkWindowCache, check_sink_window
 from models.duo import deploy_gates, load_gates
 
 
@@ -73,6 +76,9 @@ class DuoLayerCache(KVLayerCache):
         return out.view(B, H, t, D)
 
 
+LEARNED = "learned"  # gates_path meaning: the gates of this duo_gates run / checkpoint
+
+
 @lru_cache(maxsize=8)
 def _roles(path: str, stamp: tuple[int, int], sparsity: float | None,
            threshold: float | None) -> torch.Tensor:
@@ -80,48 +86,48 @@ def _roles(path: str, stamp: tuple[int, int], sparsity: float | None,
     return deploy_gates(load_gates(path), sparsity=sparsity, threshold=threshold)
 
 
-def retrieval_roles(cfg: CacheConfig) -> torch.Tensor:
-    """(n_layers, n_kv_heads) bool, True = retrieval head, from the config's gates file and cut."""
-    st = os.stat(cfg.gates_path)
-    return _roles(os.path.abspath(cfg.gates_path), (st.st_mtime_ns, st.st_size), cfg.sparsity, cfg.threshold)
+@CACHE_POLICIES.register("duo")
+@dataclass
+class DuoCacheConfig(CacheConfig):
+    policy: str = "duo"
+    sink: int = 4  # streaming heads: attention-sink tokens
+    window: int = 256  # streaming heads: most recent tokens
+    gates_path: Optional[str] = None  # learned gates (.pt), (n_layers, n_kv_heads), or 'learned'
+    sparsity: Optional[float] = None  # fraction of heads made streaming (global quantile)
+    threshold: Optional[float] = None  # alternatively, retrieval iff gate >= threshold
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sink_window(self.sink, self.window)
+        if not self.gates_path:
+            raise ValueError("cache.policy='duo' needs cache.gates_path (gates saved by models.duo.save_gates, "
+                             "or 'learned' for those of a duo_gates run or checkpoint)")
+        if self.gates_path != LEARNED and not os.path.isfile(self.gates_path):
+            raise ValueError(f"cache.gates_path={self.gates_path!r} does not exist; allowed: a gates.pt file or "
+                             "'learned'")
+        if (self.sparsity is None) == (self.threshold is None):
+            raise ValueError(f"cache.policy='duo' needs exactly one of cache.sparsity, cache.threshold; "
+                             f"got sparsity={self.sparsity}, threshold={self.threshold}")
+        if self.sparsity is not None and not 0.0 <= self.sparsity <= 1.0:
+            raise ValueError(f"cache.sparsity={self.sparsity} must be in [0, 1]")
 
-def _make(cfg: CacheConfig, layer_idx: int, n_layers: int, n_kv_heads: int) -> DuoLayerCache:
-    if cfg.gates_path == LEARNED:
-        raise ValueError("cache.gates_path='learned' names the gates of a duo_gates stage or checkpoint, "
-                         "but this run has none; give the path of a gates.pt")
-    roles = retrieval_roles(cfg)
-    if tuple(roles.shape) != (n_layers, n_kv_heads):
-        raise ValueError(
-            f"cache.gates_path={cfg.gates_path!r} holds gates of shape {tuple(roles.shape)}, "
-            f"but the model needs (n_layers, n_kv_heads) = ({n_layers}, {n_kv_heads})"
-        )
-    return DuoLayerCache(roles[layer_idx].tolist(), cfg.sink, cfg.window)
+    def describe(self) -> str:
+        cut = f"sparsity={self.sparsity:g}" if self.sparsity is not None else f"threshold={self.threshold:g}"
+        return f"duo({cut},S={self.sink},R={self.window},prefill={self.prefill})"
 
+    def retrieval_roles(self) -> torch.Tensor:
+        """(n_layers, n_kv_heads) bool, True = retrieval head, from the gates file and the cut."""
+        st = os.stat(self.gates_path)
+        return _roles(os.path.abspath(self.gates_path), (st.st_mtime_ns, st.st_size), self.sparsity, self.threshold)
 
-LEARNED = "learned"  # gates_path meaning: the gates of this duo_gates run / checkpoint
-
-
-def _check(cfg: CacheConfig) -> None:
-    if not cfg.gates_path:
-        raise ValueError("cache.policy='duo' needs cache.gates_path (gates saved by models.duo.save_gates, "
-                         "or 'learned' for those of a duo_gates run or checkpoint)")
-    if cfg.gates_path != LEARNED and not os.path.isfile(cfg.gates_path):
-        raise ValueError(f"cache.gates_path={cfg.gates_path!r} does not exist; allowed: a gates.pt file or 'learned'")
-    if (cfg.sparsity is None) == (cfg.threshold is None):
-        raise ValueError(
-            f"cache.policy='duo' needs exactly one of cache.sparsity, cache.threshold; "
-            f"got sparsity={cfg.sparsity}, threshold={cfg.threshold}"
-        )
-    if cfg.sparsity is not None and not 0.0 <= cfg.sparsity <= 1.0:
-        raise ValueError(f"cache.sparsity={cfg.sparsity} must be in [0, 1]")
-
-
-def _label(c: CacheConfig) -> str:
-    cut = f"sparsity={c.sparsity:g}" if c.sparsity is not None else f"threshold={c.threshold:g}"
-    return f"duo({cut},S={c.sink},R={c.window},prefill={c.prefill})"
-
-
-KV_POLICIES["duo"] = _make
-VALIDATORS["duo"] = _check
-LABELS["duo"] = _label
+    def layer_cache(self, layer_idx: int, n_layers: int, n_kv_heads: int) -> DuoLayerCache:
+        if self.gates_path == LEARNED:
+            raise ValueError("cache.gates_path='learned' names the gates of a duo_gates stage or checkpoint, "
+                             "but this run has none; give the path of a gates.pt")
+        roles = self.retrieval_roles()
+        if tuple(roles.shape) != (n_layers, n_kv_heads):
+            raise ValueError(
+                f"cache.gates_path={self.gates_path!r} holds gates of shape {tuple(roles.shape)}, "
+                f"but the model needs (n_layers, n_kv_heads) = ({n_layers}, {n_kv_heads})"
+            )
+        return DuoLayerCache(roles[layer_idx].tolist(), self.sink, self.window)

@@ -3,7 +3,7 @@
 After every call the cache keeps the first ``sink`` and the last ``window`` tokens, so a decode
 query sees at most sink + window + 1 keys, itself included (StreamingLLM / DuoAttention decode).
 
-Two position schemes (``CacheConfig.positions``):
+Two position schemes (``SinkWindowConfig.positions``):
 - ``cache_relative`` (StreamingLLM): keys are stored *unrotated* and re-rotated every step by their
   cache slot 0..n-1, with the query at slot n — positions never exceed sink + window.
 - ``absolute`` (DuoAttention streaming heads): keys are stored rotated at their absolute position,
@@ -24,14 +24,23 @@ Multi-token calls (prefill, or a question fed as one chunk):
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from models.attention import causal_sdpa
-from models.cache import KV_POLICIES, LABELS, VALIDATORS, CacheConfig, KVLayerCache
+from models.cache import CACHE_POLICIES, CacheConfig, KVLayerCache
 
 POSITION_SCHEMES = ("cache_relative", "absolute")
+
+
+def check_sink_window(sink: int, window: int) -> None:
+    """cache.sink >= 0 and cache.window >= 1 (shared with the duo policy's streaming heads)."""
+    if sink < 0:
+        raise ValueError(f"cache.sink={sink} must be >= 0")
+    if window < 1:
+        raise ValueError(f"cache.window={window} must be >= 1")
 
 
 def kept_positions(seen: int, sink: int, window: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -114,15 +123,22 @@ class SinkWindowCache(KVLayerCache):
         return F.scaled_dot_product_attention(q2, k2, vals, attn_mask=mask, scale=D**-0.5, enable_gqa=gqa)
 
 
-def _check(cfg: CacheConfig) -> None:
-    if cfg.positions not in POSITION_SCHEMES:
-        raise ValueError(f"cache.positions={cfg.positions!r}; allowed: {POSITION_SCHEMES}")
+@CACHE_POLICIES.register("sink_window")
+@dataclass
+class SinkWindowConfig(CacheConfig):
+    policy: str = "sink_window"
+    sink: int = 4  # attention-sink tokens
+    window: int = 256  # most recent tokens
+    positions: str = "cache_relative"  # cache_relative (StreamingLLM) | absolute (DuoAttention's streaming heads)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sink_window(self.sink, self.window)
+        if self.positions not in POSITION_SCHEMES:
+            raise ValueError(f"cache.positions={self.positions!r}; allowed: {POSITION_SCHEMES}")
 
-KV_POLICIES["sink_window"] = lambda cfg, layer_idx, n_layers, n_kv_heads: SinkWindowCache(
-    cfg.sink, cfg.window, cfg.positions, token_exact=cfg.prefill == "policy"
-)
-VALIDATORS["sink_window"] = _check
-LABELS["sink_window"] = (
-    lambda c: f"sink_window(S={c.sink},R={c.window},{c.positions},prefill={c.prefill})"
-)
+    def describe(self) -> str:
+        return f"sink_window(S={self.sink},R={self.window},{self.positions},prefill={self.prefill})"
+
+    def layer_cache(self, layer_idx: int, n_layers: int, n_kv_heads: int) -> SinkWindowCache:
+        return SinkWindowCache(self.sink, self.window, self.positions, token_exact=self.prefill == "policy")

@@ -1,8 +1,8 @@
-"""Mamba (Gu & Dao 2023): a selective state-space language model, decoded through the cache protocol.
+"""The Mamba mixer (Gu & Dao 2023): a selective state-space layer, decoded through the cache protocol.
 
 ``MambaMixer`` is the reference block (state-spaces/mamba ``Mamba``): in_proj -> depthwise causal
 conv + SiLU -> x_proj (dt, B, C) -> dt_proj -> selective scan -> y * SiLU(z) -> out_proj.
-``MambaLM`` stacks pre-RMSNorm residual blocks between an embedding and a (tied) head.
+``MambaConfig`` is the config its layers read (and the mamba family's, models/families/mamba.py).
 
 Two paths compute the same function: the pure-PyTorch chunked scan (models/scan.py), the CPU
 default and the reference, and the CUDA kernels of ``mamba_ssm`` / ``causal_conv1d`` when they
@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache import CacheConfig, LayerCache, ModelCache
-from models.lm import DecoderLM, check_dtype
+from models.cache import CacheConfig, LayerCache
+from models.layers import Block
+from models.lm import check_dtype
+from models.mixers import MIXERS, MixerSpec
 from models.scan import selective_scan
-from models.transformer import RMSNorm
 
 try:  # the kernels import only where their CUDA extensions were built
     from causal_conv1d import causal_conv1d_fn
@@ -69,31 +70,29 @@ class MambaConfig:
             raise ValueError(f"model.family={self.family!r} but this is the mamba config")
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
-        validate_mamba_knobs(self, ("vocab_size", "d_model", "n_layers", "max_seq_len"))
+        self._check_knobs()
         check_dtype(self.dtype)
 
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
 
-
-def validate_mamba_knobs(cfg, extra_positive: tuple[str, ...] = ()) -> None:
-    """Checks shared by MambaConfig and HybridConfig (any object with the mamba fields)."""
-    for name in (*extra_positive, "d_state", "d_conv", "expand", "dt_rank"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"model.{name}={getattr(cfg, name)} must be >= 1")
-    if getattr(cfg, "prefill_block", 1) < 1:
-        raise ValueError(f"model.prefill_block={cfg.prefill_block} must be >= 1")
-    if cfg.chunk_size is not None and cfg.chunk_size < 1:
-        raise ValueError(f"model.chunk_size={cfg.chunk_size} must be >= 1 or None (auto)")
-    if not 0.0 < cfg.dt_min <= cfg.dt_max:
-        raise ValueError(f"model.dt_min={cfg.dt_min}, model.dt_max={cfg.dt_max}: need 0 < dt_min <= dt_max")
-    if cfg.dt_init_floor <= 0:
-        raise ValueError(f"model.dt_init_floor={cfg.dt_init_floor} must be > 0")
-    if cfg.norm_eps <= 0 or cfg.init_std <= 0:
-        raise ValueError(f"model.norm_eps={cfg.norm_eps}, model.init_std={cfg.init_std} must be > 0")
-    if cfg.kernel not in KERNELS:
-        raise ValueError(f"model.kernel={cfg.kernel!r}; allowed: {list(KERNELS)}")
+    def _check_knobs(self) -> None:
+        positive = ("vocab_size", "d_model", "n_layers", "max_seq_len", "d_state", "d_conv", "expand", "dt_rank",
+                    "prefill_block")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"model.chunk_size={self.chunk_size} must be >= 1 or None (auto)")
+        if not 0.0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"model.dt_min={self.dt_min}, model.dt_max={self.dt_max}: need 0 < dt_min <= dt_max")
+        if self.dt_init_floor <= 0:
+            raise ValueError(f"model.dt_init_floor={self.dt_init_floor} must be > 0")
+        if self.norm_eps <= 0 or self.init_std <= 0:
+            raise ValueError(f"model.norm_eps={self.norm_eps}, model.init_std={self.init_std} must be > 0")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"model.kernel={self.kernel!r}; allowed: {list(KERNELS)}")
 
 
 def require_kernels(kernel: str) -> None:
@@ -240,7 +239,9 @@ class MambaMixer(nn.Module):
         y = (y * F.silu(z.to(f))).to(hidden.dtype)
         return self.out_proj(y)[:, None]  # (B, 1, d_model)
 
-    def new_layer_cache(self, batch_size: int) -> MambaLayerCache:
+    def new_layer_cache(self, batch_size: int, policy: Optional[CacheConfig] = None, layer_idx: int = 0,
+                        n_layers: int = 1) -> MambaLayerCache:
+        """Zero conv and SSM states; a KV policy has nothing to act on here."""
         p = self.in_proj.weight
         return MambaLayerCache(
             torch.zeros(batch_size, self.d_inner, self.cfg.d_conv, device=p.device, dtype=p.dtype),
@@ -249,51 +250,9 @@ class MambaMixer(nn.Module):
         )
 
 
-class MambaBlock(nn.Module):
-    """x + mixer(RMSNorm(x))."""
-
-    def __init__(self, cfg, n_layers: int) -> None:
-        super().__init__()
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = MambaMixer(cfg, n_layers)
-
-    def forward(self, x: torch.Tensor, layer_cache: Optional[MambaLayerCache] = None,
-                start: int = 0) -> torch.Tensor:
-        return x + self.mixer(self.norm(x), layer_cache, start)
+def build_block(cfg: MambaConfig, layer_idx: int, shared: dict) -> Block:
+    """x + mixer(RMSNorm(x)): no MLP, as the reference."""
+    return Block(MambaMixer(cfg, cfg.n_layers), cfg.d_model, cfg.norm_eps)
 
 
-class MambaLM(DecoderLM):
-    """forward(input_ids (B, T), cache=None) -> logits (B, T, V)."""
-
-    def __init__(self, cfg: MambaConfig) -> None:
-        super().__init__()
-        require_kernels(cfg.kernel)
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(MambaBlock(cfg, cfg.n_layers) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        nn.init.normal_(self.embed_tokens.weight, std=cfg.init_std)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
-
-    def hidden_states(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None) -> torch.Tensor:
-        """As DecoderLM; a long no-grad prefill into a cache goes block by block, carrying the state.
-
-        The scan itself is chunked (models/scan.py), but the block's (B, T, d_inner) activations
-        are not; blocks of ``prefill_block`` tokens bound those too, so evaluation memory does not
-        grow with the prompt.
-        """
-        T, block = input_ids.shape[1], self.cfg.prefill_block
-        if cache is None or torch.is_grad_enabled() or T <= block:
-            return super().hidden_states(input_ids, cache)
-        return torch.cat([super(MambaLM, self).hidden_states(input_ids[:, s : s + block], cache)
-                          for s in range(0, T, block)], dim=1)
-
-    def new_cache(self, batch_size: int, policy: CacheConfig | str = "full") -> ModelCache:
-        """Zero conv and SSM states; a KV policy has nothing to act on here and is only recorded."""
-        if isinstance(policy, str):
-            policy = CacheConfig(policy=policy)
-        return ModelCache([layer.mixer.new_layer_cache(batch_size) for layer in self.layers], policy)
+MIXERS.register("mamba")(MixerSpec("mamba", MambaConfig, build_block, letter="M"))

@@ -6,19 +6,32 @@ of its final hidden states against the frozen full-attention model over the ques
 region, plus lam * mean|alpha|. AdamW, no weight decay, lr 0.02; the reference's schedule
 min(1, max((s+1)/(N/5), 0.1), max((N-s)/(N/5), 0.1)): warm-up and decay over a fifth of the steps
 each, never below 0.1. How many heads stream is decided at deployment only (``cache.sparsity``).
+
+The stage owns the ``duo`` section (``DuoConfig``) and leaves ``gates.pt`` in the run dir, which
+``cache.gates_path=learned`` serves to the duo cache policy at evaluation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from models.duo import OBJECTIVES, attach_duo_gates, clamp_gates_, duo_distill_loss, duo_hidden_pair
+from models.duo import OBJECTIVES, attach_duo_gates, clamp_gates_, detach_duo_gates, duo_distill_loss, duo_hidden_pair
+from models.duo import save_gates as save_gate_file
+from pipeline.provenance import RecordsProvenance
+from pipeline.schema import ConfigError
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage, run_config_dict
 from tasks.base import IGNORE
+
+if TYPE_CHECKING:
+    from pipeline.config import Resolved
 
 
 @dataclass
@@ -55,7 +68,7 @@ def duo_schedule(total: int, floor: float = 0.1):
     return lr
 
 
-class DuoGatesLM(L.LightningModule):
+class DuoGatesLM(RecordsProvenance, L.LightningModule):
     def __init__(self, model: nn.Module, duo: DuoConfig, query_token: int,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -88,8 +101,39 @@ class DuoGatesLM(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, duo_schedule(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from pipeline.module import code_version
 
-        checkpoint["config"] = self.config
-        checkpoint["code_version"] = code_version()
+def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
+    """Write learned DuoAttention gates as run_dir/gates.pt; evaluation serves them to
+    ``cache.gates_path=learned`` (validation accepts that name before the gates exist)."""
+    path = run_dir / "gates.pt"
+    save_gate_file(gates, str(path))
+    return path
+
+
+@STAGES.register()
+class DuoGates(Stage):
+    name = "duo_gates"
+    needs_init = True
+    learns_gates = True
+    section = "duo"
+    section_class = DuoConfig
+
+    def check(self, cfg: DictConfig, res: Resolved) -> None:
+        if res.lora.enabled:
+            raise ConfigError("lora.enabled=true with stage=duo_gates: the duo stage trains only the gates")
+        if res.model.family != "transformer":
+            raise ConfigError(f"stage=duo_gates needs model.family=transformer (attention heads), "
+                              f"got {res.model.family!r}")
+        if res.activation_checkpointing:
+            # the stage switches attention patterns around each forward; a recompute in the backward
+            # would run outside that switch, with the wrong pattern
+            raise ConfigError("trainer.activation_checkpointing=true with stage=duo_gates: not supported "
+                              "(the gates are the only weights trained; set it to false)")
+
+    def module(self, cfg: DictConfig, res: Resolved, model: nn.Module) -> L.LightningModule:
+        return DuoGatesLM(model, res.stage_config, query_token=res.vocab.QUERY, config=run_config_dict(cfg))
+
+    def after_fit(self, module: L.LightningModule, model: nn.Module, run_dir: Path) -> dict[str, Any]:
+        path = save_gates(module.gates, run_dir)
+        detach_duo_gates(model)
+        return {"gates_path": str(path)}

@@ -1,0 +1,114 @@
+"""Names for groups of rows, derived from their identity columns (pipeline/identity.py), for tables and legends.
+
+``labels(rows)`` gives every row a label that is the same for two rows exactly when their identity columns
+are (apart from ``separate`` ones, which the caller shows another way: a table column, a line style).
+The label reads ``model/pos/attention/cache [variant]``; where rows sharing that text differ in another
+identity column, the difference is appended (``@L=256`` for the training length, ``cache_chunk_size=64``,
+``model_d_model=32``); runs of different configurations (``arm_hash``) that still share a label are told
+apart by size (``133k params``) or by ``cfg <hash>``. Nothing here parses a string, except
+``legacy_identity``, the compatibility reader for rows written before the identity columns existed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from pipeline.identity import STYLED, identity_keys, key_value, present
+
+NAMED = ("model", "pos", "attention", "cache", "variant")  # already spelled out in the base text
+
+
+def base_label(row: dict[str, Any]) -> str:
+    """``model/pos/attention/cache``, an attention equal to the family (mamba) not repeated, then ``[variant]``."""
+    model, attention = row.get("model"), row.get("attention")
+    parts = [model, row.get("pos"), None if str(attention) == str(model) else attention, row.get("cache")]
+    text = "/".join(str(p) for p in parts if present(p)) or "?"
+    return f"{text} [{row['variant']}]" if present(row.get("variant")) else text
+
+
+def _difference(column: str, value: Any) -> str:
+    if column == "train_len":
+        return f"@L={key_value(value) or '?'}"
+    return f"{column}={key_value(value) or '-'}"
+
+
+def labels(rows: list[dict[str, Any]], separate: Iterable[str] = STYLED) -> list[str]:
+    """One label per row; equal labels <=> equal identity columns (``separate`` ones and seeds aside)."""
+    rows = [dict(r, **legacy_identity(r)) for r in rows]
+    columns = {c for r in rows for c in r}
+    keys = [c for c in identity_keys(columns) if c not in set(separate) | set(NAMED)]
+    keys.sort(key=lambda c: (c != "train_len", c))
+    base = [base_label(r) for r in rows]
+    seen: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for text, r in zip(base, rows):
+        for c in keys:
+            seen[text][c].add(key_value(r.get(c)))
+    varying = {text: [c for c in keys if len(values[c]) > 1] for text, values in seen.items()}
+    out = [" ".join([text, *(_difference(c, r.get(c)) for c in varying[text])]) for text, r in zip(base, rows)]
+    return _split_configs(out, rows)
+
+
+def _split_configs(names: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """Labels still shared by runs of different configurations (``arm_hash``; seeds share it) get the size
+    (``(133k params)``) where that tells them apart, else ``[cfg <hash>]``: averaging unrelated runs under
+    one label would report a number no run produced."""
+    arms: dict[str, set[str]] = defaultdict(set)
+    sizes: dict[tuple[str, str], str] = {}
+    for name, r in zip(names, rows):
+        if present(r.get("arm_hash")):
+            arms[name].add(str(r["arm_hash"]))
+            if present(r.get("n_params")):
+                sizes.setdefault((name, str(r["arm_hash"])), key_value(r["n_params"]))
+    mixed = {name for name, a in arms.items() if len(a) > 1}
+    by_size = {name for name in mixed
+               if len({sizes.get((name, a)) for a in arms[name]}) == len(arms[name]) and None not in
+               {sizes.get((name, a)) for a in arms[name]}}
+
+    def suffix(name: str, r: dict[str, Any]) -> str:
+        arm = r.get("arm_hash")
+        if name not in mixed or not present(arm):
+            return name
+        if name in by_size:
+            return f"{name} ({float(sizes[(name, str(arm))]) / 1e3:.0f}k params)"
+        return f"{name} [cfg {str(arm)[:6]}]"
+
+    return [suffix(name, r) for name, r in zip(names, rows)]
+
+
+_FACTOR = re.compile(r"(?P<rule>.+?)x(?P<factor>\d+(?:\.\d+)?)")
+
+
+def legacy_identity(row: dict[str, Any]) -> dict[str, Any]:
+    """COMPATIBILITY ONLY: identity columns of a row written before they existed, read back from its labels
+    (``yarnx4`` -> rule yarn, factor 4; ``quest(...)[attn layers 1/2]`` -> policy quest, that scope;
+    ``shifted_sparse->full`` -> train and eval patterns). Columns the row has are never overwritten."""
+    out: dict[str, Any] = {}
+    pos, cache, attention = row.get("pos"), row.get("cache"), row.get("attention")
+    if not present(row.get("pos_rule")) and present(pos):
+        m = _FACTOR.fullmatch(str(pos))
+        out.update(pos_rule=m["rule"], pos_factor=float(m["factor"])) if m else out.update(pos_rule=str(pos))
+    if not present(row.get("cache_policy")) and present(cache):
+        out["cache_policy"] = re.split(r"[(\[]", str(cache), maxsplit=1)[0].strip() or "?"
+        scope = re.search(r"\[([^\]]+)\]\s*$", str(cache))
+        if scope and not present(row.get("cache_scope")):
+            out["cache_scope"] = scope[1]
+    if not present(row.get("attention_train")) and present(attention) and str(attention) != str(row.get("model")):
+        layers, _, pattern = str(attention).rpartition(":")
+        train, _, evaluated = pattern.partition("->")
+        out.update(attention_train=train, attention_eval=evaluated or train)
+        if layers and not present(row.get("model_layers")):
+            out["model_layers"] = layers
+    return out
+
+
+def difference(row: dict[str, Any], other: dict[str, Any]) -> str:
+    """What sets ``row`` apart from ``other``, from their identity columns: the label columns that differ
+    (``linear``), else ``column=value`` of the others (``cache_budget=64``)."""
+    named = [str(row.get(c)) for c in NAMED if key_value(row.get(c)) != key_value(other.get(c))]
+    if named:
+        return "/".join(named)
+    keys = [c for c in identity_keys(set(row) | set(other)) if c not in NAMED]
+    return " ".join(_difference(c, row.get(c)) for c in keys if key_value(row.get(c)) != key_value(other.get(c)))

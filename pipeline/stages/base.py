@@ -1,0 +1,63 @@
+"""What a training stage is: its checks, the LightningModule it fits, what its run leaves behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from pipeline.fit import fit_module
+from pipeline.schema import to_dataclass
+
+if TYPE_CHECKING:
+    from pipeline.config import Resolved
+
+
+class Stage:
+    """Base of every stage. Subclasses set ``name`` and override what differs.
+
+    ``needs_init``: the stage starts from ``init_from`` (a checkpoint); ``learns_gates``: its run writes
+    the gates ``cache.gates_path=learned`` serves; ``section``/``section_class``: the stage's own config
+    node (``cfg.<section>``) and the dataclass it becomes (``res.stage_config``).
+    """
+
+    name: ClassVar[str] = "base"
+    needs_init: ClassVar[bool] = False
+    learns_gates: ClassVar[bool] = False
+    section: ClassVar[Optional[str]] = None
+    section_class: ClassVar[Optional[type]] = None
+
+    def settings(self, cfg: DictConfig) -> Any:
+        """The stage's own section as its dataclass (None when it has none)."""
+        if self.section_class is None:
+            return None
+        return to_dataclass(self.section_class, cfg.get(self.section), self.section)
+
+    def check(self, cfg: DictConfig, res: Resolved) -> None:
+        """What only this stage rules out, given the validated sections (raise ConfigError)."""
+
+    def module(self, cfg: DictConfig, res: Resolved, model: nn.Module) -> L.LightningModule:
+        """The LightningModule that trains ``model`` in this stage."""
+        raise NotImplementedError
+
+    def after_fit(self, module: L.LightningModule, model: nn.Module, run_dir: Path) -> dict[str, Any]:
+        """Leave the stage's products in ``run_dir``; return extra row fields."""
+        return {}
+
+    def fit(self, cfg: DictConfig, res: Resolved, model: nn.Module, run_dir: Path) -> Optional[dict[str, Any]]:
+        """Fit ``model`` in this stage; the row fields it adds (None on a non-zero DDP rank)."""
+        if hasattr(model, "set_activation_checkpointing"):
+            model.set_activation_checkpointing(res.activation_checkpointing)
+        module = self.module(cfg, res, model)
+        extra = fit_module(cfg, res, module, model, run_dir)
+        if extra is None:
+            return None
+        return {**extra, **self.after_fit(module, model, run_dir)}
+
+
+def run_config_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config, saved in every checkpoint of the stage."""
+    return OmegaConf.to_container(cfg, resolve=True)
