@@ -38,7 +38,7 @@ ARMS: dict[str, list[str]] = {
 TINY_MODEL = ["model.d_model=32", "model.n_heads=2", "model.n_layers=2", "vocab_size=64"]
 TINY_RUN = ["data.n_train=64", "data.n_val=16", "data.batch_size=8", "eval.depths=[0.0,1.0]", "eval.n_examples=4",
             "eval.batch_size=4", "logger=none", "eval.lengths=[32,64]", "task.train_len=32"]
-WITH_BASE = ["base_len=32", "model.attention.window=8", "model.attention.sink=2", "cache.window=8", "cache.sink=2"]
+WITH_BASE = ["base_len=32", "model.attention.window=8", "model.attention.sink=2", "++cache.window=8", "++cache.sink=2"]
 # measured, not configured (and run ids drawn at random): they differ between two runs of the same code
 VOLATILE = {"run_id", "tokens_per_s", "decode_tokens_per_s", "peak_mem_bytes", "train_peak_mem_bytes", "train_step_s",
             "seconds", "prefill_s", "run_dir", "source", "line", "gates_path", "traceback"}
