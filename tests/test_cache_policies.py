@@ -89,13 +89,7 @@ def held_storage_bytes(cache) -> int:
     return sum(storages.values())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: thread start-up and contention on a shared CPU cost more than the math.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

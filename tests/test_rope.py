@@ -23,13 +23,7 @@ logging.set_verbosity_error()  # HF warns (not raises) on e.g. factor vs max_pos
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny decode steps: with 2 shared cores, intra-op threads spin-wait and run ~50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # The rules shipped in models/pos/ (test plugins add their own; tests/test_model_contracts.py covers every rule).
