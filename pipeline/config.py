@@ -36,6 +36,7 @@ from pipeline.stages.base import Stage
 from pipeline.task_config import bind_and_check_vocab, build_task, eval_tasks
 from pipeline.trainer_config import activation_checkpointing, check_accelerator, trainer_kwargs
 from tasks.base import Task
+from tasks.curriculum import curriculum_task
 from tasks.vocab import Vocab
 
 __all__ = ["ConfigError", "Resolved", "build_model_config", "build_task", "to_dataclass", "trainer_kwargs",
@@ -142,6 +143,7 @@ def check_training(cfg: DictConfig, run: RunConfig, res: Resolved) -> None:
     if run.fit and data.n_train < data.batch_size:
         raise ConfigError(f"data.n_train={data.n_train} is smaller than data.batch_size={data.batch_size}: not one "
                           f"full training batch; allowed: n_train >= batch_size")
+    check_curriculum(cfg, res)
     hf_model = str(run.init_from or "").startswith("hf:")  # a Hugging Face directory: pipeline/hf_init checks it
     if run.init_from and not cfg.get("base") and not hf_model and not Path(run.init_from).is_file():
         raise ConfigError(f"init_from={run.init_from!r} does not exist (or is not a file); allowed: a checkpoint "
@@ -150,3 +152,12 @@ def check_training(cfg: DictConfig, run: RunConfig, res: Resolved) -> None:
         raise ConfigError(f"cache.policy=duo with cache.gates_path=learned in a stage={res.stage.name!r} run: no "
                           f"gates are learned here; allowed: stage=duo_gates (learns them), cache.gates_path=PATH "
                           f"of a gates.pt, or evaluate a duo_gates checkpoint with eval.py")
+
+
+def check_curriculum(cfg: DictConfig, res: Resolved) -> None:
+    """The warm-up family exists and fits the task's length, in a stage that trains from scratch."""
+    data = res.data
+    if data.curriculum_task is not None and res.stage.name != "pretrain":
+        raise ConfigError(f"data.curriculum_task={data.curriculum_task!r} with stage={res.stage.name!r}: a curriculum "
+                          f"forms a model from scratch; allowed: stage=pretrain (or data.curriculum_task=null)")
+    reraise_as_config_error(curriculum_task, data.curriculum_task, res.task, res.vocab)

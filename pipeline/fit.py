@@ -22,6 +22,7 @@ from pipeline.checkpoint import AtomicCheckpointIO, find_resume_checkpoint
 from pipeline.costs import TrainCostProbe
 from pipeline.interrupt import CheckpointOnInterrupt
 from pipeline.trainer_config import trainer_kwargs
+from tasks.curriculum import curriculum_task
 from tasks.datamodule import TaskDataModule
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ def fit_module(cfg: DictConfig, res: Resolved, module: L.LightningModule, model:
     trainable = trainable_parameters(model)
     log.info("trainable parameters: %d of %d", trainable, count_params(model))
     data = TaskDataModule(res.task, res.vocab, res.data.n_train, res.data.n_val, res.data.batch_size,
-                          int(cfg.seed), res.data.cache_dir, res.data.num_workers, res.data.shuffle)
+                          int(cfg.seed), res.data.cache_dir, res.data.num_workers, res.data.shuffle,
+                          curriculum_task(res.data.curriculum_task, res.task, res.vocab), res.data.curriculum_share)
     ckpt_dir = run_dir / "checkpoints"
     costs = TrainCostProbe()
     trainer = build_trainer(cfg, run_dir, ckpt_dir, costs)

@@ -25,7 +25,8 @@ from typing import Any
 # Identity columns with a name of their own; every ``pos_*``, ``attention_*``, ``cache_*``, ``lora_*``
 # and ``model_*`` column is identity too, except measurements that happen to share a prefix.
 IDENTITY_COLUMNS = ("model", "pos", "attention", "cache", "variant", "stage", "finetuned", "train_task", "train_len",
-                    "prefill", "prefix_cache", "protocol", "lm_mode", "corpus", "start_token", "tokenizer")
+                    "train_curriculum", "prefill", "prefix_cache", "protocol", "lm_mode", "corpus", "start_token",
+                    "tokenizer")
 IDENTITY_PREFIXES = ("pos_", "attention_", "cache_", "lora_", "model_")
 MEASURED = frozenset({"cache_bytes"})
 # Shown as their own table column or a line style, not in a label (a fine-tuned arm's zero-shot rows).

@@ -13,6 +13,7 @@ from torch import nn
 from pipeline.provenance import RecordsProvenance
 from pipeline.sections import OptimConfig
 from tasks.base import IGNORE
+from tasks.curriculum import curriculum_steps
 
 
 def answer_logits(model: nn.Module, input_ids: torch.Tensor,
@@ -41,15 +42,27 @@ def answer_metrics(logits: torch.Tensor, targets: torch.Tensor,
     return correct.float().mean(), exact
 
 
+def phase_lr(step: int, total: int, optim: OptimConfig) -> float:
+    """The lr multiplier at ``step`` of a ``total``-step phase: linear warmup, then cosine to min_lr_ratio."""
+    warmup, floor = min(optim.warmup_steps, total), optim.min_lr_ratio
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "embed" in name or "norm" in name or getattr(param, "_no_weight_decay", False)
 
 
 class LitLM(RecordsProvenance, L.LightningModule):
-    def __init__(self, model: nn.Module, optim: OptimConfig, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: nn.Module, optim: OptimConfig, config: dict[str, Any] | None = None,
+                 restart_share: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
+        # a curriculum's second phase starts at floor(share x steps): warmup and cosine start again there
+        self.restart_share = restart_share
         self.config = config or {}  # resolved run config, saved in every checkpoint
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -77,6 +90,13 @@ class LitLM(RecordsProvenance, L.LightningModule):
                 "the last good checkpoint is kept (lower optim.lr or check the data)")
         return loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """At a curriculum's second phase the optimizer starts afresh (moments and bias correction), as a
+        new run from the first phase's weights would: carried-over moments did not transfer the circuit."""
+        if getattr(self, "restart_step", 0) and self.global_step == self.restart_step:
+            for opt in self.trainer.optimizers:
+                opt.state.clear()
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
@@ -88,13 +108,13 @@ class LitLM(RecordsProvenance, L.LightningModule):
         ]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.optim.lr, betas=tuple(self.optim.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup, floor = min(self.optim.warmup_steps, total), self.optim.min_lr_ratio
+        cut = curriculum_steps(self.restart_share, total) if (self.trainer.max_steps or 0) > 0 else 0
+        self.restart_step = cut
 
         def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+            if cut:  # each curriculum phase gets its own warmup and cosine
+                return phase_lr(step, cut, self.optim) if step < cut else phase_lr(step - cut, total - cut, self.optim)
+            return phase_lr(step, total, self.optim)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -58,7 +58,10 @@ def device_of(cfg: DictConfig) -> torch.device:
 
 def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
     """The columns every row of this run shares: its identity (pipeline/identity.py) and where it came from."""
-    return dict(run_id=run_id, **run_identity(res.model, scoped_policy(res.cache, res.model), res.lora),
+    data = res.data  # a curriculum's first phase is part of how the model was trained (only where one ran)
+    curriculum = ({"train_curriculum": f"{data.curriculum_task}:{data.curriculum_share:g}"}
+                  if data.curriculum_task else {})
+    return dict(run_id=run_id, **run_identity(res.model, scoped_policy(res.cache, res.model), res.lora), **curriculum,
                 train_len=res.task.train_len, train_task=res.task.name, stage=cfg.get("stage", "pretrain"),
                 config_hash=res.config_hash,
                 variant=cfg.get("variant_name"),  # a study arm's name (conf/variant), if any

@@ -43,6 +43,10 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: Optional[str] = None  # None: generate in memory, no cache
     shuffle: bool = True  # false: fixed order (DDP vs single-process equivalence checks)
+    # A first training phase on another task family (its defaults at the task's train_len): the first
+    # floor(curriculum_share x max_steps) optimizer steps read fresh rows of it (tasks/curriculum.py).
+    curriculum_task: Optional[str] = None
+    curriculum_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "batch_size"):
@@ -50,6 +54,11 @@ class DataConfig:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        if not 0.0 <= self.curriculum_share < 1.0:
+            raise ConfigError(f"data.curriculum_share={self.curriculum_share} must be in [0, 1)")
+        if (self.curriculum_task is None) != (self.curriculum_share == 0.0):
+            raise ConfigError(f"data.curriculum_task={self.curriculum_task!r} with data.curriculum_share="
+                              f"{self.curriculum_share}: set both (a family and a share > 0) or neither")
 
 
 @dataclass

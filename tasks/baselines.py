@@ -158,9 +158,8 @@ def elimination(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray, 
     """MQAR: at each query, the first context value whose key has not been queried yet (query-free:
     the asked key is not read, the keys of earlier queries are)."""
     out = hidden.copy()
-    kv = task.num_kv_pairs
     for i, (row, m) in enumerate(zip(hidden, mask)):
-        pairs = list(zip(row[0 : 2 * kv : 2].tolist(), row[1 : 2 * kv : 2].tolist()))
+        pairs = task.pairs(vocab, row)
         asked: set[int] = set()
         for pos in np.flatnonzero(m):
             left = [v for k, v in pairs if k not in asked]
@@ -172,8 +171,8 @@ def elimination(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray, 
 def last_pair(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray, prior: Prior) -> np.ndarray:
     """MQAR: the most recent pair's value at every query (a recency guess)."""
     out = hidden.copy()
-    kv = task.num_kv_pairs
-    out[mask] = np.repeat(hidden[:, 2 * kv - 1], mask.sum(axis=1))
+    last = [task.pairs(vocab, row)[-1][1] for row in hidden]
+    out[mask] = np.repeat(last, mask.sum(axis=1))
     return out
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from registries import Registry
 
 # modules of tasks/ that hold infrastructure, not families
-INFRASTRUCTURE = ("base", "vocab", "dataset", "datamodule", "registry", "baselines", "common", "sampler")
+INFRASTRUCTURE = ("base", "vocab", "dataset", "datamodule", "registry", "baselines", "common", "sampler",
+                  "curriculum")
 TASKS: Registry[type] = Registry("task", "task.name", package="tasks", skip=INFRASTRUCTURE)
 register = TASKS.register()  # @register on a Task subclass: registered under its ``name``
 

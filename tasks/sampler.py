@@ -5,6 +5,10 @@ Position p of the (endless) training stream is example perm_e[p mod N'] with e =
 batch s covers positions [s*G, (s+1)*G); data-parallel rank r takes every ``world``-th of them.
 Iteration starts at the trainer's restored ``global_step``: killed at any point and resumed from
 a checkpoint, training continues on the batches it would have seen.
+
+``CurriculumSampler`` puts a first phase in front: optimizer steps 0..C-1 read one training set (a
+warm-up task's), the steps after it another, each a ``StepSampler`` stream of its own; still
+indexed by the optimizer step, so a resume mid-curriculum sees the same batches too.
 """
 
 from __future__ import annotations
@@ -32,10 +36,34 @@ class StepSampler(Sampler[int]):
             self._perm = (epoch, order)
         return self._perm[1]
 
-    def __iter__(self) -> Iterator[int]:
-        for pos in range(self.step() * self.global_batch + self.rank, self.total_steps * self.global_batch,
-                         self.world):
+    def batch_indices(self, s: int) -> Iterator[int]:
+        """This rank's examples of global batch ``s``."""
+        for pos in range(s * self.global_batch + self.rank, (s + 1) * self.global_batch, self.world):
             yield int(self._order(pos // self.n_eff)[pos % self.n_eff])
+
+    def __iter__(self) -> Iterator[int]:
+        for s in range(self.step(), self.total_steps):
+            yield from self.batch_indices(s)
 
     def __len__(self) -> int:
         return self.total_steps * self.global_batch // self.world
+
+
+class CurriculumSampler(Sampler[int]):
+    """Steps < ``first_steps`` from ``first`` (indices 0..n_first-1 of a concatenated set), the rest
+    from ``then`` (indices offset by ``n_first``), which starts at its own step 0."""
+
+    def __init__(self, first: StepSampler, then: StepSampler, first_steps: int, n_first: int,
+                 step: Callable[[], int]) -> None:
+        self.first, self.then, self.first_steps, self.n_first, self.step = first, then, first_steps, n_first, step
+        self.total_steps = first_steps + then.total_steps
+
+    def __iter__(self) -> Iterator[int]:
+        for s in range(self.step(), self.total_steps):
+            if s < self.first_steps:
+                yield from self.first.batch_indices(s)
+            else:
+                yield from (self.n_first + i for i in self.then.batch_indices(s - self.first_steps))
+
+    def __len__(self) -> int:
+        return self.total_steps * self.first.global_batch // self.first.world

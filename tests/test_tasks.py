@@ -153,6 +153,35 @@ def test_mqar_model_never_reads_an_answer():
     assert np.array_equal(again.preds[a.answer_mask], res.preds[a.answer_mask])
 
 
+def test_mqar_context_offset_shifts_the_pairs_only():
+    """context_offset starts the pairs after a 0..offset filler prefix; offset 0 is the zoology
+    layout byte for byte, the query region is the same for every row, and the oracle, the answers
+    and the shortcut floors follow the shifted pairs."""
+    from tasks.baselines import run_baselines
+
+    base = generate(Mqar(train_len=64), V, "test", 200, 64, 0)
+    assert np.array_equal(generate(Mqar(train_len=64, context_offset=0), V, "test", 200, 64, 0).tokens, base.tokens)
+    t = Mqar(train_len=64, context_offset=30)
+    a = generate(t, V, "test", 200, 64, 0)
+    offsets = a.slices["context_offset"]
+    assert offsets.min() == 0 and offsets.max() == 30 and len(set(offsets.tolist())) > 10
+    is_key = (a.inputs >= V.keys.start) & (a.inputs < V.keys.stop)
+    assert np.array_equal(is_key.argmax(axis=1), offsets)  # nothing but filler before the first pair
+    assert (np.flatnonzero(a.answer_mask.any(axis=0)) > 2 * 4 + 30).all()  # queries after the largest offset
+    for i in range(0, 200, 37):
+        pairs = a.tokens[i, offsets[i] : offsets[i] + 8]
+        table = dict(zip(pairs[0::2], pairs[1::2]))
+        for pos in np.flatnonzero(a.answer_mask[i]):
+            assert a.tokens[i, pos] == table[a.tokens[i, pos - 1]]
+    for row in run_baselines(t, V, 64, n=256):
+        limit = 1.0 if row["baseline"] == "oracle" else row["floor"] + 0.05
+        assert row["accuracy"] <= limit and (row["baseline"] != "oracle" or row["accuracy"] == 1.0), row
+    with pytest.raises(ValueError, match="task.context_offset=-1"):
+        Mqar(context_offset=-1)
+    with pytest.raises(ValueError, match="too short"):
+        Mqar(train_len=40, context_offset=30)
+
+
 def test_task_recipes_follow_the_task_and_yield_to_overrides():
     from conftest import compose_config
 
@@ -162,7 +191,10 @@ def test_task_recipes_follow_the_task_and_yield_to_overrides():
     assert compose_config(["task=mqar", "optim.lr=0.01", "trainer.max_steps=7"]).optim.lr == 0.01
     assert compose_config(["task=mqar", "trainer.max_steps=7"]).trainer.max_steps == 7
     assert compose_config(["task=counting"]).trainer.max_steps == 1000  # no recipe: the trainer default
-    # Recipes may set training-layout task knobs (several questions per training row); overrides still win.
-    assert compose_config(["task=kv_retrieval"]).task.train_queries > 1
-    assert compose_config(["task=kv_retrieval", "task.train_queries=1"]).task.train_queries == 1
+    # Recipes may set a curriculum and the width it needs; task knobs and overrides still win.
+    niah = compose_config([])
+    assert niah.data.curriculum_task == "mqar" and 0 < niah.data.curriculum_share < 1 and niah.model.d_model == 128
+    assert compose_config(["model.d_model=64"]).model.d_model == 64
+    assert compose_config(["data.curriculum_task=null", "data.curriculum_share=0"]).data.curriculum_task is None
+    assert compose_config(["task=kv_retrieval", "task.train_queries=3"]).task.train_queries == 3
     assert "train_queries" not in compose_config(["task=mix"]).task  # other tasks' recipes leave mix alone

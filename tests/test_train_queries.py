@@ -17,7 +17,7 @@ from tasks.registry import TASKS
 from tasks.vocab import Vocab
 
 V = Vocab(256)
-KNOBS = {  # the recipes' training layouts (conf/recipe/<family>.yaml)
+KNOBS = {  # multi-question training layouts (the kv/multikey recipes used these before the curriculum)
     "kv_retrieval": {"train_len": 64, "pairs": 8, "key_len": 1, "value_len": 3, "train_queries": 4},
     "multikey": {"train_len": 64, "key_len": 3, "value_len": 2, "distractors": 8, "similarity": 0.67,
                  "train_queries": 4, "train_distractors": 4},

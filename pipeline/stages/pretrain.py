@@ -27,7 +27,7 @@ class Pretrain(Stage):
 
     def module(self, cfg: DictConfig, res: Resolved, model: nn.Module) -> L.LightningModule:
         apply_lora(model, res.lora)
-        return LitLM(model, res.optim, config=run_config_dict(cfg))
+        return LitLM(model, res.optim, config=run_config_dict(cfg), restart_share=res.data.curriculum_share)
 
     def after_fit(self, module: L.LightningModule, model: nn.Module, run_dir: Path) -> dict[str, Any]:
         if has_lora(model):
