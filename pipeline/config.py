@@ -155,9 +155,7 @@ def check_training(cfg: DictConfig, run: RunConfig, res: Resolved) -> None:
 
 
 def check_curriculum(cfg: DictConfig, res: Resolved) -> None:
-    """The warm-up family exists and fits the task's length, in a stage that trains from scratch."""
+    """The warm-up family exists and fits the task's length (only stage=pretrain runs the first phase:
+    the other stages start from a trained model and ignore a recipe's curriculum)."""
     data = res.data
-    if data.curriculum_task is not None and res.stage.name != "pretrain":
-        raise ConfigError(f"data.curriculum_task={data.curriculum_task!r} with stage={res.stage.name!r}: a curriculum "
-                          f"forms a model from scratch; allowed: stage=pretrain (or data.curriculum_task=null)")
     reraise_as_config_error(curriculum_task, data.curriculum_task, res.task, res.vocab)

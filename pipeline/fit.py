@@ -35,6 +35,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def curriculum_of(res: Resolved) -> tuple[Any, float]:
+    """The first phase's task and share: only a model trained from scratch (stage=pretrain) runs one."""
+    if res.stage.name != "pretrain":
+        return None, 0.0
+    return curriculum_task(res.data.curriculum_task, res.task, res.vocab), res.data.curriculum_share
+
+
 def fit_module(cfg: DictConfig, res: Resolved, module: L.LightningModule, model: nn.Module,
                run_dir: Path) -> Optional[dict[str, Any]]:
     """Train ``module`` (which holds ``model``); row fields of the fit, or None on a non-zero DDP rank."""
@@ -42,7 +49,7 @@ def fit_module(cfg: DictConfig, res: Resolved, module: L.LightningModule, model:
     log.info("trainable parameters: %d of %d", trainable, count_params(model))
     data = TaskDataModule(res.task, res.vocab, res.data.n_train, res.data.n_val, res.data.batch_size,
                           int(cfg.seed), res.data.cache_dir, res.data.num_workers, res.data.shuffle,
-                          curriculum_task(res.data.curriculum_task, res.task, res.vocab), res.data.curriculum_share)
+                          *curriculum_of(res))
     ckpt_dir = run_dir / "checkpoints"
     costs = TrainCostProbe()
     trainer = build_trainer(cfg, run_dir, ckpt_dir, costs)

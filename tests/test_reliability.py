@@ -120,8 +120,6 @@ BAD = [
     (["data.curriculum_task=mqar"], "set both (a family and a share > 0) or neither"),
     (["data.curriculum_share=0.5"], "set both (a family and a share > 0) or neither"),
     (["data.curriculum_task=mqar", "data.curriculum_share=1.0"], "data.curriculum_share=1.0 must be in [0, 1)"),
-    (["data.curriculum_task=mqar", "data.curriculum_share=0.5", "stage=extend", "init_from=x.ckpt"],
-     "allowed: stage=pretrain"),
     (["data.curriculum_task=multikey", "data.curriculum_share=0.5", "task.train_len=24", "eval.lengths=[24]"],
      "data.curriculum_task='multikey' at task.train_len=24"),
 ]
