@@ -69,16 +69,21 @@ def group_yaml(path: Path) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.merge(merged, node), resolve=False)
 
 
-def chosen_model_keys(model: dict[str, Any], overrides: list[str]) -> set[str]:
-    """Dotted keys under ``model`` that the user chose: overridden, or unlike the family's yaml default."""
+def chosen_model_keys(model: dict[str, Any], overrides: list[str], task: str | None = None) -> set[str]:
+    """Dotted keys under ``model`` that the user chose: overridden, or unlike the family's yaml default
+    (a task recipe's width, conf/recipe/<task>.yaml, is the recipe's default, not a choice: the import wins)."""
     keys = {item.split("=", 1)[0].lstrip("+~") for item in overrides}
     chosen = {k[len("model."):] for k in keys if k.startswith("model.")}
     default_file = CONF_MODEL / f"{model.get('family')}.yaml"
+    recipe_file = CONF_MODEL.parent / "recipe" / f"{task}.yaml"
+    recipe = _leaves(OmegaConf.to_container(OmegaConf.load(recipe_file)).get("model", {})) if (
+        task and recipe_file.is_file()) else {}
     if default_file.is_file():
         defaults = _leaves(group_yaml(default_file))
         for key, value in _leaves(model).items():
             default = defaults.get(key)
-            if not (isinstance(default, str) and "${" in default) and key in defaults and value != default:
+            if (not (isinstance(default, str) and "${" in default) and key in defaults and value != default
+                    and not (key in recipe and value == recipe[key])):
                 chosen.add(key)
     return chosen
 
@@ -88,7 +93,7 @@ def imported_model_node(cfg: DictConfig, path: Path, overrides: list[str]) -> di
     fields = model_fields_from(path)
     composed = OmegaConf.to_container(cfg.model, resolve=True)
     if composed.get("family") == fields["family"]:
-        base, chosen = composed, chosen_model_keys(composed, overrides)
+        base, chosen = composed, chosen_model_keys(composed, overrides, cfg.task.get("name"))
     else:  # e.g. the default model=transformer with a Mamba directory: that family's defaults
         if any(k.split("=", 1)[0].lstrip("+~") == "model" for k in overrides):
             raise HFFormatError(f"init_from=hf:{path} holds a {fields['family']} model but model="

@@ -250,7 +250,7 @@ def test_same_run_id_with_another_config_stops_naming_the_fields(tmp_path):
     with pytest.raises(ConfigError) as err:
         record_failures(train)(compose_config(changed, run_dir=str(tmp_path)))  # as train.py runs it
     msg = str(err.value)
-    assert "model.pos.rule: 'rope' -> 'alibi'" in msg and "optim.lr: 0.003 -> 0.05" in msg and "resume=force" in msg
+    assert "model.pos.rule: 'rope' -> 'alibi'" in msg and "optim.lr: 0.001 -> 0.05" in msg and "resume=force" in msg
     assert read_checkpoint(ckpt_dir(tmp_path) / "last.ckpt")["config"] == ckpt_before["config"]
     assert len(read_rows(tmp_path / "results.jsonl")) == n_rows
     rows = train(compose_config(changed + ["resume=force"], run_dir=str(tmp_path)))  # on purpose
