@@ -63,6 +63,7 @@ class LitLM(RecordsProvenance, L.LightningModule):
         self.optim = optim
         # a curriculum's second phase starts at floor(share x steps): warmup and cosine start again there
         self.restart_share = restart_share
+        self.restart_step = 0  # that step, set with the schedule in configure_optimizers (0: no restart)
         self.config = config or {}  # resolved run config, saved in every checkpoint
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ class LitLM(RecordsProvenance, L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """At a curriculum's second phase the optimizer starts afresh (moments and bias correction), as a
         new run from the first phase's weights would: carried-over moments did not transfer the circuit."""
-        if getattr(self, "restart_step", 0) and self.global_step == self.restart_step:
+        if self.restart_step and self.global_step == self.restart_step:
             for opt in self.trainer.optimizers:
                 opt.state.clear()
 

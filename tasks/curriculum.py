@@ -3,8 +3,9 @@
 Why: a 2-layer transformer forms its lookup circuit within ~500 steps on MQAR, whose pairs sit at
 the start of the sequence, but not within 10000 steps on NIAH, kv_retrieval or multikey, whose
 records sit at random depths (nor on MQAR with the pairs shifted by a random filler prefix, which
-stays at chance). Once formed on MQAR the circuit is position-free (shifted MQAR: 1.000) and NIAH /
-kv_retrieval reach >= 0.97 exact match within ~250 further steps (issue 12, docs/reproductions.md).
+stays at chance). Once formed on MQAR the circuit is position-free (shifted MQAR: 1.000) and, at
+d_model 128 (not at 64), NIAH / kv_retrieval reach >= 0.97 exact match within ~250 further steps
+(issue 12, docs/reproductions.md).
 The warm-up family is built with its own defaults at the task's training length, so only its name
 and the share of the optimizer steps it takes are knobs (``data.curriculum_task``,
 ``data.curriculum_share``: the first floor(share x max_steps) steps; a share, not a count, so a
