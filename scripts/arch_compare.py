@@ -8,11 +8,13 @@ scale; y = exact match, averaged over depths (weighted by examples); one line pe
 through its widths / state sizes. The dashed line is the task's chance floor (the best prompt-only
 shortcut, tasks/baselines.py): a point under it has learned nothing the prompt does not give away.
 
-A low held-out score says something about the architecture only if the arm fitted its training
-data. Each point's run directory gives its training curve (logs/*/metrics.csv): the table lists the
-steps trained and the last logged training loss and exact match, and a point whose training exact
-match stayed below ``--fit-threshold`` is drawn hollow and labelled under-trained: more steps, not
-another architecture, is what it is known to lack. Prints the points as a table too.
+A low held-out score says something about the architecture only if one knows why the arm failed.
+Each point's run directory gives its training curve (logs/*/metrics.csv): the table lists the steps
+trained and the last logged training loss and exact match, and a point whose training exact match
+stayed below ``--fit-threshold`` is drawn hollow and labelled "unfitted": it did not fit its own
+training data either, so it is under-trained or at capacity (a state too small to hold the
+associations), and only a longer run or a larger state tells which. A point that fitted its training
+rows and still fails the held-out ones did not generalise. Prints the points as a table too.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from tasks.registry import TASKS  # noqa: E402
 from tasks.vocab import Vocab  # noqa: E402
 
 MARKERS = {"transformer": "o", "mamba": "s", "hybrid": "^"}
-FIT_THRESHOLD = 0.5  # training exact match below which a point is under-trained, not an architecture result
+FIT_THRESHOLD = 0.5  # training exact match below which a point did not fit its training data
 LAST_LOGS = 4  # training rows averaged for the end-of-training loss / exact match
 
 
@@ -70,7 +72,7 @@ def points(df: pd.DataFrame, length: int | None, fit_threshold: float = FIT_THRE
     g["accuracy"] = g["weighted"] / g["n"]
     fit = pd.DataFrame([training_fit(d) for d in g["run_dir"]], index=g.index)
     g = pd.concat([g, fit], axis=1)
-    g["under_trained"] = g["train_em"] < fit_threshold  # NaN (no training log) compares False: drawn as trained
+    g["unfitted"] = g["train_em"] < fit_threshold  # NaN (no training log) compares False: drawn as fitted
     return g.drop(columns=["weighted"]).sort_values(["task", "model", "state_bytes"])
 
 
@@ -93,11 +95,11 @@ def plot(pts: pd.DataFrame, out: Path) -> None:
         sub = pts[pts["task"] == task]
         for model, m in sub.groupby("model"):
             line, = ax.plot(m["state_bytes"], m["accuracy"], marker=MARKERS.get(model, "x"), label=model)
-            under = m[m["under_trained"]]
-            if len(under):  # hollow: the arm never fitted its training data
+            under = m[m["unfitted"]]
+            if len(under):  # hollow: the arm never fitted its training data (under-trained or at capacity)
                 ax.plot(under["state_bytes"], under["accuracy"], linestyle="none", marker=MARKERS.get(model, "x"),
                         markerfacecolor="white", markeredgecolor=line.get_color(), markersize=8,
-                        label=f"{model}: under-trained")
+                        label=f"{model}: unfitted (train EM < threshold)")
         floor = floor_of(task, int(sub["eval_len"].iloc[0]))
         if floor is not None:
             ax.axhline(floor, color="0.5", linestyle="--", linewidth=0.9, label="chance floor")
@@ -119,13 +121,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--length", type=int, default=None, help="eval length (default: each run's train length)")
     ap.add_argument("--out", type=Path, default=Path("figures/arch_compare.png"))
     ap.add_argument("--fit-threshold", type=float, default=FIT_THRESHOLD,
-                    help="training exact match below which a point is drawn hollow as under-trained")
+                    help="training exact match below which a point is drawn hollow as unfitted")
     args = ap.parse_args(argv)
     pts = points(load_results(args.paths), args.length, args.fit_threshold)
     if pts.empty:
         raise SystemExit(f"no ok rows at the requested length under {args.paths}")
     cols = ["task", "model", "run_id", "n_params", "state_bytes", "accuracy", "steps", "train_loss", "train_em",
-            "under_trained"]
+            "unfitted"]
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(pts[cols].to_string(index=False))
     plot(pts, args.out)

@@ -1,4 +1,4 @@
-"""scripts/arch_compare.py: a point whose arm never fitted its training data is flagged under-trained."""
+"""scripts/arch_compare.py: a point whose arm never fitted its training data is flagged unfitted."""
 
 from __future__ import annotations
 
@@ -23,16 +23,16 @@ def _run(root: Path, model: str, d: int, acc: float, state: int, train: list[tup
     (run / "logs" / "version_0" / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
-def test_under_trained_arm_is_flagged_with_its_training_loss(tmp_path) -> None:
+def test_unfitted_arm_is_flagged_with_its_training_loss(tmp_path) -> None:
     _run(tmp_path, "transformer", 64, 1.0, 65536, [(s, 1.0, 0.01) for s in (924, 949, 974, 999)])
     # the last 4 training rows average 0.2 exact match, loss 3.0: it never fitted
     _run(tmp_path, "mamba", 64, 0.05, 30720, [(24, 0.0, 5.5), (474, 0.1, 3.2), (499, 0.3, 2.8), (524, 0.0, 3.5),
                                               (549, 0.4, 2.5)])
     pts = arch_compare.main([str(tmp_path), "--out", str(tmp_path / "fig.png")]).set_index("model")
     assert (tmp_path / "fig.png").stat().st_size > 0
-    assert not pts.loc["transformer", "under_trained"] and pts.loc["mamba", "under_trained"]
+    assert not pts.loc["transformer", "unfitted"] and pts.loc["mamba", "unfitted"]
     assert pts.loc["mamba", "steps"] == 550
     assert abs(pts.loc["mamba", "train_loss"] - 3.0) < 1e-9 and abs(pts.loc["mamba", "train_em"] - 0.2) < 1e-9
     # a looser threshold keeps it as an architecture result
     pts = arch_compare.main([str(tmp_path), "--out", str(tmp_path / "fig.png"), "--fit-threshold", "0.1"])
-    assert not pts["under_trained"].any()
+    assert not pts["unfitted"].any()

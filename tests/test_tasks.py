@@ -1,5 +1,7 @@
 """Invariants of the foundation tasks (niah, mqar) and of the cached datasets."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,28 @@ def test_task_recipes_follow_the_task_and_yield_to_overrides():
     assert compose_config(["data.curriculum_task=null", "data.curriculum_share=0"]).data.curriculum_task is None
     assert compose_config(["task=kv_retrieval", "task.train_queries=3"]).task.train_queries == 3
     assert "train_queries" not in compose_config(["task=mix"]).task  # other tasks' recipes leave mix alone
+
+
+def test_architecture_recipes_apply_to_their_model_and_task_only():
+    """conf/arch_recipe/<model>_<task>.yaml overrides the task's recipe for one architecture; the
+    others keep the task's recipe, and the command line still wins."""
+    from conftest import compose_config
+
+    mamba = compose_config(["task=mqar", "model=mamba"])
+    assert mamba.optim.lr == 1e-2 and mamba.data.batch_size == 16 and mamba.trainer.max_steps == 6000
+    for model in ("transformer", "hybrid"):
+        other = compose_config(["task=mqar", f"model={model}"])
+        assert other.optim.lr == 1e-3 and other.data.batch_size == 64 and other.trainer.max_steps == 2000
+    assert compose_config(["task=mqar", "model=mamba", "optim.lr=0.003"]).optim.lr == 3e-3
+    assert compose_config(["experiment=arch_compare", "model=mamba"]).optim.lr == 1e-2
+
+
+def test_every_architecture_recipe_names_an_existing_model_and_task():
+    """An optional default silently skips a misspelt file: each arch_recipe must match a model and a task yaml."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    models = {p.stem for p in (conf / "model").glob("*.yaml")}
+    tasks = {p.stem for p in (conf / "task").glob("*.yaml")}
+    names = [p.stem for p in (conf / "arch_recipe").glob("*.yaml")]
+    assert names
+    for name in names:
+        assert any(name == f"{m}_{t}" for m in models for t in tasks), name
