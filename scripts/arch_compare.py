@@ -5,8 +5,11 @@
 One panel per task; x = bytes of decode state per sequence at the evaluation length (the KV cache
 for attention, the conv + SSM state for Mamba, both for hybrids: the rows' ``cache_bytes``), log
 scale; y = exact match, averaged over depths (weighted by examples); one line per architecture
-through its widths / state sizes. The dashed line is the task's chance floor (the best prompt-only
-shortcut, tasks/baselines.py): a point under it has learned nothing the prompt does not give away.
+through its widths, or, where an architecture also sweeps ``d_state``, one line per width through its
+state sizes (a width change and a state change are different knobs; one line through both would zigzag).
+Each architecture keeps its colour and marker in every panel. The dashed line is the task's chance
+floor (the best prompt-only shortcut, tasks/baselines.py): a point under it has learned nothing the
+prompt does not give away.
 
 A low held-out score says something about the architecture only if one knows why the arm failed.
 Each point's run directory gives its training curve (logs/*/metrics.csv): the table lists the steps
@@ -36,12 +39,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from figures.results import load_results  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from tasks.registry import TASKS  # noqa: E402
 from tasks.vocab import Vocab  # noqa: E402
 
 MARKERS = {"transformer": "o", "mamba": "s", "hybrid": "^"}
+COLORS = {"transformer": "tab:green", "mamba": "tab:orange", "hybrid": "tab:blue"}
+WIDTH_STYLES = ("-", "--", ":", "-.")  # one per width of an architecture that sweeps d_state
 FIT_THRESHOLD = 0.5  # training exact match below which a point did not fit its training data
 LAST_LOGS = 4  # training rows averaged for the end-of-training loss / exact match
 
@@ -68,12 +74,25 @@ def points(df: pd.DataFrame, length: int | None, fit_threshold: float = FIT_THRE
     ok["weighted"] = ok["accuracy"] * ok["n_examples"]
     g = ok.groupby(["run_id", "model", "task", "eval_len"], as_index=False).agg(
         weighted=("weighted", "sum"), n=("n_examples", "sum"), state_bytes=("cache_bytes", "max"),
-        n_params=("n_params", "max"), run_dir=("run_dir", "first"))
+        n_params=("n_params", "max"), run_dir=("run_dir", "first"),
+        **{k: (f"model_{k}", "first") for k in ("d_model", "d_state") if f"model_{k}" in ok})
     g["accuracy"] = g["weighted"] / g["n"]
     fit = pd.DataFrame([training_fit(d) for d in g["run_dir"]], index=g.index)
     g = pd.concat([g, fit], axis=1)
     g["unfitted"] = g["train_em"] < fit_threshold  # NaN (no training log) compares False: drawn as fitted
+    g["series"] = series(g)
     return g.drop(columns=["weighted"]).sort_values(["task", "model", "state_bytes"])
+
+
+def series(pts: pd.DataFrame) -> pd.Series:
+    """The line each point belongs to: its architecture, split by width where that architecture sweeps
+    ``d_state`` within the task ("mamba d=64": its state sizes; "mamba d=32": another line)."""
+    label = pts["model"].astype(str)
+    if "d_state" not in pts or "d_model" not in pts:
+        return label
+    sweeps = pts.groupby(["task", "model"])["d_state"].transform("nunique") > 1
+    width = pts["d_model"].map(lambda d: f" d={int(d)}" if pd.notna(d) else "")
+    return label.where(~sweeps, label + width)
 
 
 def floor_of(task: str, length: int) -> float | None:
@@ -93,23 +112,31 @@ def plot(pts: pd.DataFrame, out: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = pts[pts["task"] == task]
-        for model, m in sub.groupby("model"):
-            line, = ax.plot(m["state_bytes"], m["accuracy"], marker=MARKERS.get(model, "x"), label=model)
-            under = m[m["unfitted"]]
-            if len(under):  # hollow: the arm never fitted its training data (under-trained or at capacity)
-                ax.plot(under["state_bytes"], under["accuracy"], linestyle="none", marker=MARKERS.get(model, "x"),
-                        markerfacecolor="white", markeredgecolor=line.get_color(), markersize=8,
-                        label=f"{model}: unfitted (train EM < threshold)")
+        for model, by_model in sub.groupby("model"):
+            color = COLORS.get(model)
+            for i, (name, m) in enumerate(by_model.groupby("series")):
+                line, = ax.plot(m["state_bytes"], m["accuracy"], marker=MARKERS.get(model, "x"), color=color,
+                                linestyle=WIDTH_STYLES[i % len(WIDTH_STYLES)], label=name)
+                under = m[m["unfitted"]]
+                if len(under):  # hollow: the arm never fitted its training data (under-trained or at capacity)
+                    ax.plot(under["state_bytes"], under["accuracy"], linestyle="none",
+                            marker=MARKERS.get(model, "x"), markerfacecolor="white",
+                            markeredgecolor=line.get_color(), markersize=8, label="_nolegend_")
+        if sub["unfitted"].any():  # one neutral legend entry for the hollow points of every architecture
+            ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3",
+                    label="unfitted (train EM < threshold)")
         floor = floor_of(task, int(sub["eval_len"].iloc[0]))
         if floor is not None:
             ax.axhline(floor, color="0.5", linestyle="--", linewidth=0.9, label="chance floor")
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)  # ticks at 8, 16, 32... KB: state sizes double along a sweep
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1024:g} KB"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log-scale minor labels overlap at this width
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(f"{task} (L={int(sub['eval_len'].iloc[0])})")
-        ax.set_xlabel("decode state (bytes / sequence)")
+        ax.set_xlabel("decode state per sequence")
         ax.set_ylabel("exact match")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150)
@@ -126,7 +153,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     pts = points(load_results(args.paths), args.length, args.fit_threshold)
     if pts.empty:
         raise SystemExit(f"no ok rows at the requested length under {args.paths}")
-    cols = ["task", "model", "run_id", "n_params", "state_bytes", "accuracy", "steps", "train_loss", "train_em",
+    cols = ["task", "series", "run_id", "n_params", "state_bytes", "accuracy", "steps", "train_loss", "train_em",
             "unfitted"]
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(pts[cols].to_string(index=False))

@@ -36,3 +36,18 @@ def test_unfitted_arm_is_flagged_with_its_training_loss(tmp_path) -> None:
     # a looser threshold keeps it as an architecture result
     pts = arch_compare.main([str(tmp_path), "--out", str(tmp_path / "fig.png"), "--fit-threshold", "0.1"])
     assert not pts["unfitted"].any()
+
+
+def test_a_state_sweep_is_one_line_per_width_and_a_width_sweep_one_line_per_model() -> None:
+    import pandas as pd
+
+    pts = pd.DataFrame(dict(
+        task=["mqar"] * 5 + ["copy"],
+        model=["mamba", "mamba", "mamba", "transformer", "transformer", "mamba"],
+        d_model=[64, 64, 32, 32, 64, 64],
+        d_state=[4, 16, 16, None, None, 16],
+    ))
+    # mamba sweeps d_state on mqar: d=64's state sizes are one line, d=32 another (no zigzag across knobs);
+    # the transformer's widths are one line; on copy mamba has one state size, so one line
+    assert list(arch_compare.series(pts)) == ["mamba d=64", "mamba d=64", "mamba d=32", "transformer",
+                                              "transformer", "mamba"]
