@@ -26,6 +26,7 @@ from pipeline.model_checks import (
     check_cache_on_model,
     check_lengths,
     check_lora,
+    check_positional,
     check_text_eval,
     check_vocab_size,
 )
@@ -113,6 +114,7 @@ def resolve_sections(cfg: DictConfig, stage: Stage) -> Resolved:
 def check_combinations(cfg: DictConfig, run: RunConfig, res: Resolved) -> None:
     """Checks across sections, the stage's own, then the Trainer's arguments."""
     check_lengths(res.model, res.task, res.eval, res.eval_tasks)
+    check_positional(res.model)
     check_text_eval(res.model, res.eval, cfg.get("tokenizer") or "bytes")
     check_cache_on_model(res.cache, res.model)
     res.stage.check(cfg, res)

@@ -33,6 +33,16 @@ def attention_layers(model: Any) -> int:
     return mixers.count("attention") if mixers is not None else int(getattr(model, "n_layers", 1))
 
 
+def check_positional(model: Any) -> None:
+    """The positional rule builds at this head size: longrope's per-pair factor lists need head_dim/2
+    entries, which only the model's width and heads decide (a sweep over widths would fail per job)."""
+    if attention_layers(model) == 0 or not hasattr(model, "pos"):
+        return
+    from models.positional import Positional  # torch modules: imported only where a model has attention
+
+    reraise_as_config_error(Positional, model.pos, model.d_model // model.n_heads, model.n_heads)
+
+
 def check_vocab_size(model: Any, vocab: Vocab) -> None:
     if model.vocab_size < vocab.size:
         raise ConfigError(f"model.vocab_size={model.vocab_size} is smaller than vocab_size={vocab.size}")

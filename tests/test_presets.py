@@ -66,6 +66,31 @@ def test_every_preset_composes_and_validates_at_every_scale(preset, scale, tmp_p
             assert res.task.train_len >= 256 and max(res.eval.lengths) >= 4 * 256
 
 
+def _swept_rules() -> list[str]:
+    """The rules the rope_extension preset's own command sweeps (its first comment lines)."""
+    text = open(os.path.join(CONF_DIR, "experiment", "rope_extension.yaml")).read()
+    return text.split("model.pos.rule=", 1)[1].split()[0].split(",")
+
+
+@pytest.mark.parametrize("rule", _swept_rules())
+def test_rope_extension_validates_under_every_rule_it_sweeps(rule, tmp_path):
+    """Each job of the study's sweep validates at the preset's width (longrope: head_dim/2 factors)."""
+    from pipeline.config import validate
+
+    assert "longrope" in _swept_rules()
+    validate(compose_config(["experiment=rope_extension", f"model.pos.rule={rule}"], run_dir=str(tmp_path)))
+
+
+def test_longrope_lists_of_the_wrong_length_fail_validation(tmp_path):
+    """At another width the lists no longer fit: the error names the field before any job trains."""
+    from pipeline.config import ConfigError, validate
+
+    cfg = compose_config(["experiment=rope_extension", "model.pos.rule=longrope", "model.d_model=64"],
+                         run_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"model.pos.short_factor=a list of length 16.*8 factors"):
+        validate(cfg)
+
+
 def test_base_checkpoint_is_keyed_by_its_config(tmp_path, monkeypatch):
     """A reduced base (other steps, other scale) lives in its own directory: never silently reused."""
     from pipeline.base_model import base_config
