@@ -136,8 +136,12 @@ def plot(pts: pd.DataFrame, out: Path) -> None:
         ax.set_xlabel("decode state per sequence")
         ax.set_ylabel("exact match")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    legend = {}  # one legend under the panels (colours are per architecture everywhere), each label once
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 6), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150)
 
