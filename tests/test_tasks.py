@@ -214,6 +214,10 @@ def test_architecture_recipes_apply_to_their_model_and_task_only():
         assert other.optim.lr == 1e-3 and other.data.batch_size == 64 and other.trainer.max_steps == 2000
     assert compose_config(["task=mqar", "model=mamba", "optim.lr=0.003"]).optim.lr == 3e-3
     assert compose_config(["experiment=arch_compare", "model=mamba"]).optim.lr == 1e-2
+    for task in ("niah", "copy"):  # Mamba's optimiser (from mamba_mqar.yaml) over the task's own curriculum
+        cfg = compose_config([f"task={task}", "model=mamba"])
+        assert (cfg.optim.lr, cfg.data.batch_size, cfg.trainer.max_steps) == (1e-2, 16, 6000)
+        assert cfg.data.curriculum_task == "mqar"
 
 
 def test_every_architecture_recipe_names_an_existing_model_and_task():
