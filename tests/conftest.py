@@ -40,6 +40,33 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device", default=os.environ.get("LONGCTX_TEST_DEVICE", "cpu"),
+        help="device of the device-aware contract tests (forward == decode per family and cache policy, "
+             "S2-Attn causal): cpu (default) or cuda[:N]; also LONGCTX_TEST_DEVICE. Used by scripts/gpu_check.py")
+
+
+def pytest_configure(config):
+    device = config.getoption("--device")
+    if not device.startswith(("cpu", "cuda")):
+        raise pytest.UsageError(f"--device={device!r}: allowed cpu or cuda[:N]")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(f"--device={device} but torch sees no CUDA device "
+                                    f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+        # the contracts compare two fp32 paths at 1e-5: TF32 (cuDNN's default for convolutions) would
+        # fail them by rounding, not by a bug
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    os.environ["LONGCTX_TEST_DEVICE"] = device  # target_device() reads it, also in helpers outside fixtures
+
+
+def target_device() -> torch.device:
+    """The device the device-aware tests build their models and inputs on (``--device``)."""
+    return torch.device(os.environ.get("LONGCTX_TEST_DEVICE", "cpu"))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import target_device
 from omegaconf import OmegaConf
 
 import models.patterns.shifted_sparse as attention
@@ -149,8 +150,8 @@ def test_model_with_s2_attn_is_causal_and_trains(rule):
     """Through the whole transformer (train mode): perturbing token t changes no logit before t."""
     cfg = TransformerConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                             pos=PosConfig(rule=rule), attention=AttentionConfig(train="shifted_sparse"))
-    model = Transformer(cfg).double().train()
-    ids = torch.randint(0, 32, (2, 16))
+    model = Transformer(cfg).to(target_device(), torch.float64).train()
+    ids = torch.randint(0, 32, (2, 16), device=target_device())
     logits = model(ids)
     for t in (0, 3, 8, 15):
         other = ids.clone()

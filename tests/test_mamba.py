@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import target_device
 
 from models.caches.full import FullKVCache
 from models.families.hybrid import Hybrid, HybridConfig
@@ -93,8 +94,8 @@ def tiny(family: str, **kw):
 
 @pytest.mark.parametrize("family", ["mamba", "hybrid"])
 def test_forward_equals_step_decode_and_prefill_then_step(family):
-    model = tiny(family).to(F64).eval()
-    ids = torch.randint(0, 256, (2, 21))
+    model = tiny(family).to(target_device(), F64).eval()
+    ids = torch.randint(0, 256, (2, 21), device=target_device())
     with torch.no_grad():
         full = model(ids)
         cache = model.new_cache(2)
@@ -110,8 +111,8 @@ def test_forward_equals_step_decode_and_prefill_then_step(family):
 
 @pytest.mark.parametrize("family", ["mamba", "hybrid"])
 def test_changing_a_token_never_changes_earlier_logits(family):
-    model = tiny(family, chunk_size=4).eval()
-    ids = torch.randint(0, 256, (1, 24))
+    model = tiny(family, chunk_size=4).to(target_device()).eval()
+    ids = torch.randint(0, 256, (1, 24), device=target_device())
     t = 13
     other = ids.clone()
     other[0, t] = (ids[0, t] + 1) % 256

@@ -2,6 +2,7 @@
 
 A new positional rule, attention pattern, cache policy or mixer is tested here by being registered:
 tests/plugins/toy_models.py adds one of each from outside models/ and they run through the same tests.
+Models and inputs live on ``--device`` (tests/conftest.py; scripts/gpu_check.py runs them on CUDA).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import target_device
 
 from models.attention import PATTERNS, AttentionConfig
 from models.cache import CACHE_POLICIES, CacheConfig
@@ -50,7 +52,7 @@ def test_pos_rule_returns_finite_frequencies_of_the_rotary_shape(rule: str) -> N
 def tiny_transformer(pos: PosConfig, attention: AttentionConfig | None = None, n_kv_heads: int = 2) -> Transformer:
     cfg = TransformerConfig(vocab_size=64, d_model=HEAD_DIM * N_HEADS, n_heads=N_HEADS, n_kv_heads=n_kv_heads,
                             n_layers=2, pos=pos, attention=attention or AttentionConfig(), init_std=0.2)
-    return Transformer(cfg).eval()
+    return Transformer(cfg).to(target_device()).eval()
 
 
 def decode(model: torch.nn.Module, ids: torch.Tensor, policy: CacheConfig | str = "full",
@@ -66,7 +68,7 @@ def decode(model: torch.nn.Module, ids: torch.Tensor, policy: CacheConfig | str 
 @pytest.mark.parametrize("rule", POS_RULES.names())
 def test_pos_rule_decode_equals_teacher_forced_within_the_original_length(rule: str) -> None:
     model = tiny_transformer(pos_config(rule))
-    ids = torch.randint(0, 64, (2, ORIGINAL))  # length-dependent rules switch only past it
+    ids = torch.randint(0, 64, (2, ORIGINAL), device=target_device())  # length-dependent rules switch only past it
     with torch.no_grad():
         torch.testing.assert_close(decode(model, ids), model(ids), rtol=1e-4, atol=1e-5)
 
@@ -79,11 +81,11 @@ def pattern_inputs(T: int = 16, H: int = 4, Hkv: int = 2, D: int = 8):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, H, T, D, generator=g, dtype=torch.float64)
     k, v = (torch.randn(1, Hkv, T, D, generator=g, dtype=torch.float64) for _ in range(2))
-    return q.repeat(2, 1, 1, 1), k.repeat(2, 1, 1, 1), v.repeat(2, 1, 1, 1)
+    return tuple(t.repeat(2, 1, 1, 1).to(target_device()) for t in (q, k, v))
 
 
 PATTERN_CFG = AttentionConfig(sink=2, window=5, group_ratio=0.25)
-GATE = torch.tensor([0.3, 0.8], dtype=torch.float64)  # per KV head; patterns without gates ignore it
+GATE = torch.tensor([0.3, 0.8], dtype=torch.float64, device=target_device())  # per KV head; others ignore it
 
 
 @pytest.mark.parametrize("pattern", PATTERNS.names())
@@ -126,7 +128,7 @@ def policy(name: str, tmp_path, lossless: bool) -> CacheConfig:
 @pytest.mark.parametrize("name", CACHE_POLICIES.names())
 def test_lossless_policy_decode_equals_dense_attention(name: str, tmp_path) -> None:
     model = tiny_transformer(PosConfig())
-    ids = torch.randint(0, 64, (2, 24))
+    ids = torch.randint(0, 64, (2, 24), device=target_device())
     with torch.no_grad():
         reference = model(ids)  # naive dense causal attention
     for prompt in (0, 16):
@@ -141,7 +143,7 @@ def held_bytes(cache) -> int:
 @pytest.mark.parametrize("name", CACHE_POLICIES.names())
 def test_policy_reports_exact_bytes(name: str, tmp_path) -> None:
     model = tiny_transformer(PosConfig())
-    ids = torch.randint(0, 64, (2, 32))
+    ids = torch.randint(0, 64, (2, 32), device=target_device())
     sizes = {}
     for which, cfg in (("policy", policy(name, tmp_path, lossless=False)), ("full", CacheConfig())):
         cache = model.new_cache(2, cfg)
@@ -163,13 +165,13 @@ def test_policy_reports_exact_bytes(name: str, tmp_path) -> None:
 def mixer_block(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = Hybrid(HybridConfig(vocab_size=64, d_model=32, n_heads=4, layers=[name], init_std=0.2))
-    return model.layers[0].token_mixer.eval()
+    return model.layers[0].token_mixer.to(target_device()).eval()
 
 
 @pytest.mark.parametrize("name", MIXERS.names())
 def test_mixer_forward_equals_token_by_token_decode(name: str) -> None:
     mixer = mixer_block(name)
-    x = torch.randn(2, 12, 32)
+    x = torch.randn(2, 12, 32, device=target_device())
     with torch.no_grad():
         full = mixer(x)
         for prompt in (0, 5):
@@ -183,7 +185,7 @@ def test_mixer_forward_equals_token_by_token_decode(name: str) -> None:
 @pytest.mark.parametrize("name", MIXERS.names())
 def test_mixer_is_causal(name: str) -> None:
     mixer = mixer_block(name)
-    x = torch.randn(2, 12, 32)
+    x = torch.randn(2, 12, 32, device=target_device())
     x2 = x.clone()
     x2[:, 7:] += 3.0
     with torch.no_grad():
@@ -194,9 +196,10 @@ def test_mixer_is_causal(name: str) -> None:
 def test_mixer_joins_a_hybrid_by_name(name: str) -> None:
     torch.manual_seed(0)
     layers = sorted({"mamba", "attention", name})
-    model = Hybrid(HybridConfig(vocab_size=64, d_model=32, n_heads=4, layers=layers + [name])).eval()
+    model = Hybrid(HybridConfig(vocab_size=64, d_model=32, n_heads=4, layers=layers + [name]))
+    model = model.to(target_device()).eval()
     assert model.cfg.mixers == layers + [name]
-    ids = torch.randint(0, 64, (2, 10))
+    ids = torch.randint(0, 64, (2, 10), device=target_device())
     with torch.no_grad():
         torch.testing.assert_close(decode(model, ids), model(ids), rtol=1e-4, atol=1e-5)
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import target_device
 
 from models.cache import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
@@ -33,8 +34,8 @@ def test_causality_changing_token_t_never_changes_earlier_logits():
 @pytest.mark.parametrize("kv", [4, 1])
 @pytest.mark.parametrize("prefill", [1, 9, 20])
 def test_decode_through_full_cache_equals_teacher_forced(kv, prefill):
-    m = tiny(n_kv_heads=kv)
-    x = torch.randint(0, 64, (2, 20))
+    m = tiny(n_kv_heads=kv).to(target_device())
+    x = torch.randint(0, 64, (2, 20), device=target_device())
     full = m(x)
     cache = m.new_cache(2, CacheConfig("full"))
     outs = [m(x[:, :prefill], cache)]
