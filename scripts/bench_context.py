@@ -11,6 +11,7 @@ and bisecting when that does not halve the bracket. Every probe is a real, measu
 
     python scripts/bench_context.py [--mem-gb 0.05] [--d-model 128 --layers 4 --heads 4 --vocab 256]
         [--methods full_ft lora ...] [--quick] [--json PATH] [--plot PATH] [--device cpu|cuda]
+        [--dtype float32|bfloat16]   # bfloat16: autocast mixed precision, as trainer.precision=bf16-mixed
 
 Runtime: the longest probe's attention costs ~ T^2, and T grows with the budget, so CPU time grows
 with the budget squared: the defaults (0.05 GiB, d_model 128, 4 layers) take ~5 min on one CPU
@@ -32,6 +33,7 @@ the method's longest length, baseline = full_ft's, ratio = value / baseline (``c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -90,17 +92,20 @@ def build(method: str, size: Size) -> torch.nn.Module:
     return model.train()
 
 
-def train_step(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Next-token loss on every position, backward, one AdamW step (its states allocated here)."""
+def train_step(model: torch.nn.Module, x: torch.Tensor, amp=contextlib.nullcontext) -> None:
+    """Next-token loss on every position, backward, one AdamW step (its states allocated here);
+    ``amp``: the precision context factory (autocast for mixed precision)."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    logits = model(x)  # (B, T, V)
+    with amp():
+        logits = model(x)  # (B, T, V)
     F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten()).backward()
     del logits
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def measure(model: torch.nn.Module, T: int, *, batch: int, vocab: int, device: torch.device) -> int:
+def measure(model: torch.nn.Module, T: int, *, batch: int, vocab: int, device: torch.device,
+            amp=contextlib.nullcontext) -> int:
     """Peak bytes of one training step at length T: weights + everything the step allocates."""
     x = torch.randint(0, vocab, (batch, T), device=device)
     gc.collect()
@@ -108,7 +113,7 @@ def measure(model: torch.nn.Module, T: int, *, batch: int, vocab: int, device: t
         torch.cuda.empty_cache()
     try:
         with measure_peak(model, device) as reading:
-            train_step(model, x)
+            train_step(model, x, amp)
     except torch.OutOfMemoryError:
         model.zero_grad(set_to_none=True)
         return 2**62  # the device itself ran out: certainly over budget
@@ -178,13 +183,15 @@ def longest_fit(peak_at: Callable[[int], int], budget: int, step: int, max_len: 
     return out
 
 
-def run(methods: list[str], size: Size, budget: int, step: int, batch: int, device: torch.device) -> dict[str, Search]:
+def run(methods: list[str], size: Size, budget: int, step: int, batch: int, device: torch.device,
+        dtype: torch.dtype = torch.float32) -> dict[str, Search]:
+    amp = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
     results = {}
     for method in methods:
         torch.manual_seed(0)
         model = build(method, size).to(device)
         results[method] = longest_fit(functools.partial(measure, model, batch=batch, vocab=size.vocab,
-                                                        device=device), budget, step, size.max_len)
+                                                        device=device, amp=amp), budget, step, size.max_len)
         r = results[method]
         print(f"{method:<16}{r.longest:>9}{'+' if r.capped else ' '}{len(r.peaks):>7}{r.seconds:>9.1f}", flush=True)
         del model
@@ -258,6 +265,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--step", type=int, default=64, help="length granularity (a multiple of 8)")
     ap.add_argument("--max-len", type=int, default=65536, help="stop searching here (reported as capped)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: autocast mixed precision (fp32 weights and optimizer states)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a small model and budget (a smoke run)")
     ap.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
@@ -280,11 +289,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     budget = int(mem_gb * 2**30)
-    title = (f"{device.type}: d_model={size.d_model}, {size.layers} layers, {size.heads} heads, vocab {size.vocab}, "
-             f"batch {args.batch}, budget {mem_gb:g} GiB, step {step}")
+    title = (f"{device.type} {args.dtype}: d_model={size.d_model}, {size.layers} layers, {size.heads} heads, "
+             f"vocab {size.vocab}, batch {args.batch}, budget {mem_gb:g} GiB, step {step}")
     print(title)
     print(f"{'method':<16}{'longest':>10}{'probes':>7}{'seconds':>9}")
-    results = run(args.methods, size, budget, step, args.batch, device)
+    results = run(args.methods, size, budget, step, args.batch, device, getattr(torch, args.dtype))
     recs = records(results, budget)
     if "full_ft" in results:
         print("\nlongest vs full_ft; +ckpt vs the same method without:")

@@ -12,6 +12,11 @@ step copies the whole cache.
 
     python scripts/bench_decode.py --quick --json results/bench_decode.json
     python scripts/bench_decode.py --lengths 1024,32768 --policies quest   # Quest's memory at 32k
+    python scripts/bench_decode.py --device cuda --dtype bfloat16 --d-model 1024 --layers 8 \
+        --lengths 32768,131072             # the GPU check: a bf16 model and KV cache, CUDA allocator peaks
+
+On CUDA every timed loop ends with a synchronize (decode is asynchronous), and peaks are the
+allocator's (everything live on the device: weights, both caches' tensors, the step's activations).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench_device import add_device_args, resolve, sync  # noqa: E402
 
 from models.cache import CacheConfig  # noqa: E402
 from models.duo import deploy_gates, save_gates  # noqa: E402
@@ -46,9 +53,11 @@ def policies(gates_path: str) -> dict[str, CacheConfig]:
     }
 
 
-def analytic_cache_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, retrieval: int) -> int:
-    """Closed-form bytes (fp32) held after n tokens; ``retrieval``: duo retrieval heads, all layers."""
-    per_token_head = 2 * batch * cfg.head_dim * 4  # K and V of one token in one KV head
+def analytic_cache_bytes(name: str, cfg: TransformerConfig, n: int, batch: int, retrieval: int,
+                         elem: int = 4) -> int:
+    """Closed-form bytes held after n tokens of ``elem``-byte elements (4: fp32); ``retrieval``: duo
+    retrieval heads, all layers."""
+    per_token_head = 2 * batch * cfg.head_dim * elem  # K and V of one token in one KV head
     heads = cfg.n_layers * cfg.n_kv_heads
     if name == "full":
         return heads * n * per_token_head
@@ -67,18 +76,19 @@ def run_one(model: Transformer, policy: CacheConfig, prompt: torch.Tensor, steps
     with torch.no_grad():
         cache = model.new_cache(prompt.shape[0], policy)
         cache.reserve(prompt.shape[1] + steps)  # the full cache preallocates: no per-step copy
-        logits = model(prompt, cache)
-        nxt = logits[:, -1:].argmax(-1)
+        nxt = model(prompt, cache)[:, -1:].argmax(-1)  # the prompt's logits are not kept
         seconds = float("inf")
         for _ in range(repeats):  # throughput on a copy, untracked; best of ``repeats``
             timed, tok = cache.clone(), nxt
+            sync(prompt.device)
             start = time.perf_counter()
             for _ in range(steps):
                 tok = model(tok, timed)[:, -1:].argmax(-1)
+            sync(prompt.device)
             seconds = min(seconds, time.perf_counter() - start)
             del timed
         tok = nxt
-        with measure_peak(model) as reading:  # memory, same tokens on the other copy
+        with measure_peak(model, prompt.device) as reading:  # memory, same tokens on the other copy
             for _ in range(steps):
                 tok = model(tok, cache)[:, -1:].argmax(-1)
     return {"tok_s": steps * prompt.shape[0] / seconds, "peak": reading.peak_bytes,
@@ -95,16 +105,23 @@ def main() -> None:
     ap.add_argument("--lengths", default=None, help="comma-separated context lengths (overrides --quick's)")
     ap.add_argument("--policies", default=None,
                     help="comma-separated subset of full,sink_window,duo,quest (full always runs: the baseline)")
+    add_device_args(ap)
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
     args = ap.parse_args()
+    device, dtype = resolve(ap, args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lengths = [1024, 2048, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
     if args.lengths:
         lengths = sorted(int(x) for x in args.lengths.split(","))
     steps = args.steps or (32 if args.quick else 64)
-    cfg = TransformerConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
-                            max_seq_len=max(lengths) + steps)
-    model = Transformer(cfg).eval()
+    cfg = TransformerConfig(vocab_size=256, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                            n_kv_heads=args.kv_heads or args.heads, max_seq_len=max(lengths) + steps)
+    model = Transformer(cfg).to(device, dtype).eval()  # bf16: weights and KV cache (inference)
+    elem = torch.tensor([], dtype=dtype).element_size()
     params = module_bytes(model)
     gates = torch.rand(cfg.n_layers, cfg.n_kv_heads)
     roles = deploy_gates(gates, sparsity=0.5)  # as the duo cache will deploy them
@@ -121,21 +138,28 @@ def main() -> None:
             pols = {k: v for k, v in pols.items() if k in wanted}
         with torch.no_grad():  # warm-up: first calls pay for allocator and kernel set-up
             for pol in pols.values():
-                run_one(model, pol, torch.randint(0, cfg.vocab_size, (1, 300)), 8, 1)
-        rows = []
+                run_one(model, pol, torch.randint(0, cfg.vocab_size, (1, 300), device=device), 8, 1)
+        rows, failed = [], []
         for L in lengths:
-            prompt = torch.randint(0, cfg.vocab_size, (1, L))
+            prompt = torch.randint(0, cfg.vocab_size, (1, L), device=device)
             for name, pol in pols.items():
-                r = run_one(model, pol, prompt, steps, args.repeats)
-                r.update(name=name, L=L, analytic=analytic_cache_bytes(name, cfg, L + steps, 1, retrieval))
+                try:
+                    r = run_one(model, pol, prompt, steps, args.repeats)
+                except torch.OutOfMemoryError as err:  # a cell the device cannot hold is a record
+                    failed.append({"name": f"decode_tok_s/{name}/L={L}", "error": f"OutOfMemoryError: {err}"[:300]})
+                    print(f"  {name:12s} L={L:6d} out of memory", flush=True)
+                    torch.cuda.empty_cache()
+                    continue
+                r.update(name=name, L=L, analytic=analytic_cache_bytes(name, cfg, L + steps, 1, retrieval, elem))
                 rows.append(r)
                 print(f"  {name:12s} L={L:6d} {r['tok_s']:8.1f} tok/s", flush=True)
 
     # per-step activation constant, measured at the shortest length
     act = {r["name"]: r["peak"] - params - r["analytic"] for r in rows if r["L"] == lengths[0]}
     full_tok = {r["L"]: r["tok_s"] for r in rows if r["name"] == "full"}
-    records = []
-    print(f"\nparams {params} B; decode {steps} tokens, batch 1, threads {args.threads}; "
+    rows = [r for r in rows if r["name"] in act and r["L"] in full_tok]  # comparable cells only
+    records = list(failed)
+    print(f"\n{device} {args.dtype}; params {params} B; decode {steps} tokens, batch 1, threads {args.threads}; "
           f"sink+window {SINK}+{WINDOW}, quest budget {BUDGET} page {PAGE}, duo 50% retrieval heads")
     print(f"{'policy':12s} {'L':>6s} {'tok/s':>8s} {'x full':>7s} {'cache B':>11s} {'analytic B':>11s} "
           f"{'peak B':>11s} {'fixed+cache':>11s} {'err':>7s} {'<=10%':>6s}")
@@ -156,8 +180,10 @@ def main() -> None:
         ]
     print()
     ends = lambda name: [r for r in rows if r["name"] == name and r["L"] in (lengths[0], lengths[-1])]
-    full_first, full_last = ends("full")
+    full_first, full_last = ends("full") if len(ends("full")) == 2 else (None, None)
     for name in pols:
+        if len(ends(name)) != 2 or len(ends("full")) != 2:
+            continue  # a failed end point: no growth to report
         first, last = ends(name)
         growth = last["peak"] / first["peak"]
         slope = (last["cache"] - first["cache"]) / (full_last["cache"] - full_first["cache"])

@@ -1,14 +1,25 @@
 """Training throughput: our transformer vs transformers' LlamaForCausalLM, same config, same run.
 
     python scripts/bench_train.py [--quick] [--json PATH]
+    python scripts/bench_train.py --device cuda --dtype bfloat16 --d-model 1024 2048 --lengths 4096 32768 \
+        --modes eager compiled --baseline eager            # the GPU check: tokens/s and MFU
 
 fwd + bwd + AdamW step tokens/s at T=512 and T=2048 (CPU unless --device cuda). The ratio is
-ours / HF; both models get identical shapes, weights layout and SDPA attention.
+ours / HF; both models get identical shapes, weights layout and SDPA attention. ``--baseline eager``
+drops HF and compares ``--modes`` (``compiled``: ``torch.compile`` of our model) against our eager model.
+
+MFU (model FLOPs utilisation) = model FLOP/s / the device's dense peak (bench_device.PEAK_BF16_FLOPS, or
+``--peak-tflops``), with model FLOPs per token of a fwd + bwd step = 6 N + 6 n_layers d_attn T
+(N: parameters in matmuls, i.e. all but the token embedding; d_attn = n_heads x head_dim; the second
+term is causal attention's QK^T and AV, half of PaLM's non-causal 12 n_layers d_attn T; recompute and
+the optimizer are not counted). Recorded as ``train_mfu/...`` with value = model FLOP/s, baseline =
+peak, ratio = MFU; only where the peak is known (bf16 on a listed GPU, or --peak-tflops).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -18,6 +29,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench_device import add_device_args, autocast, peak_flops, resolve, sync  # noqa: E402
 
 from models.families.transformer import Transformer, TransformerConfig  # noqa: E402
 
@@ -34,12 +47,23 @@ def hf_llama(cfg: TransformerConfig) -> torch.nn.Module:
     return transformers.LlamaForCausalLM(hf_cfg)
 
 
-def make_step(model: torch.nn.Module, hf: bool, x: torch.Tensor, vocab: int):
-    """One fwd + bwd + AdamW step of ``model`` on ``x`` (full next-token loss, as any LM trains)."""
+def flops_per_token(model: Transformer, T: int) -> float:
+    """6 N + 6 n_layers d_attn T (module docstring): fwd + bwd model FLOPs per trained token."""
+    cfg = model.cfg
+    matmul_params = sum(p.numel() for p in model.parameters()) - model.embed_tokens.weight.numel()
+    if cfg.tie_embeddings:
+        matmul_params += model.embed_tokens.weight.numel()  # the head still multiplies by it
+    return 6 * matmul_params + 6 * cfg.n_layers * cfg.n_heads * cfg.head_dim * T
+
+
+def make_step(model: torch.nn.Module, hf: bool, x: torch.Tensor, vocab: int, amp=contextlib.nullcontext):
+    """One fwd + bwd + AdamW step of ``model`` on ``x`` (full next-token loss, as any LM trains);
+    ``amp``: the precision context factory (bench_device.autocast for mixed precision)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
-        logits = model(input_ids=x).logits if hf else model(x)
+        with amp():
+            logits = model(input_ids=x).logits if hf else model(x)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,7 +72,7 @@ def make_step(model: torch.nn.Module, hf: bool, x: torch.Tensor, vocab: int):
     return step
 
 
-def interleaved_tokens_per_s(steps: dict, tokens: int, n: int, warmup: int, device: str) -> dict[str, float]:
+def interleaved_tokens_per_s(steps: dict, tokens: int, n: int, warmup: int, device: torch.device) -> dict[str, float]:
     """Alternate one step of each model n times; tokens/s from each one's median step time.
 
     Interleaving per step and taking medians keeps a noisy shared machine from favouring whichever
@@ -57,40 +81,109 @@ def interleaved_tokens_per_s(steps: dict, tokens: int, n: int, warmup: int, devi
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(warmup + n):
         for name, step in steps.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             t0 = time.perf_counter()
             step()
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return {name: tokens / statistics.median(t) for name, t in times.items()}
+
+
+def run_hf_comparison(cfg: TransformerConfig, lengths: list[int], batch_tokens: int, n: int,
+                       device: torch.device, amp) -> list[dict]:
+    """Ours vs transformers' Llama, eager, interleaved step by step (the CPU default)."""
+    records = []
+    for T in lengths:
+        batch = max(1, batch_tokens // T)
+        torch.manual_seed(0)
+        x = torch.randint(0, cfg.vocab_size, (batch, T), device=device)
+        steps = {"ours": make_step(Transformer(cfg).to(device).train(), False, x, cfg.vocab_size, amp),
+                 "hf": make_step(hf_llama(cfg).to(device).train(), True, x, cfg.vocab_size, amp)}
+        rate = interleaved_tokens_per_s(steps, batch * T, n=n, warmup=2, device=device)
+        records.append({"name": f"train_tokens_per_s_T{T}", "baseline": rate["hf"], "value": rate["ours"],
+                        "ratio": rate["ours"] / rate["hf"], "unit": "tokens/s"})
+    print(f"{'bench':<28}{'HF Llama':>14}{'ours':>14}{'ratio':>8}")
+    for r in records:
+        print(f"{r['name']:<28}{r['baseline']:>14.0f}{r['value']:>14.0f}{r['ratio']:>8.2f}")
+    return records
+
+
+def run_modes(cfg: TransformerConfig, T: int, batch_tokens: int, modes: list[str], n: int, device: torch.device,
+              amp, peak: float | None, compile_backend: str) -> list[dict]:
+    """Our model eager vs ``torch.compile``d (same weights), interleaved; tokens/s and MFU per mode.
+
+    A mode that fails (a compile error, out of memory) becomes an ``error`` record; the others stand.
+    """
+    batch = max(1, batch_tokens // T)
+    torch.manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (batch, T), device=device)
+    model = Transformer(cfg).to(device).train()
+    tag = f"d{cfg.d_model}_L{cfg.n_layers}/T{T}_B{batch}"
+    fns = {"eager": lambda: model, "compiled": lambda: torch.compile(model, backend=compile_backend)}
+    steps = {m: make_step(fns[m](), False, x, cfg.vocab_size, amp) for m in modes}
+    try:
+        rate = interleaved_tokens_per_s(steps, batch * T, n=n, warmup=2, device=device)
+    except Exception as err:  # noqa: BLE001 - one failed cell is a record, not the end of the benchmark
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return [{"name": f"train_tokens_per_s/{tag}/{m}", "error": f"{type(err).__name__}: {first[:300]}"}
+                for m in modes]
+    per_token = flops_per_token(model, T)
+    records = []
+    for m in modes:
+        base = rate.get("eager", rate[m])
+        records.append({"name": f"train_tokens_per_s/{tag}/{m}", "baseline": base, "value": rate[m],
+                        "ratio": rate[m] / base, "unit": "tokens/s"})
+        if peak:
+            achieved = rate[m] * per_token
+            records.append({"name": f"train_mfu/{tag}/{m}", "baseline": peak, "value": achieved,
+                            "ratio": achieved / peak, "unit": "FLOP/s"})
+        mfu = f"{rate[m] * per_token / peak:7.1%}" if peak else "    n/a"
+        print(f"{tag:<28}{m:>10}{rate[m]:>14.0f}{mfu:>9}", flush=True)
+    return records
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps")
     ap.add_argument("--json", help="write records here")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--d-model", type=int, default=128)
+    add_device_args(ap, "cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--d-model", type=int, nargs="+", default=[128], help="one or more widths")
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=None, help="default 4 (HF comparison), else d_model / 128")
+    ap.add_argument("--vocab", type=int, default=512)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--batch-tokens", type=int, default=4096, help="tokens per step: batch = max(1, this / T)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per cell (default 20, quick 5)")
+    ap.add_argument("--baseline", choices=["hf", "eager"], default="hf",
+                    help="hf: ours vs transformers' Llama; eager: --modes vs our eager model, with MFU")
+    ap.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager"])
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: tracing only)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: looked up)")
     args = ap.parse_args()
-    cfg = TransformerConfig(vocab_size=512, d_model=args.d_model, n_layers=args.layers, n_heads=4, max_seq_len=4096)
-    records = []
-    for T in (512, 2048):
-        batch = max(1, 4096 // T)
-        torch.manual_seed(0)
-        x = torch.randint(0, cfg.vocab_size, (batch, T), device=args.device)
-        steps = {"ours": make_step(Transformer(cfg).to(args.device).train(), False, x, cfg.vocab_size),
-                 "hf": make_step(hf_llama(cfg).to(args.device).train(), True, x, cfg.vocab_size)}
-        rate = interleaved_tokens_per_s(steps, batch * T, n=5 if args.quick else 20, warmup=2, device=args.device)
-        records.append({"name": f"train_tokens_per_s_T{T}", "baseline": rate["hf"], "value": rate["ours"],
-                        "ratio": rate["ours"] / rate["hf"], "unit": "tokens/s"})
-    print(f"{'bench':<28}{'HF Llama':>14}{'ours':>14}{'ratio':>8}")
-    for r in records:
-        print(f"{r['name']:<28}{r['baseline']:>14.0f}{r['value']:>14.0f}{r['ratio']:>8.2f}")
+    device, dtype = resolve(ap, args)
+    if args.baseline == "hf" and args.modes != ["eager"]:
+        ap.error("--modes compiled needs --baseline eager (the HF comparison is eager against eager)")
+    amp = lambda: autocast(device, dtype)  # noqa: E731
+    n = args.steps or (5 if args.quick else 20)
+    records: list[dict] = []
+    for d_model in args.d_model:
+        heads = args.heads or (4 if args.baseline == "hf" else max(1, d_model // 128))
+        cfg = TransformerConfig(vocab_size=args.vocab, d_model=d_model, n_layers=args.layers, n_heads=heads,
+                                max_seq_len=max(4096, *args.lengths))
+        if args.baseline == "hf":
+            records += run_hf_comparison(cfg, args.lengths, args.batch_tokens, n, device, amp)
+            continue
+        peak = peak_flops(device, dtype, args.peak_tflops)
+        print(f"{device} {args.dtype}: peak {peak / 1e12:.0f} TFLOP/s" if peak else
+              f"{device} {args.dtype}: peak FLOP/s unknown (--peak-tflops): no MFU")
+        print(f"{'cell':<28}{'mode':>10}{'tokens/s':>14}{'MFU':>9}")
+        for T in args.lengths:
+            records += run_modes(cfg, T, args.batch_tokens, args.modes, n, device, amp, peak, args.compile_backend)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(records, f, indent=2)
 
