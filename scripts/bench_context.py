@@ -184,7 +184,8 @@ def longest_fit(peak_at: Callable[[int], int], budget: int, step: int, max_len: 
 
 
 def run(methods: list[str], size: Size, budget: int, step: int, batch: int, device: torch.device,
-        dtype: torch.dtype = torch.float32) -> dict[str, Search]:
+        dtype: torch.dtype = torch.float32, after_each: Callable[[dict], None] | None = None) -> dict[str, Search]:
+    """Each method's search in turn; ``after_each(results so far)`` after every method."""
     amp = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
     results = {}
     for method in methods:
@@ -195,6 +196,8 @@ def run(methods: list[str], size: Size, budget: int, step: int, batch: int, devi
         r = results[method]
         print(f"{method:<16}{r.longest:>9}{'+' if r.capped else ' '}{len(r.peaks):>7}{r.seconds:>9.1f}", flush=True)
         del model
+        if after_each:
+            after_each(results)
     return results
 
 
@@ -293,8 +296,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
              f"vocab {size.vocab}, batch {args.batch}, budget {mem_gb:g} GiB, step {step}")
     print(title)
     print(f"{'method':<16}{'longest':>10}{'probes':>7}{'seconds':>9}")
-    results = run(args.methods, size, budget, step, args.batch, device, getattr(torch, args.dtype))
-    recs = records(results, budget)
+    def save(results: dict[str, Search]) -> list[dict]:
+        recs = records(results, budget)
+        if args.json:  # after every method: a run stopped at a time limit keeps the methods it finished
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(recs, f, indent=1)
+        return recs
+
+    results = run(args.methods, size, budget, step, args.batch, device, getattr(torch, args.dtype), save)
+    recs = save(results)
     if "full_ft" in results:
         print("\nlongest vs full_ft; +ckpt vs the same method without:")
         for method, r in results.items():
@@ -303,9 +314,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             full = results["full_ft"].longest
             print(f"  {method:<16}{r.longest / full if full else float('nan'):>6.2f}x{gain}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(recs, f, indent=1)
         print(f"wrote {len(recs)} records to {args.json}")
     if args.plot:
         plot(results, budget, title, args.plot)

@@ -61,5 +61,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override_tflops: float 
         return override_tflops * 1e12
     if device.type != "cuda" or dtype != torch.bfloat16:
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+    return peak_bf16_for(torch.cuda.get_device_name(device))
+
+
+def peak_bf16_for(gpu_name: str) -> float | None:
+    """The dense bf16 peak of the GPU ``torch.cuda.get_device_name`` calls ``gpu_name`` (None: unlisted)."""
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in gpu_name), None)

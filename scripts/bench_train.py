@@ -169,6 +169,13 @@ def main() -> None:
     amp = lambda: autocast(device, dtype)  # noqa: E731
     n = args.steps or (5 if args.quick else 20)
     records: list[dict] = []
+
+    def save() -> None:  # after every cell: a run stopped at a time limit keeps what it measured
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=2)
+
     for d_model in args.d_model:
         heads = args.heads or (4 if args.baseline == "hf" else max(1, d_model // 128))
         cfg = TransformerConfig(vocab_size=args.vocab, d_model=d_model, n_layers=args.layers, n_heads=heads,
@@ -182,10 +189,8 @@ def main() -> None:
         print(f"{'cell':<28}{'mode':>10}{'tokens/s':>14}{'MFU':>9}")
         for T in args.lengths:
             records += run_modes(cfg, T, args.batch_tokens, args.modes, n, device, amp, peak, args.compile_backend)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
+            save()
+    save()
 
 
 if __name__ == "__main__":
