@@ -393,7 +393,7 @@ def context_args(run: Run) -> list[str]:
                            "longlora+ckpt"],
                     gpu + ["--methods", "full_ft", "longlora", "mamba"],
                     ["--device", "cpu", "--methods", "full_ft", "mamba", "--mem-gb", "0.001", "--d-model", "16",
-                     "--layers", "1", "--step", "16", "--max-len", "64", "--plot", str(run.out / "context.png")])
+                     "--layers", "1", "--step", "16", "--max-len", "64"])  # (its plot: tests/test_bench_context.py)
 
 
 STEPS = (
@@ -463,7 +463,7 @@ def summary_markdown(records: list[dict], env: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="output folder (default gpu_check/<UTC time>)")
+    ap.add_argument("--out", default=None, help="output folder (default ./gpu_check/<UTC time>)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes: within 4 minutes on one H100")
     ap.add_argument("--dry-run", action="store_true", help="every step's logic on CPU at tiny sizes (no install)")
     ap.add_argument("--skip-install", action="store_true", help="measure what is installed now")
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
               "this check needs an NVIDIA GPU. Use --dry-run to exercise it on CPU.", file=sys.stderr)
         return NO_CUDA
     mode = "dry" if args.dry_run else ("quick" if args.quick else "full")
-    out = Path(args.out or ROOT / "gpu_check" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())).resolve()
+    out = Path(args.out or Path("gpu_check") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())).resolve()
     out.mkdir(parents=True, exist_ok=True)
     run = Run(out=out, mode=mode, skip_install=args.skip_install, install_timeout=args.install_timeout)
     if torch.cuda.is_available() and mode != "dry":

@@ -4,6 +4,6 @@
 #   scripts/gpu_check.sh [--quick] [--out DIR] [--skip-install] [--install-timeout S] [--dry-run]
 # The logic is scripts/gpu_check.py (tested on CPU by tests/test_gpu_check.py); this only sets the stage.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" scripts/gpu_check.py "$@"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python}" "$root/scripts/gpu_check.py" "$@"
