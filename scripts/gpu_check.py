@@ -13,7 +13,8 @@ passes to the next; the whole run stops at ``--budget-s``, default 570 / 225, so
                    (README); a failed or over-time build is recorded and the PyTorch
                    paths are measured instead                                          (120 / 40)
   tests_contracts  forward == decode per family and cache policy, S2-Attn causal, the
-                   cache policies' byte counts, on the GPU (pytest --device cuda)       (75 / 40)
+                   cache policies' byte counts, in fp32 and bf16, on the GPU
+                   (pytest --device cuda)                                              (75 / 40)
   tests_gpu        python -m pytest -m gpu (kernel paths == PyTorch paths, FSDP, OOM)   (75 / 35)
   bench_attention  S2-Attn vs full attention (SDPA flash), fwd + bwd, bf16, 8k-64k     (40 / 20)
   bench_train      transformer training tokens/s and MFU, d_model 1024-2048, T 4k-32k,
@@ -61,6 +62,7 @@ CONTRACT_TESTS = (
     "tests/test_mamba.py::test_forward_equals_step_decode_and_prefill_then_step",
     "tests/test_mamba.py::test_changing_a_token_never_changes_earlier_logits",
     "tests/test_longlora.py::test_model_with_s2_attn_is_causal_and_trains",
+    "tests/test_bf16.py",  # the same, with a bf16 model and under bf16 autocast, against float32
 )
 # import name of each package of the cuda extra; install order (mamba-ssm builds against causal-conv1d)
 IMPORT_NAMES = {"causal-conv1d": "causal_conv1d", "mamba-ssm": "mamba_ssm", "flash-linear-attention": "fla"}
