@@ -145,10 +145,11 @@ def main() -> None:
             for name, pol in pols.items():
                 try:
                     r = run_one(model, pol, prompt, steps, args.repeats)
-                except torch.OutOfMemoryError as err:  # a cell the device cannot hold is a record
-                    failed.append({"name": f"decode_tok_s/{name}/L={L}", "error": f"OutOfMemoryError: {err}"[:300]})
-                    print(f"  {name:12s} L={L:6d} out of memory", flush=True)
-                    torch.cuda.empty_cache()
+                except Exception as err:  # noqa: BLE001 - a cell that fails (out of memory, ...) is a record
+                    failed.append({"name": f"decode_tok_s/{name}/L={L}", "error": f"{type(err).__name__}: {err}"[:300]})
+                    print(f"  {name:12s} L={L:6d} {type(err).__name__}: {str(err)[:200]}", flush=True)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
                     continue
                 r.update(name=name, L=L, analytic=analytic_cache_bytes(name, cfg, L + steps, 1, retrieval, elem))
                 rows.append(r)
