@@ -77,7 +77,12 @@ class Run:
     mode: str  # full | quick | dry
     skip_install: bool = False
     install_timeout: float | None = None
-    gpu_mem_gb: float = 0.0  # total memory of the GPU (bench_context's budget)
+    env: dict = field(default_factory=dict)  # cuda_summary() of the machine (probe())
+
+    @property
+    def gpu_mem_gb(self) -> float:
+        """Total memory of the GPU (bench_context's budget); 0 without one."""
+        return float(self.env.get("gpu_mem_gb") or 0.0)
 
     def pick(self, full, quick, dry):
         return {"full": full, "quick": quick, "dry": dry}[self.mode]
@@ -143,6 +148,17 @@ def cuda_summary() -> dict:
     return info
 
 
+def probe() -> dict:
+    """cuda_summary() from a child process: this one never creates a CUDA context, so the benchmarks
+    it starts have the whole GPU."""
+    code = "import json, gpu_check; print(json.dumps(gpu_check.cuda_summary()))"
+    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts"), str(ROOT)])})
+    if proc.returncode:
+        return {"probe_error": tail(proc.stderr, 3)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def package_versions() -> dict[str, str | None]:
     from importlib import metadata
 
@@ -156,7 +172,7 @@ def package_versions() -> dict[str, str | None]:
 
 
 def step_env(run: Run, allowed: float, record: dict) -> dict:
-    record["env"] = cuda_summary() | {"packages": package_versions()}
+    record["env"] = dict(run.env) | {"packages": package_versions()}
     smi = shutil.which("nvidia-smi")
     if smi:
         proc = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm",
@@ -196,26 +212,22 @@ def imports(module: str) -> str | None:
     return None if proc.returncode == 0 else (tail(proc.stderr, 1) or f"exit {proc.returncode}")
 
 
-def build_env() -> dict[str, str]:
+def build_env(gpu: dict) -> dict[str, str]:
     """The README's source-build flags, all cores, and only this GPU's architecture (where the package's
     build honours TORCH_CUDA_ARCH_LIST; it is a speed-up, not a requirement)."""
     env = {"MAMBA_FORCE_BUILD": "TRUE", "CAUSAL_CONV1D_FORCE_BUILD": "TRUE", "MAX_JOBS": str(os.cpu_count() or 4)}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            env["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
-    except Exception:  # noqa: BLE001 - the flags are an optimisation
-        pass
+    if gpu.get("capability"):
+        env["TORCH_CUDA_ARCH_LIST"] = gpu["capability"]
     return env
 
 
 def step_install(run: Run, allowed: float, record: dict) -> dict:
     """Each package of the cuda extra that does not import yet: one pip install, in the time left."""
-    env = build_env()
+    env = build_env(run.env)
     record["build_env"] = env
     packages = []
+    tools = [PY, "-m", "pip", "install", "ninja", "packaging", "wheel", "setuptools"]  # ninja: parallel nvcc
+    tools_ready = False  # the build tools --no-build-isolation expects from this environment
     deadline = time.perf_counter() + (run.install_timeout or allowed)
     for spec in cuda_extra():
         name = requirement_name(spec)
@@ -225,6 +237,9 @@ def step_install(run: Run, allowed: float, record: dict) -> dict:
                  + " " + shown(argv)}
         record["commands"].append(entry["command"])
         if run.mode == "dry":
+            if not tools_ready:
+                print(f"  on a GPU, once something builds: {shown(tools)}")
+                tools_ready = True
             print(f"  on a GPU: {entry['command']}")
             packages.append(entry | {"status": "dry-run"})
             continue
@@ -239,6 +254,11 @@ def step_install(run: Run, allowed: float, record: dict) -> dict:
         if left < 5:
             packages.append(entry | {"status": "timeout", "why": f"no install time left ({missing})"})
             continue
+        if not tools_ready:
+            record["commands"].append(shown(tools))
+            run_command(tools, min(left, 120), run.out / "logs" / "install.log")
+            tools_ready = True
+            left = deadline - time.perf_counter()
         res = run_command(argv, left, run.out / "logs" / "install.log", env)
         status = "timeout" if res.returncode is None else ("ok" if res.returncode == 0 else "failed")
         why = None
@@ -493,13 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = "dry" if args.dry_run else ("quick" if args.quick else "full")
     out = Path(args.out or Path("gpu_check") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    run = Run(out=out, mode=mode, skip_install=args.skip_install, install_timeout=args.install_timeout)
-    if torch.cuda.is_available() and mode != "dry":
-        run.gpu_mem_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+    run = Run(out=out, mode=mode, skip_install=args.skip_install, install_timeout=args.install_timeout, env=probe())
     budget = args.budget_s or (570.0 if mode == "full" else 225.0)
     deadline = time.perf_counter() + budget
     print(f"gpu_check ({mode}) -> {out}; whole-run limit {budget:.0f} s", flush=True)
-    records, banked, env = [], 0.0, {}
+    records, banked, env = [], 0.0, dict(run.env)
     for step in STEPS:
         if args.steps and step.name not in args.steps:
             continue
