@@ -110,23 +110,30 @@ def run_command(argv: list[str], timeout: float, log: Path, env: dict | None = N
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(argv)}\n")
         f.flush()
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                                env={**os.environ, "PYTHONPATH": path, **(env or {})})
         try:
             code = proc.wait(timeout=max(timeout, 1))
         except subprocess.TimeoutExpired:
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-                except ProcessLookupError:
-                    break
+            stop_group(proc)
             code = None
     output = log.read_text(errors="replace")
     return Result(code, time.perf_counter() - start, output)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group started for ``proc`` (a build's compilers, a test's workers), ten
+    seconds to exit, then SIGKILL to whatever of the group is left."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def tail(text: str, lines: int = 15) -> str:
