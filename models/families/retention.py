@@ -1,4 +1,5 @@
-"""RetNet (multi-scale retention) as a language model: fla-style blocks (norm, mixer, norm, SwiGLU) between an embedding and a head.
+"""RetNet (multi-scale retention) as a language model: fla-style blocks (norm, mixer, norm, SwiGLU)
+between an embedding and a head.
 
 The mixer (models/mixers/retention.py) runs fla's kernels on CUDA when they import and the chunked pure-PyTorch
 form otherwise; the decode "cache" is one constant-size state per layer.
