@@ -5,7 +5,8 @@
     save_pretrained(model, out)             # config.json + model.safetensors that transformers loads
 
 Families: Llama (rope_scaling incl. llama3, tied embeddings, GQA), Mistral (sliding window), Qwen2
-(q/k/v biases) as our transformer; transformers' MambaForCausalLM as our mamba.
+(q/k/v biases) as our transformer; transformers' MambaForCausalLM as our mamba, Mamba2ForCausalLM as our
+mamba2.
 """
 
 from __future__ import annotations
