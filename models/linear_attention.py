@@ -64,7 +64,8 @@ def chunked_decayed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if per_channel:
         diff = b[..., :, None, :] - b[..., None, :, :]  # (B, H, N, C_t, C_s, K)
         decay = torch.exp(diff.masked_fill(~causal[..., None], float("-inf")))
-        scores = torch.einsum("bhntk,bhnsk,bhntsk->bhnts", q, k, decay)
+        # elementwise, not a 3-operand einsum: that lowers to thousands of tiny bmm calls on CPU
+        scores = (q[..., :, None, :] * k[..., None, :, :] * decay).sum(-1)
     else:
         diff = b[..., :, None] - b[..., None, :]  # (B, H, N, C_t, C_s)
         scores = (q @ k.transpose(-1, -2)) * torch.exp(diff.masked_fill(~causal, float("-inf")))

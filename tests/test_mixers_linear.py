@@ -1,4 +1,4 @@
-"""The decayed-linear-attention mixers (gla, retention, mamba2): the chunked form is the recurrence, decode is the forward.
+"""The decayed-linear-attention mixers (gla, retention, mamba2): chunked form == recurrence, decode == forward.
 
 Specification, one test each: the chunked core (models/linear_attention.py) equals a token-by-token
 recurrence written here from the equations, in values, final state and gradients, for a per-channel
@@ -65,9 +65,9 @@ def ref_ssd_minimal_discrete(X, A, B, C, block_len, initial_states=None):
 
     X (b, l, h, p), A (b, l, h), B/C (b, l, g, n) with l a multiple of block_len -> Y, final state (b, h, p, n).
     """
-    b, l, h, p = X.shape
+    b, length, h, p = X.shape
     g = B.shape[2]
-    c = l // block_len
+    c = length // block_len
     X, A, B, C = (t.reshape(b, c, block_len, *t.shape[2:]) for t in (X, A, B, C))
     B, C = (t.repeat_interleave(h // g, dim=3) for t in (B, C))  # groups -> heads
     A = A.permute(0, 3, 1, 2)  # b h c l
