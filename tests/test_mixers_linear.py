@@ -63,7 +63,7 @@ def _segsum(x):
 def ref_ssd_minimal_discrete(X, A, B, C, block_len, initial_states=None):
     """Port of mamba ``mamba_ssm/modules/ssd_minimal.py::ssd_minimal_discrete`` (einops -> reshape).
 
-    X (b, l, h, p), A (b, l, h), B/C (b, l, g, n) with l a multiple of block_len -> Y, final state (b, h, p, n).
+    X (b, L, h, p), A (b, L, h), B/C (b, L, g, n) with L a multiple of block_len -> Y, final state (b, h, p, n).
     """
     b, length, h, p = X.shape
     g = B.shape[2]
@@ -83,7 +83,7 @@ def ref_ssd_minimal_discrete(X, A, B, C, block_len, initial_states=None):
     new_states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
     states, final_state = new_states[:, :-1], new_states[:, -1]
     Y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, torch.exp(A_cumsum))
-    return (Y_diag + Y_off).reshape(b, l, h, p), final_state
+    return (Y_diag + Y_off).reshape(b, length, h, p), final_state
 
 
 # ---- the recurrence, written from the equations (not from models/linear_attention.py) ----
