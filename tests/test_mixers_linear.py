@@ -16,12 +16,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, compose_config
 
 from models.families.hybrid import HybridConfig
 from models.linear_attention import RecurrentStateCache, chunked_decayed_attention, decayed_attention_step
 from models.mixers import gla, mamba2, retention
 from models.mixers.retention import retention_log_decays
 from models.registry import build_model, config_class
+from pipeline.run import train
 
 F64 = torch.float64
 FAMILIES = ("gla", "retention", "mamba2")
@@ -297,6 +299,29 @@ def test_hybrid_mixer_args_reach_the_mixer():
     assert model.layers[3].token_mixer.cfg.headdim == 8
     with pytest.raises(ValueError, match="mixer_args.gla"):
         HybridConfig(layers=["gla"], mixer_args=dict(gla=dict(headdim=8)))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=gla"], ["model=retention"], ["model=mamba2", "model.headdim=16", "model.d_state=8"],
+    ["model=hybrid", "model.layers=[gla,attention,mamba2]", "+model.mixer_args.mamba2.headdim=16"],
+], ids=["gla", "retention", "mamba2", "hybrid"])
+def test_train_py_trains_and_evaluates_each_mixer(overrides, tmp_path):
+    """``python train.py model=<mixer>`` end to end: train, then the grid (decoding and teacher forcing)."""
+    drop = {"model=mamba2": {"model.n_heads=2"}, "model=hybrid": {"model.n_layers=2"}}.get(overrides[0], set())
+    rows = train(compose_config([o for o in TINY if o not in drop] + overrides, run_dir=str(tmp_path)))
+    assert rows and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    # an answer is exactly right under greedy decoding iff every token is right under teacher forcing
+    assert all(r["accuracy"] == r["tf_accuracy"] for r in rows)
+    if overrides[0] != "model=hybrid":  # (its attention layer's KV cache grows)
+        assert len({r["cache_bytes"] for r in rows}) == 1  # the state does not grow with the eval length
+
+
+def test_kv_policies_are_refused_on_recurrent_families(tmp_path):
+    from pipeline.config import ConfigError, validate
+
+    for family in FAMILIES:
+        with pytest.raises(ConfigError, match=rf"cache.policy='quest' on model.family='{family}'.*allowed: cache=full"):
+            validate(compose_config([f"model={family}", "cache=quest"], run_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize("module,family", [(gla, "gla"), (retention, "retention"), (mamba2, "mamba2")])
