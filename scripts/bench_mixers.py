@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 
 import torch
 
@@ -157,9 +158,9 @@ def hf_records(d_model: int, layers: int, batch: int, quick: bool, chunk_size: i
     out = []
     for T in (512, 2048):
         x = torch.randint(0, ours.cfg.vocab_size, (batch, T))
-        value = best_rate(lambda: fwd_bwd(ours, x), x.numel(), 2 if quick else 5)
+        value = best_rate(partial(fwd_bwd, ours, x), x.numel(), 2 if quick else 5)
         # HF's token loop has nothing to warm up, and its backward grows ~quadratically: one step is minutes at T=2048
-        baseline = best_rate(lambda: fwd_bwd(hf, x, hf=True), x.numel(), 1 if quick or T > 512 else 2, warmup=False)
+        baseline = best_rate(partial(fwd_bwd, hf, x, hf=True), x.numel(), 1 if quick or T > 512 else 2, warmup=False)
         out.append(record(f"mamba_vs_hf/fwd_bwd_tokens_per_s/T{T}", value, baseline, "tokens/s"))
     return out
 

@@ -13,10 +13,10 @@ import dataclasses
 import pytest
 import torch
 
+from models.cache import CacheConfig
 from models.families import FAMILIES
 from models.registry import build_model, config_class
 from pipeline.decode import decode_predictions, teacher_forced_predictions
-from models.cache import CacheConfig
 from tasks.dataset import generate
 from tasks.mqar import Mqar
 from tasks.vocab import Vocab
