@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 KERNELS = ("auto", "torch", "cuda")
+FLA_PACKAGE = "flash-linear-attention (fla)"  # the kernels of gla, retention, gated_deltanet
 
 
 def check_kernel_choice(kernel: str) -> None:

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.cache import CacheConfig
+from models.kernels import FLA_PACKAGE, check_kernel_choice, require_kernel, use_kernel
 from models.layers import BlockNames, RMSNorm
 from models.linear_attention import RecurrentStateCache, chunked_decayed_attention, decayed_attention_step
 from models.lm import check_dtype
 
-KERNELS = ("auto", "torch", "cuda")
 # fla's block attribute names (GLABlock, RetNetBlock), so state-dict keys match its checkpoints
 FLA_NAMES = BlockNames(norm="attn_norm", mixer="attn", mlp_norm="mlp_norm", mlp="mlp")
 
@@ -49,33 +49,13 @@ class RecurrentLMConfig:
         for name in ("norm_eps", "init_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be > 0")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"model.kernel={self.kernel!r}; allowed: {list(KERNELS)}")
+        check_kernel_choice(self.kernel)
         check_dtype(self.dtype)
 
 
 def default_mlp_hidden(d_model: int) -> int:
     """SwiGLU width as the transformer's: 8/3 d_model rounded up to a multiple of 16."""
     return 16 * ((8 * d_model // 3 + 15) // 16)
-
-
-def require_kernels(kernel: str, available: bool, mixer: str, packages: str) -> None:
-    """kernel=cuda is a promise: fail loudly, before any work, where the kernels cannot run."""
-    if kernel == "cuda" and not available:
-        raise RuntimeError(f"model.kernel='cuda' but {packages} does not import here, so mixer {mixer!r} has no "
-                           "CUDA kernels (pip install '.[cuda]' on a GPU machine); use model.kernel=auto or torch "
-                           "for the pure-PyTorch chunked path")
-
-
-def use_kernels(kernel: str, available: bool, x: torch.Tensor) -> bool:
-    """auto: the kernels when they import and ``x`` is on a GPU; cuda: always (an error off GPU)."""
-    if kernel == "torch":
-        return False
-    if kernel == "cuda":
-        if not x.is_cuda:
-            raise RuntimeError(f"model.kernel='cuda' but the input is on {x.device}")
-        return True
-    return available and x.is_cuda
 
 
 def torch_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float,
@@ -132,7 +112,7 @@ class GatedLinearMixer(nn.Module):
 
     def __init__(self, cfg: RecurrentLMConfig, kernel, kernel_available: bool, mixer: str) -> None:
         super().__init__()
-        require_kernels(cfg.kernel, kernel_available, mixer, "flash-linear-attention (fla)")
+        require_kernel(cfg.kernel, kernel_available, FLA_PACKAGE)
         self.cfg, self.kernel, self.kernel_available = cfg, kernel, kernel_available
         d, H = cfg.d_model, cfg.n_heads
         key_dim, value_dim = int(cfg.expand_k * d), int(cfg.expand_v * d)
@@ -153,7 +133,7 @@ class GatedLinearMixer(nn.Module):
         """q, k (B, H, T, dk), v (B, H, T, dv), g (B, H, T[, dk]) -> the layer's output (B, T, d_model)."""
         resume = layer_cache is not None and start > 0
         scale = self.dk**-0.5
-        if use_kernels(self.cfg.kernel, self.kernel_available, x) and not resume:
+        if use_kernel(self.cfg.kernel, self.kernel_available, FLA_PACKAGE, x) and not resume:
             # fla takes (B, T, H, D); the state it returns is (B, H, dk, dv) as ours
             o, last = self.kernel(q=q.transpose(1, 2), k=k.transpose(1, 2), v=v.transpose(1, 2),
                                   g=g.transpose(1, 2).contiguous(), scale=scale,

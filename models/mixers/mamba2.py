@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.cache import CacheConfig
+from models.kernels import require_kernel, use_kernel
 from models.layers import Block
 from models.linear_attention import RecurrentStateCache, at_least_fp32
 from models.mixers import MIXERS, MixerSpec
-from models.recurrent import RecurrentLMConfig, new_state, require_kernels, torch_linear_attention, use_kernels
+from models.recurrent import RecurrentLMConfig, new_state, torch_linear_attention
 
 try:  # the kernels import only where their CUDA extensions (and triton) were built
     from causal_conv1d import causal_conv1d_fn
@@ -104,7 +105,7 @@ class Mamba2Mixer(nn.Module):
 
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
-        require_kernels(cfg.kernel, KERNELS_AVAILABLE, "mamba2", "mamba_ssm / causal_conv1d")
+        require_kernel(cfg.kernel, KERNELS_AVAILABLE, "mamba_ssm / causal_conv1d")
         self.cfg = cfg
         d_inner, H, GN = cfg.d_inner, cfg.n_heads, cfg.ngroups * cfg.d_state
         self.conv_dim = d_inner + 2 * GN
@@ -159,7 +160,7 @@ class Mamba2Mixer(nn.Module):
         H, P, G, N = cfg.n_heads, cfg.headdim, cfg.ngroups, cfg.d_state
         resume = layer_cache is not None and start > 0
         # the SSD kernel's state layout differs and the conv kernel takes no initial state: resuming runs torch
-        kernels = use_kernels(cfg.kernel, KERNELS_AVAILABLE, hidden) and not resume
+        kernels = use_kernel(cfg.kernel, KERNELS_AVAILABLE, "mamba_ssm / causal_conv1d", hidden) and not resume
         z, xBC, dt = self.in_proj(hidden).split([cfg.d_inner, self.conv_dim, H], dim=-1)
         xBC = self._conv(xBC.transpose(1, 2), layer_cache, resume, kernels).transpose(1, 2)
         x, Bm, Cm = xBC.split([cfg.d_inner, G * N, G * N], dim=-1)
