@@ -27,7 +27,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-# Measured on CPU, one thread, fwd+bwd, B=16, H=4, K=16, V=32 (ms): token loop / chunks of 16, 32, 64 tokens:
+# Measured on CPU, one thread, fwd+bwd, B=16, H=4, K=16, V=32 (ms): token loop / chunks of 16, 32, 64 tokens
+# (python scripts/bench_mixers.py --delta-rule --batch 16 --lengths 1,4,64,256,512):
 #   T=1: 0.8 / 1.2 / 1.2 / 1.2;  T=4: 2.2 / 1.8 / 1.7 / 1.7;  T=64: 45 / 8.1 / 6.8 / 8.4;
 #   T=256: 336 / 46 / 33 / 37;  T=512: - / 126 / 91 / 111  (B=64, T=64: 213 / 56 / 26 / 38).
 # So the loop only where it is a couple of steps (decode), 32-token chunks elsewhere (fla's kernels use 64).

@@ -11,6 +11,8 @@ the same width and depth (the baseline of every record):
 3. peak bytes of one fwd + bwd and of one no-grad forward (pipeline.memory's tensor-allocation tracker:
    live tensor storages allocated inside the region), and decode-cache bytes after a prefill of T tokens:
    constant in T for every mixer here, linear for the transformer's KV cache.
+``--delta-rule`` instead times the gated delta rule's two pure-PyTorch forms (models/delta_rule.py: token loop
+and chunked WY form at 16/32/64-token chunks, fwd+bwd ms per T), the measurement behind its per-length choice.
 ``--hf-mamba`` adds the earlier Mamba check: our chunked scan's fwd+bwd tokens/s vs transformers'
 MambaForCausalLM with the same weights (its token loop on CPU: minutes per step at T=2048).
 
@@ -165,6 +167,28 @@ def hf_records(d_model: int, layers: int, batch: int, quick: bool, chunk_size: i
     return out
 
 
+def delta_rule_records(batch: int, lengths: list[int], steps: int) -> list[dict]:
+    """fwd+bwd ms of the chunked form per chunk size vs the token loop (the baseline), H=4, K=16, V=32."""
+    from models.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+
+    out = []
+    for T in lengths:
+        q, k = torch.randn(batch, T, 4, 16), torch.nn.functional.normalize(torch.randn(batch, T, 4, 16), dim=-1)
+        inputs = (q, k, torch.randn(batch, T, 4, 32), -0.1 * torch.rand(batch, T, 4), torch.rand(batch, T, 4))
+
+        loop = 1e3 / best_rate(partial(_delta_rule_step, recurrent_gated_delta_rule, inputs), 1, steps)
+        for chunk in (16, 32, 64):
+            run = partial(_delta_rule_step, chunk_gated_delta_rule, inputs, chunk_size=chunk)
+            out.append(record(f"delta_rule/chunk{chunk}_vs_loop_fwd_bwd_ms/T{T}", 1e3 / best_rate(run, 1, steps),
+                              loop, "ms"))
+    return out
+
+
+def _delta_rule_step(fn, inputs: tuple, **kw) -> None:
+    o, S = fn(*(t.detach().requires_grad_() for t in inputs), **kw)
+    (o.sum() + S.sum()).backward()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two lengths, fewer timed steps")
@@ -177,6 +201,7 @@ def main() -> None:
     ap.add_argument("--mixers", help=f"comma-separated families (default: all of {mixer_families()})")
     ap.add_argument("--chunk-size", type=int, default=None, help="model.chunk_size where a family has it")
     ap.add_argument("--hf-mamba", action="store_true", help="also our Mamba scan vs transformers' Mamba (slow)")
+    ap.add_argument("--delta-rule", action="store_true", help="only the gated delta rule: token loop vs chunks")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     families = args.mixers.split(",") if args.mixers else mixer_families()
@@ -187,6 +212,9 @@ def main() -> None:
         [512, 2048] if args.quick else [512, 1024, 2048, 4096])
     steps = 2 if args.quick else 4
     torch.manual_seed(0)
+    if args.delta_rule:
+        report(delta_rule_records(args.batch, lengths, steps), args.json)
+        return
     transformer = build("transformer", args.d_model, args.layers, None)
     models = {f: build(f, args.d_model, args.layers, args.chunk_size) for f in families}
     records = hf_records(args.d_model, args.layers, args.batch, args.quick, args.chunk_size) if args.hf_mamba else []
@@ -204,12 +232,17 @@ def main() -> None:
             for name, value in ours.items():
                 unit = "tokens/s" if name.endswith("per_s") else "bytes"
                 records.append(record(f"{f}_vs_transformer/{name}/T{T}", value, base[name], unit))
+    report(records, args.json)
+
+
+def report(records: list[dict], path: str | None) -> None:
     print(f"{'bench':<60}{'baseline':>14}{'ours':>14}{'ratio':>8}  unit (baseline)")
+    bases = {"mamba_vs_hf": "HF Mamba", "delta_rule": "token loop"}
     for r in records:
-        base_name = "HF Mamba" if r["name"].startswith("mamba_vs_hf") else "transformer"
-        print(f"{r['name']:<60}{r['baseline']:>14.0f}{r['value']:>14.0f}{r['ratio']:>8.3f}  {r['unit']} ({base_name})")
-    if args.json:
-        with open(args.json, "w") as f:
+        base_name = bases.get(r["name"].split("/")[0], "transformer")
+        print(f"{r['name']:<60}{r['baseline']:>14.1f}{r['value']:>14.1f}{r['ratio']:>8.3f}  {r['unit']} ({base_name})")
+    if path:
+        with open(path, "w") as f:
             json.dump(records, f, indent=2)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import models.delta_rule as delta_rule
 from models.delta_rule import chunk_gated_delta_rule, gated_delta_rule, recurrent_gated_delta_rule
@@ -231,3 +233,16 @@ def test_fla_kernel_equals_torch_path():
     for a, b in zip(torch.autograd.grad(loss(fast), list(fast.parameters())),
                     torch.autograd.grad(loss(ref), list(ref.parameters()))):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(1, 80), chunk=st.integers(1, 40), H=st.integers(1, 3), K=st.integers(1, 6), V=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_chunked_form_equals_the_fla_reference_for_any_shape(T, chunk, H, K, V, seed):
+    xs = rule_inputs(T, H=H, K=K, V=V, B=1, seed=seed)
+    o, S = chunk_gated_delta_rule(xs["q"], xs["k"], xs["v"], xs["g"], xs["beta"], initial_state=xs["S0"],
+                                  chunk_size=chunk)
+    o_ref, S_ref = fla_naive_recurrent_gated_delta_rule(xs["q"], xs["k"], xs["v"], xs["beta"], xs["g"],
+                                                        initial_state=xs["S0"])
+    torch.testing.assert_close(o, o_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(S, S_ref, rtol=0, atol=1e-12)
