@@ -22,6 +22,7 @@ from pipeline.evaluate import is_oom
 from pipeline.identity import failure_identity
 from pipeline.rows import append_row, make_row
 from pipeline.schema import ConfigError
+from registries import PluginError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def record_failures(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig],
     def wrapped(cfg: DictConfig) -> Any:
         try:
             return main(cfg)
-        except ConfigError as err:
+        except (ConfigError, PluginError) as err:  # bad input: a config value, a file or plugin handed in
             if single_run() and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 # A config error in a single run: the message alone, and no run directory left behind
                 # (it holds nothing yet). Sweeps keep the error row, so collect.py lists the failed job.
