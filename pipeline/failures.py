@@ -89,6 +89,8 @@ def remove_empty_run_dir(run_dir: str | None) -> None:
     path = Path(run_dir)
     if all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
         shutil.rmtree(path, ignore_errors=True)
+        if path.parent.resolve() == Path.cwd().resolve():
+            return  # hydra.run.dir=NAME: the parent is where the user stands, never removed
         try:
             path.parent.rmdir()  # the date folder, when this was its only run
         except OSError:

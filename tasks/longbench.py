@@ -95,7 +95,9 @@ def parse_line(line: str, where: str, name: str) -> LongBenchExample:
         raise ValueError(f"{where} lacks the fields {missing}; a LongBench line has {list(REQUIRED)}")
     for key, (ok, allowed) in FIELD_RULES.items():
         if not ok(obj.get(key)):
-            raise ValueError(f"{where}: {key}={str(obj[key])[:80]!r} ({type(obj[key]).__name__}); allowed: {allowed}")
+            value = json.dumps(obj[key], ensure_ascii=False)
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            raise ValueError(f"{where}: {key}={shown}; allowed: {allowed}")
     return LongBenchExample(name, obj["input"], obj["context"], list(obj["answers"]), obj.get("all_classes"),
                             obj.get("length"), None if obj.get("_id") is None else str(obj["_id"]))
 
