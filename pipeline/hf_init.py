@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models.hf import HFFormatError, check_weights, load_model, model_fields_from
+from pipeline.model_checks import build_model_config
 from pipeline.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,10 @@ def with_hf_model(cfg: DictConfig, overrides: list[str] | None = None) -> DictCo
     if path is None:
         return cfg
     node = as_config_error(imported_model_node, cfg, path, command_line_overrides() if overrides is None else overrides)
+    try:  # a value config.json gave that our model rejects: say where it came from
+        build_model_config(node)
+    except ConfigError as err:
+        raise HFConfigError(f"init_from=hf:{path} (config.json, under your model.* overrides): {err}") from None
     window = fields_window(node)
     if window is not None:
         log.warning("hf:%s has a sliding window of %d tokens (model.attention sink_window, sink=0); decoding "

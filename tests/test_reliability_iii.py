@@ -292,6 +292,7 @@ def assert_config_error(proc: subprocess.CompletedProcess, *names: str) -> None:
         assert name in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_a_plugin_that_is_not_there_and_a_missing_ckpt_are_config_errors(tmp_path):
     """End to end, as a user types them: no traceback, exit code 2, no run directory."""
     cwd = tmp_path / "cwd"
@@ -301,6 +302,15 @@ def test_a_plugin_that_is_not_there_and_a_missing_ckpt_are_config_errors(tmp_pat
     proc = run_script([f"{ROOT}/eval.py", f"ckpt={tmp_path / 'nope.ckpt'}", "hydra.run.dir=run"], cwd)
     assert_config_error(proc, f"ckpt='{tmp_path / 'nope.ckpt'}' does not exist")
     assert sorted(p.name for p in cwd.iterdir()) == []  # no run directory (and the folder itself kept)
+
+
+def test_a_plugin_that_is_not_there_is_a_config_error(tmp_path, monkeypatch, capsys):
+    import registries
+
+    monkeypatch.setenv("LONGCTX_PLUGINS", "my_policies")
+    monkeypatch.setattr(registries, "_plugins_loaded", False)
+    line = config_error_line(monkeypatch, capsys, train, compose_config(TINY, run_dir=str(tmp_path / "run")))
+    assert "$LONGCTX_PLUGINS='my_policies'" in line and not (tmp_path / "run").exists()
 
 
 def test_an_hf_directory_without_config_json_or_not_there_is_a_config_error(hf_dir, tmp_path, monkeypatch, capsys):
