@@ -39,10 +39,14 @@ def architecture_of(config: dict[str, Any], where: str) -> str:
                         f"importable; allowed: {sorted(ARCHITECTURES)}")
 
 
-def _require(config: dict[str, Any], key: str, where: str) -> Any:
-    if config.get(key) is None:
+def _require(config: dict[str, Any], key: str, where: str) -> int:
+    """A size config.json must give: a positive integer."""
+    value = config.get(key)
+    if value is None:
         raise HFFormatError(f"{where}: config.json has no {key!r}")
-    return config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise HFFormatError(f"{where}: config.json has {key}={value!r}; allowed: a positive integer")
+    return value
 
 
 def _silu(config: dict[str, Any], where: str, key: str = "hidden_act") -> None:
@@ -52,7 +56,17 @@ def _silu(config: dict[str, Any], where: str, key: str = "hidden_act") -> None:
 
 
 def model_fields(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """Our ``model`` config fields (family included) for a transformers config dict."""
+    """Our ``model`` config fields (family included) for a transformers config dict; a value of the wrong
+    type (``rms_norm_eps: "e"``, ``rope_parameters: "x"``) is an HFFormatError naming the directory."""
+    try:
+        return _model_fields(config, where)
+    except HFFormatError:
+        raise
+    except (ValueError, TypeError, AttributeError) as err:
+        raise HFFormatError(f"{where}: config.json has a value of the wrong type ({type(err).__name__}: {err})") from None
+
+
+def _model_fields(config: dict[str, Any], where: str) -> dict[str, Any]:
     arch = architecture_of(config, where)
     model_type, family = ARCHITECTURES[arch]
     tie = bool(config.get("tie_word_embeddings", TIE_DEFAULT[model_type]))
