@@ -170,8 +170,15 @@ def save_gates(gates: torch.Tensor, path: str) -> None:
 
 
 def load_gates(path: str) -> torch.Tensor:
-    """The (n_layers, n_kv_heads) gates saved by ``save_gates``, clamped to [0, 1]."""
-    gates = torch.load(path, map_location="cpu", weights_only=True)
+    """The (n_layers, n_kv_heads) gates saved by ``save_gates``, clamped to [0, 1]; any failure names the file."""
+    try:
+        gates = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torn, not a torch file, or a pickle weights_only refuses (never executed)
+        raise ValueError(f"gates file {str(path)!r} cannot be read (truncated or not a gates.pt?): "
+                         f"{str(err).splitlines()[0][:300] if str(err) else type(err).__name__}") from None
     if not isinstance(gates, torch.Tensor) or gates.dim() != 2:
         raise ValueError(f"{path!r} must hold a (n_layers, n_kv_heads) tensor, got {type(gates).__name__}")
+    if not gates.is_floating_point() or not torch.isfinite(gates).all():
+        raise ValueError(f"gates file {str(path)!r} holds non-finite (NaN or inf) or non-float gates; allowed: "
+                         f"finite floats (save_gates writes them)")
     return gates.float().clamp(0.0, 1.0)

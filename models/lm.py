@@ -53,6 +53,13 @@ class DecoderLM(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
+    def init_mixers(self, std: float) -> None:
+        """Each block as its mixer's family initialises it (``MixerSpec.init``; None: the mixer's own init)."""
+        for name, layer in zip(self.mixers, self.layers):
+            init = MIXERS.get(name).init
+            if init is not None:
+                init(layer, std)
+
     def init_embed_and_head(self, std: float, tie: bool) -> None:
         """Embedding ~ N(0, std); the head tied to it, or ~ N(0, std) of its own."""
         nn.init.normal_(self.embed_tokens.weight, std=std)

@@ -24,7 +24,7 @@ from torch import nn
 
 from models.lora import LoraPlusConfig, apply_lora, has_lora, merge_lora
 from models.registry import build_model
-from models.strict_load import mismatch_report
+from models.strict_load import mismatch_report, nonfinite_report
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strict load; every missing, unexpected or mis-shaped tensor is named."""
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                 allow_nonfinite: bool = False) -> None:
+    """Strict load; every missing, unexpected or mis-shaped tensor is named, and so is every tensor holding
+    NaN or inf (refused unless ``allow_nonfinite``: a diverged run's weights give rows that look measured)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -62,18 +64,22 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     report = mismatch_report(source, missing, unexpected, shapes)
     if report:
         raise CheckpointError(report)
+    report = nonfinite_report(source, sorted(k for k, t in state.items()
+                                             if t.is_floating_point() and not torch.isfinite(t).all()))
+    if report and not allow_nonfinite:
+        raise CheckpointError(report)
     model.load_state_dict(state, strict=True)
 
 
-def load_trained_model(ckpt: dict[str, Any], model_cfg: Any, lora: LoraPlusConfig,
-                       source: str) -> tuple[nn.Module, torch.Tensor | None]:
+def load_trained_model(ckpt: dict[str, Any], model_cfg: Any, lora: LoraPlusConfig, source: str,
+                       allow_nonfinite: bool = False) -> tuple[nn.Module, torch.Tensor | None]:
     """The checkpoint's model with plain weights (LoRA adapters folded in), and its DuoAttention gates if any."""
     model = build_model(model_cfg)
     state = model_state(ckpt)
     gates = state.pop("duo_gates", None)  # a duo_gates checkpoint: gates are not model weights
     if any(".lora_A." in k for k in state):  # a LoRA(+) extension checkpoint: load adapters, then fold them
         apply_lora(model, dataclasses.replace(lora, enabled=True))
-    load_weights(model, state, source=source)
+    load_weights(model, state, source=source, allow_nonfinite=allow_nonfinite)
     if has_lora(model):
         merge_lora(model)
     return model, gates

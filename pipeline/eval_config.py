@@ -8,6 +8,7 @@ from typing import Optional
 from pipeline.decode import PROTOCOLS
 from pipeline.eval_kinds import EVAL_KINDS, LmEvalConfig, LongBenchConfig, SinkProbeConfig
 from pipeline.schema import ConfigError, reraise_as_config_error
+from tasks.corpus import check_source
 
 
 @dataclass
@@ -39,6 +40,8 @@ class EvalConfig:
             raise ConfigError(f"eval.kind={self.kind!r}; allowed: {list(EVAL_KINDS)}")
         if self.kind == "longbench":  # the folder and every dataset file, before any model is built
             reraise_as_config_error(self.longbench.check)
+        if self.kind in ("lm", "sinks"):  # a corpus path that is not there, before any model is built
+            reraise_as_config_error(check_source, getattr(self, self.kind).corpus, f"eval.{self.kind}.corpus")
 
     def _check_grid(self) -> None:
         if not self.lengths:

@@ -11,10 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.checkpoint import load_trained_model, read_checkpoint
 from pipeline.config import validate
-from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
+from pipeline.hf_init import check_hf_weights, hf_path, load_hf_model, with_hf_model
 from pipeline.run import device_of, evaluate, run_dir_of
 from pipeline.run_state import RunLock
-from pipeline.schema import ConfigError
+from pipeline.schema import ConfigError, reraise_as_config_error
 from pipeline.stages.duo_gates import save_gates
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,16 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str,
     if not cfg.get("ckpt"):
         raise ConfigError("eval.py needs ckpt=PATH (a checkpoint of train.py) or init_from=hf:PATH (a local "
                           "Hugging Face model directory)")
-    ckpt = read_checkpoint(cfg.ckpt)
+    # the file handed in is input: missing, unreadable or foreign, it is a config error (no run dir, no row)
+    ckpt = reraise_as_config_error(read_checkpoint, cfg.ckpt)
     saved = OmegaConf.create(ckpt.get("config") or {})
     if "model" not in saved:
-        raise ValueError(f"ckpt={cfg.ckpt!r} carries no config; it was not written by train.py")
+        raise ConfigError(f"ckpt={cfg.ckpt!r} carries no config; it was not written by train.py")
     run_cfg = apply_eval_overrides(saved, cfg, overrides)
     res = validate(run_cfg, training=False)
-    # a duo_gates checkpoint's gates are served to the duo policy
-    model, gates = load_trained_model(ckpt, res.model, res.lora, source=f"ckpt={cfg.ckpt}")
+    # a duo_gates checkpoint's gates are served to the duo policy; weights that do not fit are bad input too
+    model, gates = reraise_as_config_error(load_trained_model, ckpt, res.model, res.lora, f"ckpt={cfg.ckpt}",
+                                           bool(cfg.get("allow_nonfinite", False)))
     run_dir = run_dir_of(cfg)
     log.info("run dir: %s", run_dir)
     if gates is not None:
@@ -69,7 +71,8 @@ def evaluate_hf(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
         raise ConfigError(f"ckpt={cfg.ckpt!r} and init_from={cfg.init_from!r}: give one model to evaluate")
     run_cfg = with_hf_model(cfg, overrides)
     res = validate(run_cfg, training=False)
-    model = load_hf_model(res.model, cfg.init_from)
+    check_hf_weights(res.model, cfg.init_from)  # the stored shapes, before any allocation
+    model = reraise_as_config_error(load_hf_model, res.model, cfg.init_from, bool(cfg.get("allow_nonfinite", False)))
     run_id = cfg.get("run_id") or f"eval-hf-{hf_path(cfg.init_from).name}-{uuid.uuid4().hex[:6]}"
     run_dir = run_dir_of(cfg)
     with RunLock(run_dir, cfg.get("run_id")):

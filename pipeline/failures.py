@@ -22,6 +22,7 @@ from pipeline.evaluate import is_oom
 from pipeline.identity import failure_identity
 from pipeline.rows import append_row, make_row
 from pipeline.schema import ConfigError
+from registries import PluginError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def record_failures(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig],
     def wrapped(cfg: DictConfig) -> Any:
         try:
             return main(cfg)
-        except ConfigError as err:
+        except (ConfigError, PluginError) as err:  # bad input: a config value, a file or plugin handed in
             if single_run() and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 # A config error in a single run: the message alone, and no run directory left behind
                 # (it holds nothing yet). Sweeps keep the error row, so collect.py lists the failed job.
@@ -88,6 +89,8 @@ def remove_empty_run_dir(run_dir: str | None) -> None:
     path = Path(run_dir)
     if all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
         shutil.rmtree(path, ignore_errors=True)
+        if path.parent.resolve() == Path.cwd().resolve():
+            return  # hydra.run.dir=NAME: the parent is where the user stands, never removed
         try:
             path.parent.rmdir()  # the date folder, when this was its only run
         except OSError:

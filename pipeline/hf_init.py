@@ -6,6 +6,11 @@ than conf/model/<family>.yaml's default. So ``model.pos.rule=yarn model.pos.fact
 imported Llama, while its sizes, vocabulary, norms and rope settings are read from the directory.
 The resolved ``model`` node replaces the composed one, so checkpoints, rows and the config hash
 describe the real model.
+
+A directory handed in is bad input, not a failed run: a missing directory or config.json, a config
+that cannot be translated, or stored tensors whose shapes differ from the model (compared on the meta
+device, before any memory is allocated) raise ``HFConfigError``, which train.py / eval.py report as
+one ``config error:`` line before a run directory exists.
 """
 
 from __future__ import annotations
@@ -17,11 +22,27 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from models.hf import HFFormatError, load_model, model_fields_from
+from models.hf import HFFormatError, check_weights, load_model, model_fields_from
+from pipeline.model_checks import build_model_config
+from pipeline.schema import ConfigError
 
 log = logging.getLogger(__name__)
 PREFIX = "hf:"
 CONF_MODEL = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+
+class HFConfigError(ConfigError, HFFormatError):
+    """``init_from=hf:PATH`` names a directory that cannot be imported: a config error (no run starts)."""
+
+
+def as_config_error(check: Any, *args: Any) -> Any:
+    """``check(*args)``, an HFFormatError from it raised as an HFConfigError (same message)."""
+    try:
+        return check(*args)
+    except HFConfigError:
+        raise
+    except HFFormatError as err:
+        raise HFConfigError(str(err)) from None
 
 
 def hf_path(init_from: Any) -> Path | None:
@@ -30,7 +51,7 @@ def hf_path(init_from: Any) -> Path | None:
         return None
     path = Path(init_from[len(PREFIX):]).expanduser()
     if not path.is_dir():
-        raise HFFormatError(f"init_from={init_from!r}: {str(path)!r} is not a directory (a local Hugging Face "
+        raise HFConfigError(f"init_from={init_from!r}: {str(path)!r} is not a directory (a local Hugging Face "
                             "model: config.json + safetensors; nothing is downloaded)")
     return path
 
@@ -120,7 +141,11 @@ def with_hf_model(cfg: DictConfig, overrides: list[str] | None = None) -> DictCo
     path = hf_path(cfg.get("init_from"))
     if path is None:
         return cfg
-    node = imported_model_node(cfg, path, command_line_overrides() if overrides is None else overrides)
+    node = as_config_error(imported_model_node, cfg, path, command_line_overrides() if overrides is None else overrides)
+    try:  # a value config.json gave that our model rejects: say where it came from
+        build_model_config(node)
+    except ConfigError as err:
+        raise HFConfigError(f"init_from=hf:{path} (config.json, under your model.* overrides): {err}") from None
     window = fields_window(node)
     if window is not None:
         log.warning("hf:%s has a sliding window of %d tokens (model.attention sink_window, sink=0); decoding "
@@ -132,6 +157,14 @@ def with_hf_model(cfg: DictConfig, overrides: list[str] | None = None) -> DictCo
     return out
 
 
-def load_hf_model(model_cfg: Any, init_from: str) -> torch.nn.Module:
+def check_hf_weights(model_cfg: Any, init_from: Any) -> None:
+    """For ``init_from=hf:PATH``: the stored tensors' names and shapes against the validated ``model_cfg``,
+    from the safetensors headers and a meta-device model (no memory); nothing for other runs."""
+    path = hf_path(init_from)
+    if path is not None:
+        as_config_error(check_weights, model_cfg, path)
+
+
+def load_hf_model(model_cfg: Any, init_from: str, allow_nonfinite: bool = False) -> torch.nn.Module:
     """Our model of the validated ``model_cfg`` holding the weights of ``init_from=hf:PATH``."""
-    return load_model(model_cfg, hf_path(init_from))
+    return load_model(model_cfg, hf_path(init_from), allow_nonfinite)

@@ -34,7 +34,7 @@ STYLED = ("stage", "finetuned")
 # Cache-config fields that are not a policy's knobs: its name, how the prompt is prefilled (rows carry
 # ``prefill``), where learned gates live (a location), and a hybrid's scope (``cache_scope``).
 CACHE_COMMON = ("policy", "prefill", "chunk_size", "gates_path", "scope")
-MODEL_SIZE = ("d_model", "n_layers", "d_state")
+MODEL_SIZE = ("d_model", "n_layers", "d_state", "window")  # window: sliding_window's state
 
 
 def _knob_value(value: Any) -> Any:

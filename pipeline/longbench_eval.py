@@ -24,7 +24,7 @@ from torch import nn
 from models.cache import CacheConfig
 from pipeline.decode import run_prompt
 from pipeline.rows import append_row, make_row
-from tasks.longbench import MAX_NEW_TOKENS, check_files, load_dataset
+from tasks.longbench import MAX_NEW_TOKENS, check_contents, check_files, load_dataset
 from tasks.longbench_metrics import METRICS, score_example
 from tasks.tokenizer import load_tokenizer
 
@@ -38,7 +38,7 @@ class LongBenchConfig:
     decode_tail: int = 50  # last prompt tokens fed one at a time through the policy (DuoAttention's pred.py)
 
     def check(self) -> list[str]:
-        """Validate for ``eval.kind=longbench``: the folder and every dataset file exist."""
+        """Validate for ``eval.kind=longbench``: the folder and every dataset file exist, each line well-formed."""
         if not self.dir:
             raise ValueError("eval.kind=longbench needs eval.longbench.dir=PATH (a folder of LongBench jsonl files)")
         if self.max_examples is not None and self.max_examples < 1:
@@ -47,7 +47,9 @@ class LongBenchConfig:
             raise ValueError(f"eval.longbench.decode_tail={self.decode_tail} must be >= 0 (0: prefill it all)")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"eval.longbench.max_length={self.max_length} must be >= 2 (or null)")
-        return check_files(self.dir, self.datasets)
+        names = check_files(self.dir, self.datasets)
+        check_contents(self.dir, names)
+        return names
 
 
 def truncate_middle(ids: list[int], budget: int) -> list[int]:

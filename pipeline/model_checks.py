@@ -26,11 +26,12 @@ def build_model_config(node: Any) -> Any:
 
 
 def attention_layers(model: Any) -> int:
-    """Layers a KV-cache policy acts on: all of a transformer's, a hybrid's attention layers, none of Mamba's."""
-    if model.family == "mamba":
-        return 0
+    """Layers a KV-cache policy acts on: all of a transformer's, a hybrid's attention layers, none of a family
+    of another mixer (mamba, gated_deltanet, sliding_window, ...: each keeps its own constant-size state)."""
     mixers = getattr(model, "mixers", None)
-    return mixers.count("attention") if mixers is not None else int(getattr(model, "n_layers", 1))
+    if mixers is not None:
+        return mixers.count("attention")
+    return int(getattr(model, "n_layers", 1)) if model.family == "transformer" else 0
 
 
 def check_positional(model: Any) -> None:
@@ -69,15 +70,15 @@ def check_text_eval(model: Any, ev: EvalConfig, tokenizer: str) -> None:
     if n > model.vocab_size:
         raise ConfigError(f"eval.kind={ev.kind}: tokenizer={tokenizer!r} has {n} tokens but model.vocab_size="
                           f"{model.vocab_size}; allowed: a tokenizer that fits the model (tokenizer=hf:PATH)")
-    if ev.kind == "sinks" and model.family == "mamba":
-        raise ConfigError("eval.kind=sinks probes attention heads; model.family='mamba' has none; "
-                          "allowed: transformer or hybrid")
+    if ev.kind == "sinks" and attention_layers(model) == 0:
+        raise ConfigError(f"eval.kind=sinks probes attention heads; model.family={model.family!r} has no full "
+                          "attention layers; allowed: transformer, or a hybrid with attention layers")
 
 
 def check_cache_on_model(cache: CacheConfig, model: Any) -> None:
     if cache.policy != "full" and attention_layers(model) == 0:
         raise ConfigError(f"cache.policy={cache.policy!r} on model.family={model.family!r}"
-                          f"{'' if model.family == 'mamba' else f' (model.layers={model.schedule!r})'}: a KV policy "
+                          f"{f' (model.layers={model.schedule!r})' if hasattr(model, 'schedule') else ''}: a KV policy "
                           "needs attention layers and this model has none (its decode state is constant); "
                           "allowed: cache=full")
 

@@ -1,10 +1,20 @@
-"""What every checkpoint records about where it came from: the run's config and the code's commit."""
+"""What every checkpoint, run.json and row records about where it came from: the run's config, the code's
+commit, and the out-of-tree modules ($LONGCTX_PLUGINS) whose code ran in the process."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from registries import plugin_modules
+
+
+def plugin_columns() -> dict[str, str]:
+    """``{"plugins": "a,b"}`` when $LONGCTX_PLUGINS named modules (their code ran and may define what a row
+    measured), else nothing: rows of runs without plugins keep their columns."""
+    modules = plugin_modules()
+    return {"plugins": ",".join(modules)} if modules else {}
 
 
 def code_version() -> str:
@@ -28,3 +38,4 @@ class RecordsProvenance:
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["config"] = self.config
         checkpoint["code_version"] = code_version()
+        checkpoint["plugins"] = plugin_modules()

@@ -26,9 +26,10 @@ from pipeline.config import Resolved, validate
 from pipeline.eval_kinds import run_eval_kind
 from pipeline.evaluate import evaluate_grid
 from pipeline.fit import count_params
-from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
+from pipeline.hf_init import check_hf_weights, hf_path, load_hf_model, with_hf_model
 from pipeline.identity import model_columns, run_identity
 from pipeline.prefix import evaluate_prefix_cache
+from pipeline.provenance import plugin_columns
 from pipeline.quiet import silence_known_noise
 from pipeline.run_state import ROWS_FILE, RunLock, claim_run_config, is_launcher_rank
 from pipeline.summary import print_summary
@@ -65,7 +66,8 @@ def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
                 train_len=res.task.train_len, train_task=res.task.name, stage=cfg.get("stage", "pretrain"),
                 config_hash=res.config_hash,
                 variant=cfg.get("variant_name"),  # a study arm's name (conf/variant), if any
-                arm_hash=arm_hash(cfg))  # equal for seeds of one configuration; collect/plot keep others apart
+                arm_hash=arm_hash(cfg),  # equal for seeds of one configuration; collect/plot keep others apart
+                **plugin_columns())  # $LONGCTX_PLUGINS: code that ran in this process
 
 
 def arm_hash(cfg: DictConfig) -> str:
@@ -110,6 +112,7 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     """Resolve the config and its study's base, fit the base if missing, then fit, evaluate, write rows."""
     cfg = with_hf_model(cfg)  # init_from=hf:PATH: the model node comes from PATH/config.json
     res = validate(cfg)  # every config error surfaces here, before data or steps
+    check_hf_weights(res.model, cfg.get("init_from"))  # an imported model's shapes, before any allocation
     base = resolve_base(cfg)  # a study's base model, validated too
     if base is not None:
         with base.lock():  # concurrent sweep jobs: the first trains the base, the others wait
@@ -137,11 +140,12 @@ def run(cfg: DictConfig, res: Resolved) -> list[dict[str, Any]]:
 def initial_model(cfg: DictConfig, res: Resolved) -> torch.nn.Module:
     """The model a run starts from: fresh, a Hugging Face import, or ``init_from``'s weights."""
     hf_dir = hf_path(cfg.get("init_from"))
-    model = build_model(res.model) if hf_dir is None else load_hf_model(res.model, cfg.init_from)
+    allow_nonfinite = bool(cfg.get("allow_nonfinite", False))
+    model = build_model(res.model) if hf_dir is None else load_hf_model(res.model, cfg.init_from, allow_nonfinite)
     if cfg.get("init_from") and hf_dir is None:  # a checkpoint of this project
         state = model_state(read_checkpoint(cfg.init_from, field="init_from"))
         state.pop("duo_gates", None)  # gates of an earlier duo stage are not model weights
-        load_weights(model, state, source=f"init_from={cfg.init_from}")
+        load_weights(model, state, source=f"init_from={cfg.init_from}", allow_nonfinite=allow_nonfinite)
     return model
 
 

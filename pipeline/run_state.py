@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from pipeline.checkpoint import atomic_write
 from pipeline.config_hash import hashed_config
 from pipeline.schema import ConfigError
+from registries import plugin_modules
 
 ROWS_FILE = "results.jsonl"  # a run dir's results rows (JSON lines)
 
@@ -124,7 +125,11 @@ def claim_run_config(cfg: DictConfig, run_dir: str | Path, config_hash: str) -> 
                 f"under the new config")
         log.warning("resume=force: continuing %s under a changed config: %s", name, "; ".join(diffs))
     if record.get("config_hash") == config_hash:
+        if record.get("plugins", []) != plugin_modules():  # the same config, other code loaded: say so
+            record["plugins"] = plugin_modules()
+            atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
         return
     history = record.get("history", []) + ([{k: record[k] for k in ("config_hash", "config")}] if record else [])
-    new = {"run_id": cfg.get("run_id"), "config_hash": config_hash, "config": current, "history": history}
+    new = {"run_id": cfg.get("run_id"), "config_hash": config_hash, "config": current, "history": history,
+           "plugins": plugin_modules()}  # $LONGCTX_PLUGINS: modules whose code ran in this run
     atomic_write(record_path, lambda f: f.write(json.dumps(new, indent=1, default=str).encode()))

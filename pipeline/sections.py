@@ -25,6 +25,7 @@ class RunConfig:
     fit: bool = True
     zero_shot_eval: bool = False
     allow_sparse_eval: bool = False
+    allow_nonfinite: bool = False  # load imported / checkpoint weights holding NaN or inf (+allow_nonfinite=true)
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < MAX_SEED:

@@ -5,7 +5,10 @@ Each variant is one module that decorates its class or function with ``@REGISTRY
 (or ``register()`` to take the object's ``name`` attribute). ``Registry(..., package="models.pos")``
 imports every module of that package on first lookup, so a new variant is a new file and nothing else.
 Out-of-tree variants (a paper's own policy, the test suite's toy plugins) are found by importing the
-modules named in ``$LONGCTX_PLUGINS`` (comma-separated) before any lookup.
+modules named in ``$LONGCTX_PLUGINS`` (comma-separated) before any lookup. Importing a module runs its
+code, with your permissions: name only modules you trust. The list is part of a run's provenance
+(``plugin_modules()``: recorded in run.json, checkpoints and every row); a name that cannot be found
+is a ``PluginError`` naming it and the variable.
 
 This package imports nothing of the project, so models/, tasks/, pipeline/ and scripts/ may all use it
 without breaking the one-way data flow.
@@ -24,14 +27,31 @@ PLUGINS_ENV = "LONGCTX_PLUGINS"
 _plugins_loaded = False
 
 
+class PluginError(ValueError):
+    """A module named in $LONGCTX_PLUGINS that cannot be found: bad input, reported like a config error."""
+
+
+def plugin_modules() -> list[str]:
+    """The module names listed in $LONGCTX_PLUGINS, in order."""
+    return [s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(",") if s.strip()]
+
+
 def load_plugins() -> None:
-    """Import the modules listed in $LONGCTX_PLUGINS once (they register their variants on import)."""
+    """Import (run) the modules listed in $LONGCTX_PLUGINS once (they register their variants on import)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for name in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
-        importlib.import_module(name)
+    for name in plugin_modules():
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
+                raise  # the plugin itself imports something missing: its own traceback says where
+            _plugins_loaded = False  # every later lookup fails the same way, none goes on without the plugin
+            raise PluginError(f"${PLUGINS_ENV}={os.environ[PLUGINS_ENV]!r} names the module {name!r}, which cannot "
+                              f"be imported (no module named {err.name!r} on sys.path); allowed: importable module "
+                              f"names, comma-separated") from None
 
 
 class Registry(Generic[T]):

@@ -45,8 +45,9 @@ from omegaconf import OmegaConf  # noqa: E402
 from tasks.registry import TASKS  # noqa: E402
 from tasks.vocab import Vocab  # noqa: E402
 
-MARKERS = {"transformer": "o", "mamba": "s", "hybrid": "^"}
-COLORS = {"transformer": "tab:green", "mamba": "tab:orange", "hybrid": "tab:blue"}
+MARKERS = {"transformer": "o", "mamba": "s", "hybrid": "^", "gated_deltanet": "P", "sliding_window": "v"}
+COLORS = {"transformer": "tab:green", "mamba": "tab:orange", "hybrid": "tab:blue", "gated_deltanet": "tab:red",
+          "sliding_window": "tab:purple"}  # a family without an entry gets matplotlib's next colour and marker "x"
 WIDTH_STYLES = ("-", "--", ":", "-.")  # one per width of an architecture that sweeps d_state
 FIT_THRESHOLD = 0.5  # training exact match below which a point did not fit its training data
 LAST_LOGS = 4  # training rows averaged for the end-of-training loss / exact match

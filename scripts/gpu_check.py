@@ -20,7 +20,8 @@ passes to the next; the whole run stops at ``--budget-s``, default 570 / 225, so
   bench_train      transformer training tokens/s and MFU, d_model 1024-2048, T 4k-32k,
                    eager and torch.compile, bf16 autocast                              (150 / 40)
   bench_decode     decode tokens/s and memory per cache policy, bf16, 32k-128k         (50 / 20)
-  bench_mamba      mamba_ssm kernels vs our PyTorch scan, fwd + bwd, bf16              (35 / 10)
+  bench_mixers     each mixer's CUDA kernel (mamba-ssm, fla) vs our PyTorch path,
+                   Mamba first, fwd + bwd, bf16                                        (35 / 10)
   bench_context    longest trainable length per method in the GPU's memory, bf16       (40 / 15)
 
 Every step writes ``<out>/<step>.json`` ({"step", "status", "seconds", "commands", "records" ...},
@@ -61,6 +62,8 @@ CONTRACT_TESTS = (
     "tests/test_transformer.py::test_decode_through_full_cache_equals_teacher_forced",
     "tests/test_mamba.py::test_forward_equals_step_decode_and_prefill_then_step",
     "tests/test_mamba.py::test_changing_a_token_never_changes_earlier_logits",
+    "tests/test_mixers_linear.py::test_forward_equals_step_decode_and_prefill_then_step",
+    "tests/test_mixers_linear.py::test_changing_a_token_never_changes_earlier_logits",
     "tests/test_longlora.py::test_model_with_s2_attn_is_causal_and_trains",
     "tests/test_bf16.py",  # the same, with a bf16 model and under bf16 autocast, against float32
 )
@@ -405,12 +408,13 @@ def decode_args(run: Run) -> list[str]:
                      "--repeats", "1"])
 
 
-def mamba_args(run: Run) -> list[str]:
-    gpu = ["--baseline", "torch", "--device", "cuda", "--dtype", "bfloat16", "--d-model", "1024", "--layers", "4",
-           "--batch", "4"]
-    return run.pick(gpu + ["--lengths", "2048", "8192"], gpu + ["--lengths", "4096", "--quick"],
-                    ["--baseline", "torch", "--device", "cpu", "--d-model", "16", "--layers", "1", "--lengths", "32",
-                     "--quick"])
+def mixers_args(run: Run) -> list[str]:
+    # the families with a kernel knob, Mamba first (a run stopped at its limit keeps the families it finished)
+    gpu = ["--kernels", "--device", "cuda", "--dtype", "bfloat16", "--d-model", "1024", "--layers", "4", "--batch", "4"]
+    return run.pick(gpu + ["--lengths", "2048,8192", "--mixers", "mamba,gated_deltanet,mamba2,gla,retention"],
+                    gpu + ["--lengths", "4096", "--quick", "--mixers", "mamba,gated_deltanet"],
+                    ["--kernels", "--device", "cpu", "--d-model", "32", "--layers", "1", "--lengths", "32", "--quick",
+                     "--mixers", "mamba,gated_deltanet"])
 
 
 def context_args(run: Run) -> list[str]:
@@ -435,7 +439,7 @@ STEPS = (
     Step("bench_attention", (40, 20), bench_step("bench_attention.py", attention_args)),
     Step("bench_train", (150, 40), bench_step("bench_train.py", train_args)),
     Step("bench_decode", (50, 20), bench_step("bench_decode.py", decode_args)),
-    Step("bench_mamba", (35, 10), bench_step("bench_mamba.py", mamba_args)),
+    Step("bench_mixers", (35, 10), bench_step("bench_mixers.py", mixers_args)),
     Step("bench_context", (40, 15), bench_step("bench_context.py", context_args)),
 )
 

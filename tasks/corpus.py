@@ -9,6 +9,9 @@
 
 ``split``: ``train`` is the first 90% of the token stream, ``test`` the last 10% (perplexity is
 measured on text the model was not trained on), ``all`` the whole stream.
+
+A source handed in is untrusted input: a path that is not there (checked with the config, before any
+work), an unreadable saved dataset, or a source with no text stops with a message naming it.
 """
 
 from __future__ import annotations
@@ -33,20 +36,42 @@ def default_text() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
+def check_source(spec: str, field: str = "eval.lm.corpus") -> None:
+    """The source exists (cheap: nothing is read); a ValueError naming it and what is allowed otherwise."""
+    if spec != DEFAULT and not Path(spec).exists():
+        raise ValueError(f"{field}={spec!r} does not exist; allowed: 'default', a text file, a directory of text "
+                         f"files, or a datasets directory saved with save_to_disk")
+
+
 def _dataset_text(path: Path) -> str:
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:  # a torn Arrow file, a missing shard, a json that is not datasets' own
+        raise ValueError(f"corpus={str(path)!r}: the saved dataset cannot be read ({type(err).__name__}: "
+                         f"{str(err)[:300]})") from None
     parts = [ds[name] for name in sorted(ds)] if isinstance(ds, datasets.DatasetDict) else [ds]
     for part in parts:
         if "text" not in part.column_names:
             raise ValueError(f"corpus={str(path)!r}: the saved dataset has no 'text' column; "
                              f"columns: {part.column_names}")
-    return "\n\n".join(t for part in parts for t in part["text"])
+    texts = [t for part in parts for t in part["text"]]
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ValueError(f"corpus={str(path)!r}: text row {bad} is {type(texts[bad]).__name__}, not a string")
+    return "\n\n".join(texts)
 
 
 def corpus_text(spec: str) -> str:
-    """The whole text of a corpus source (see the module docstring)."""
+    """The whole text of a corpus source (see the module docstring); a source with no text is refused."""
+    text = _source_text(spec)
+    if not text.strip():
+        raise ValueError(f"corpus={spec!r} holds no text (empty); a perplexity measured on it would be on nothing")
+    return text
+
+
+def _source_text(spec: str) -> str:
     if spec == DEFAULT:
         return default_text()
     path = Path(spec)

@@ -4,15 +4,19 @@
 per line with ``input``, ``context``, ``answers`` (list), ``all_classes`` (or null), ``length``,
 ``_id``. Each dataset has its official prompt (``{context}``/``{input}`` filled in) and maximum number
 of new tokens (``longbench_prompts.json``); its metric is in ``tasks/longbench_metrics.py``.
-Nothing is downloaded; a missing file is an error naming it and what the directory holds.
+Nothing is downloaded; a missing file is an error naming it and what the directory holds. A file is
+untrusted input: an empty file, a line that is not an object, or a field of the wrong type (``context:
+null``, ``answers: 5``) is refused naming ``file:line`` and the field, never turned into text such as
+"None" or into a row scored on nothing.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 _SPEC = json.loads((Path(__file__).with_name("longbench_prompts.json")).read_text(encoding="utf-8"))
 PROMPTS: dict[str, str] = {k: v["prompt"] for k, v in _SPEC.items() if not k.startswith("_")}
@@ -63,25 +67,69 @@ def check_files(directory: str | Path, names: Optional[list[str]], field: str = 
     return list(names)
 
 
+def _string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# field -> (check, what is allowed); absent optional fields are None
+FIELD_RULES = {
+    "input": (lambda v: isinstance(v, str), "a string"),
+    "context": (lambda v: isinstance(v, str), "a string"),
+    "answers": (lambda v: _string_list(v) and len(v) > 0, "a non-empty list of strings"),
+    "all_classes": (lambda v: v is None or _string_list(v), "null or a list of strings"),
+    "length": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "null or an integer"),
+    "_id": (lambda v: v is None or isinstance(v, (str, int)), "null, a string or an integer"),
+}
+
+
+def parse_line(line: str, where: str, name: str) -> LongBenchExample:
+    """One line of a LongBench file; ``where`` is ``file:line`` for the error messages."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} is a JSON {type(obj).__name__}; a LongBench line is an object with {list(REQUIRED)}")
+    missing = [k for k in REQUIRED if k not in obj]
+    if missing:
+        raise ValueError(f"{where} lacks the fields {missing}; a LongBench line has {list(REQUIRED)}")
+    for key, (ok, allowed) in FIELD_RULES.items():
+        if not ok(obj.get(key)):
+            value = json.dumps(obj[key], ensure_ascii=False)
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            raise ValueError(f"{where}: {key}={shown}; allowed: {allowed}")
+    return LongBenchExample(name, obj["input"], obj["context"], list(obj["answers"]), obj.get("all_classes"),
+                            obj.get("length"), None if obj.get("_id") is None else str(obj["_id"]))
+
+
+def iter_examples(path: Path, name: str) -> Iterator[LongBenchExample]:
+    """Every example of one file, checked line by line; an unreadable or empty file is refused, naming it."""
+    count = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    count += 1
+                    yield parse_line(line, f"{path}:{number}", name)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} cannot be read as UTF-8 text: {err}") from None
+    if count == 0:
+        raise ValueError(f"{path} holds no examples (empty file); a LongBench file has one JSON object per line")
+
+
+def check_contents(directory: str | Path, names: list[str]) -> None:
+    """Read every line of each dataset file (before any model is built): the first bad line stops, named."""
+    for name in names:
+        for _ in iter_examples(Path(directory) / f"{name}.jsonl", name):
+            pass
+
+
 def load_dataset(directory: str | Path, name: str, max_examples: Optional[int] = None) -> list[LongBenchExample]:
     """The examples of one dataset file, in file order (the first ``max_examples`` if given)."""
     check_files(directory, [name])
-    path = Path(directory) / f"{name}.jsonl"
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number} is not valid JSON ({err})") from None
-            missing = [k for k in REQUIRED if k not in obj]
-            if missing:
-                raise ValueError(f"{path}:{number} lacks the fields {missing}; a LongBench line has {list(REQUIRED)}")
-            answers = obj["answers"] if isinstance(obj["answers"], list) else [obj["answers"]]
-            out.append(LongBenchExample(name, obj["input"], obj["context"], [str(a) for a in answers],
-                                        obj.get("all_classes"), obj.get("length"), obj.get("_id")))
-            if max_examples is not None and len(out) >= max_examples:
-                break
+    for example in iter_examples(Path(directory) / f"{name}.jsonl", name):
+        out.append(example)
+        if max_examples is not None and len(out) >= max_examples:
+            break
     return out

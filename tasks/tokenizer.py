@@ -3,7 +3,7 @@
 - ``bytes``: UTF-8 bytes, ids 0..255, no files; the default for models trained here from scratch.
 - ``hf:PATH``: a local ``tokenizer.json`` (PATH is the file or a directory holding it), read with
   the ``tokenizers`` library, so a Llama or Qwen checkpoint's own tokenizer drives the tasks.
-  Nothing is downloaded: a missing file is an error naming the path.
+  Nothing is downloaded: a missing, truncated or malformed file is one error line naming the path.
 
 Encoding never adds special tokens (tasks assemble rows from pieces); decoding drops them.
 """
@@ -53,7 +53,11 @@ class HFTokenizer:
             raise ValueError(f"tokenizer=hf:{path}: no tokenizer.json at {file}; allowed: a local tokenizer.json "
                              f"file or a directory holding one (nothing is downloaded)")
         self.spec = f"{HF_PREFIX}{path}"
-        self._tok = _Tokenizer.from_file(str(file))
+        try:
+            self._tok = _Tokenizer.from_file(str(file))
+        except Exception as err:  # the tokenizers library raises a bare Exception ("EOF while parsing ...")
+            raise ValueError(f"tokenizer=hf:{path}: {file} is not a readable tokenizer.json (truncated or "
+                             f"malformed?): {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:

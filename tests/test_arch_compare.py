@@ -51,3 +51,17 @@ def test_a_state_sweep_is_one_line_per_width_and_a_width_sweep_one_line_per_mode
     # the transformer's widths are one line; on copy mamba has one state size, so one line
     assert list(arch_compare.series(pts)) == ["mamba d=64", "mamba d=64", "mamba d=32", "transformer",
                                               "transformer", "mamba"]
+
+
+def test_every_mixer_family_is_an_arm_of_the_sweep() -> None:
+    """A family of one mixer (mamba, gated_deltanet, ...) joins experiment=arch_compare: the sweep names every one."""
+    from omegaconf import OmegaConf
+
+    from models.families import FAMILIES
+    from models.mixers import MIXERS
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "experiment" / "arch_compare.yaml"
+    arms = set(str(OmegaConf.load(conf).hydra.sweeper.params.model).split(","))
+    families = {f for f in FAMILIES.names() if f in MIXERS.names() and not f.startswith("toy")} | {"transformer"}
+    assert families <= arms, f"add {sorted(families - arms)} to {conf.name}'s model sweep"
+    assert all((conf.parents[1] / "model" / f"{arm}.yaml").exists() for arm in arms)

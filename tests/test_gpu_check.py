@@ -66,7 +66,7 @@ def test_dry_run_writes_every_steps_json_and_the_summary(tmp_path):
         assert json.loads((out / f"{name}.records.json").read_text()) == records
         assert "--device cuda" in steps[name]["gpu_commands"][0], name
         assert (out / "logs" / f"{name}.log").exists()
-    for name in ("bench_train", "bench_decode", "bench_mamba", "bench_context"):
+    for name in ("bench_train", "bench_decode", "bench_mixers", "bench_context"):
         assert "--dtype bfloat16" in steps[name]["gpu_commands"][0], name
     assert any(r["name"].startswith("train_mfu/") for r in steps["bench_train"]["records"])
     assert {r["name"].split("/")[-1] for r in steps["bench_train"]["records"]} == {"eager", "compiled"}

@@ -64,7 +64,14 @@ def hf_mamba():
     return transformers.MambaForCausalLM(cfg)
 
 
-BUILDERS = {"llama": hf_llama, "qwen2": hf_qwen2, "mistral": hf_mistral, "mamba": hf_mamba}
+def hf_mamba2():
+    # 2 groups of 4 heads; chunk 16 does not divide T = 40 (transformers pads the last chunk)
+    cfg = transformers.Mamba2Config(vocab_size=V, hidden_size=32, num_heads=8, head_dim=8, expand=2, state_size=8,
+                                    n_groups=2, num_hidden_layers=2, conv_kernel=4, chunk_size=16)
+    return transformers.Mamba2ForCausalLM(cfg)
+
+
+BUILDERS = {"llama": hf_llama, "qwen2": hf_qwen2, "mistral": hf_mistral, "mamba": hf_mamba, "mamba2": hf_mamba2}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from models.attention import AttentionConfig
 from models.families import FAMILIES
 from models.lm import DecoderLM, check_dtype
 from models.mixers import MIXERS, mixer_config, mixer_names
-from models.mixers.mamba import require_kernels
 from models.rope import PosConfig
 
 
@@ -105,12 +104,8 @@ class Hybrid(DecoderLM):
 
     def __init__(self, cfg: HybridConfig) -> None:
         super().__init__()
-        require_kernels(cfg.kernel)
-        self.build(cfg, cfg.mixers)
+        self.build(cfg, cfg.mixers)  # each mixer checks its own kernel=cuda promise as it is built
         # each block keeps its family's init: attention blocks as the transformer, Mamba blocks as the
         # reference (set in MambaMixer), a mixer without an ``init`` its own
-        for name, layer in zip(self.mixers, self.layers):
-            init = MIXERS.get(name).init
-            if init is not None:
-                init(layer, cfg.init_std)
+        self.init_mixers(cfg.init_std)
         self.init_embed_and_head(cfg.init_std, cfg.tie_embeddings)

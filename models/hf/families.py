@@ -2,7 +2,8 @@
 
 Llama, Mistral and Qwen2 are our ``transformer`` (same block: pre-RMSNorm, GQA attention with RoPE,
 SwiGLU; Qwen2 adds q/k/v biases, Mistral may add a sliding window); transformers'
-``MambaForCausalLM`` is our ``mamba`` (the mixer's parameter names are the reference's in both).
+``MambaForCausalLM`` is our ``mamba`` and ``Mamba2ForCausalLM`` our ``mamba2`` (the mixers' parameter names
+are the reference's in both).
 Our tensor names differ from transformers' only by a prefix and two renames.
 """
 
@@ -20,10 +21,11 @@ ARCHITECTURES = {
     "MistralForCausalLM": ("mistral", "transformer"),
     "Qwen2ForCausalLM": ("qwen2", "transformer"),
     "MambaForCausalLM": ("mamba", "mamba"),
+    "Mamba2ForCausalLM": ("mamba2", "mamba2"),
 }
 MODEL_TYPES = {model_type: arch for arch, (model_type, _) in ARCHITECTURES.items()}
 # transformers' defaults when config.json omits tie_word_embeddings
-TIE_DEFAULT = {"llama": False, "mistral": False, "qwen2": False, "mamba": True}
+TIE_DEFAULT = {"llama": False, "mistral": False, "qwen2": False, "mamba": True, "mamba2": False}
 
 
 def architecture_of(config: dict[str, Any], where: str) -> str:
@@ -37,10 +39,14 @@ def architecture_of(config: dict[str, Any], where: str) -> str:
                         f"importable; allowed: {sorted(ARCHITECTURES)}")
 
 
-def _require(config: dict[str, Any], key: str, where: str) -> Any:
-    if config.get(key) is None:
+def _require(config: dict[str, Any], key: str, where: str) -> int:
+    """A size config.json must give: a positive integer."""
+    value = config.get(key)
+    if value is None:
         raise HFFormatError(f"{where}: config.json has no {key!r}")
-    return config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise HFFormatError(f"{where}: config.json has {key}={value!r}; allowed: a positive integer")
+    return value
 
 
 def _silu(config: dict[str, Any], where: str, key: str = "hidden_act") -> None:
@@ -50,12 +56,24 @@ def _silu(config: dict[str, Any], where: str, key: str = "hidden_act") -> None:
 
 
 def model_fields(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """Our ``model`` config fields (family included) for a transformers config dict."""
+    """Our ``model`` config fields (family included) for a transformers config dict; a value of the wrong
+    type (``rms_norm_eps: "e"``, ``rope_parameters: "x"``) is an HFFormatError naming the directory."""
+    try:
+        return _model_fields(config, where)
+    except HFFormatError:
+        raise
+    except (ValueError, TypeError, AttributeError) as err:
+        raise HFFormatError(f"{where}: config.json has a value of the wrong type ({type(err).__name__}: {err})") from None
+
+
+def _model_fields(config: dict[str, Any], where: str) -> dict[str, Any]:
     arch = architecture_of(config, where)
     model_type, family = ARCHITECTURES[arch]
     tie = bool(config.get("tie_word_embeddings", TIE_DEFAULT[model_type]))
     if family == "mamba":
         return _mamba_fields(config, where, tie)
+    if family == "mamba2":
+        return _mamba2_fields(config, where, tie)
     return _transformer_fields(config, where, model_type, tie)
 
 
@@ -111,9 +129,43 @@ def _mamba_fields(c: dict[str, Any], where: str, tie: bool) -> dict[str, Any]:
     }
 
 
+def _mamba2_fields(c: dict[str, Any], where: str, tie: bool) -> dict[str, Any]:
+    _silu(c, where)
+    hidden, expand = _require(c, "hidden_size", where), int(c.get("expand", 2))
+    heads, head_dim = _require(c, "num_heads", where), _require(c, "head_dim", where)
+    if heads * head_dim != expand * hidden:
+        raise HFFormatError(f"{where}: num_heads={heads} x head_dim={head_dim} != expand x hidden_size = "
+                            f"{expand * hidden}; our mamba2 has n_heads = expand * d_model / headdim")
+    # transformers writes inf into config.json as {"__float__": "Infinity"}
+    limit = tuple(float(x["__float__"] if isinstance(x, dict) else x)
+                  for x in c.get("time_step_limit", (0.0, math.inf)))
+    if limit != (0.0, math.inf):
+        raise HFFormatError(f"{where}: time_step_limit={list(limit)} clamps dt; allowed: [0.0, inf] (no clamp)")
+    return {
+        "family": "mamba2", "vocab_size": _require(c, "vocab_size", where), "d_model": hidden,
+        "n_layers": _require(c, "num_hidden_layers", where), "d_state": int(c.get("state_size", 128)),
+        "d_conv": int(c.get("conv_kernel", 4)), "expand": expand, "headdim": int(head_dim),
+        "ngroups": int(c.get("n_groups", 8)), "dt_min": float(c.get("time_step_min", 0.001)),
+        "dt_max": float(c.get("time_step_max", 0.1)), "dt_init_floor": float(c.get("time_step_floor", 1e-4)),
+        "conv_bias": bool(c.get("use_conv_bias", True)), "bias": bool(c.get("use_bias", False)),
+        "tie_embeddings": tie, "norm_eps": float(c.get("layer_norm_epsilon", 1e-5)),
+    }
+
+
 def hf_config(cfg: Any, dtype: str) -> dict[str, Any]:
-    """config.json for one of our model configs (transformer -> Llama / Qwen2 / Mistral, mamba -> Mamba)."""
-    if cfg.family == "mamba":
+    """config.json for one of our model configs (transformer -> Llama / Qwen2 / Mistral, mamba -> Mamba,
+    mamba2 -> Mamba2)."""
+    if cfg.family == "mamba2":
+        body = {
+            "architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model, "num_heads": cfg.n_heads, "head_dim": cfg.headdim, "expand": cfg.expand,
+            "state_size": cfg.d_state, "n_groups": cfg.ngroups, "num_hidden_layers": cfg.n_layers,
+            "conv_kernel": cfg.d_conv, "layer_norm_epsilon": cfg.norm_eps, "time_step_min": cfg.dt_min,
+            "time_step_max": cfg.dt_max, "time_step_floor": cfg.dt_init_floor,
+            "use_bias": cfg.bias, "use_conv_bias": cfg.conv_bias, "hidden_act": "silu", "residual_in_fp32": True,
+            "tie_word_embeddings": cfg.tie_embeddings, "chunk_size": cfg.chunk_size or 256,
+        }  # time_step_limit left at transformers' default (0, inf): no clamp, as ours
+    elif cfg.family == "mamba":
         body = {
             "architectures": ["MambaForCausalLM"], "model_type": "mamba", "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.d_model, "intermediate_size": cfg.expand * cfg.d_model, "state_size": cfg.d_state,
@@ -127,7 +179,7 @@ def hf_config(cfg: Any, dtype: str) -> dict[str, Any]:
         body = _transformer_config(cfg)
     else:
         raise HFFormatError(f"model.family={cfg.family!r} has no transformers architecture; allowed: transformer, "
-                            "mamba")
+                            "mamba, mamba2")
     return {**body, "dtype": dtype, "torch_dtype": dtype, "use_cache": True}
 
 
@@ -170,7 +222,7 @@ def hf_name(family: str, name: str) -> str:
     """transformers' name of our tensor ``name``."""
     if name == "lm_head.weight":
         return name
-    if family == "mamba":
+    if family in ("mamba", "mamba2"):
         if name == "norm.weight":
             return "backbone.norm_f.weight"
         return "backbone." + name.replace("embed_tokens.", "embeddings.", 1)

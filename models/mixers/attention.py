@@ -44,29 +44,35 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         if self.family != "transformer":
             raise ValueError(f"model.family={self.family!r} but this is the transformer config")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"model.n_heads={self.n_heads} must divide model.d_model={self.d_model}")
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head dim d_model/n_heads={self.head_dim} must be even for RoPE")
-        if self.mlp_hidden is None:
-            self.mlp_hidden = 16 * ((8 * self.d_model // 3 + 15) // 16)
-        if self.mlp_hidden < 1:
-            raise ValueError(f"model.mlp_hidden={self.mlp_hidden} must be >= 1")
-        for name in ("norm_eps", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be > 0")
-        check_dtype(self.dtype)
+        check_attention_knobs(self)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+
+def check_attention_knobs(cfg) -> None:
+    """The checks every softmax-attention config shares (sizes, heads, GQA, SwiGLU width); fills the defaults
+    of ``n_kv_heads`` and ``mlp_hidden``."""
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"model.{name}={getattr(cfg, name)} must be >= 1")
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"model.n_heads={cfg.n_heads} must divide model.d_model={cfg.d_model}")
+    if cfg.n_kv_heads is None:
+        cfg.n_kv_heads = cfg.n_heads
+    if cfg.n_kv_heads < 1 or cfg.n_heads % cfg.n_kv_heads:
+        raise ValueError(f"model.n_kv_heads={cfg.n_kv_heads} must divide model.n_heads={cfg.n_heads}")
+    if cfg.head_dim % 2:
+        raise ValueError(f"head dim d_model/n_heads={cfg.head_dim} must be even for RoPE")
+    if cfg.mlp_hidden is None:
+        cfg.mlp_hidden = 16 * ((8 * cfg.d_model // 3 + 15) // 16)
+    if cfg.mlp_hidden < 1:
+        raise ValueError(f"model.mlp_hidden={cfg.mlp_hidden} must be >= 1")
+    for name in ("norm_eps", "init_std"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"model.{name}={getattr(cfg, name)} must be > 0")
+    check_dtype(cfg.dtype)
 
 
 class Attention(nn.Module):
@@ -101,10 +107,15 @@ class Attention(nn.Module):
         return policy.layer_cache(layer_idx, n_layers, self.n_kv)
 
 
-def build_block(cfg: TransformerConfig, layer_idx: int, shared: dict) -> Block:
-    if "positional" not in shared:  # one positional module for every attention layer of a model
+def shared_positional(cfg, shared: dict) -> Positional:
+    """One positional module for every attention layer of a model (full or sliding-window)."""
+    if "positional" not in shared:
         shared["positional"] = Positional(cfg.pos, cfg.head_dim, cfg.n_heads)
-    attn = Attention(cfg, layer_idx, shared["positional"])
+    return shared["positional"]
+
+
+def build_block(cfg: TransformerConfig, layer_idx: int, shared: dict) -> Block:
+    attn = Attention(cfg, layer_idx, shared_positional(cfg, shared))
     return Block(attn, cfg.d_model, cfg.norm_eps, cfg.mlp_hidden, LLAMA_NAMES)
 
 

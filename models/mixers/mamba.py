@@ -252,6 +252,7 @@ class MambaMixer(nn.Module):
 
 def build_block(cfg: MambaConfig, layer_idx: int, shared: dict) -> Block:
     """x + mixer(RMSNorm(x)): no MLP, as the reference."""
+    require_kernels(cfg.kernel)
     return Block(MambaMixer(cfg, cfg.n_layers), cfg.d_model, cfg.norm_eps)
 
 

@@ -30,8 +30,8 @@ DOUBLE_COL = 7.0
 # The NIAH heatmap colormap of gkamradt/LLMTest_NeedleInAHaystack (red -> yellow -> green).
 NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
 
-FAMILY_ORDER = ("transformer", "hybrid", "mamba")
-FAMILY_MARKERS = {"transformer": "o", "hybrid": "^", "mamba": "s"}
+FAMILY_ORDER = ("transformer", "sliding_window", "hybrid", "mamba", "gated_deltanet")
+FAMILY_MARKERS = {"transformer": "o", "sliding_window": "v", "hybrid": "^", "mamba": "s", "gated_deltanet": "P"}
 # Legend order of positional rules: these in the order they are usually introduced, then every other rule
 # the positional registry knows (a new rule file needs no edit here), then rules only the rows name.
 POS_ORDER = ("none", "alibi", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope")
