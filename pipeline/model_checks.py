@@ -26,8 +26,8 @@ def build_model_config(node: Any) -> Any:
 
 
 def attention_layers(model: Any) -> int:
-    """Layers a KV-cache policy acts on: all of a transformer's, a hybrid's attention layers, none of a family
-    of another mixer (mamba, gated_deltanet, sliding_window, ...: each keeps its own constant-size state)."""
+    """Layers a KV-cache policy acts on: all of a transformer's, a hybrid's attention layers, none of a
+    recurrent family's (mamba, mamba2, gla, retention: their decode state is constant)."""
     mixers = getattr(model, "mixers", None)
     if mixers is not None:
         return mixers.count("attention")
@@ -71,8 +71,8 @@ def check_text_eval(model: Any, ev: EvalConfig, tokenizer: str) -> None:
         raise ConfigError(f"eval.kind={ev.kind}: tokenizer={tokenizer!r} has {n} tokens but model.vocab_size="
                           f"{model.vocab_size}; allowed: a tokenizer that fits the model (tokenizer=hf:PATH)")
     if ev.kind == "sinks" and attention_layers(model) == 0:
-        raise ConfigError(f"eval.kind=sinks probes attention heads; model.family={model.family!r} has no full "
-                          "attention layers; allowed: transformer, or a hybrid with attention layers")
+        raise ConfigError(f"eval.kind=sinks probes attention heads; model.family={model.family!r} has none; "
+                          "allowed: transformer or hybrid")
 
 
 def check_cache_on_model(cache: CacheConfig, model: Any) -> None:
