@@ -53,6 +53,10 @@ class BlockNames:
     mlp: str = "mlp"
 
 
+# fla's block attribute names (GLABlock, RetNetBlock, GatedDeltaNetBlock), so state-dict keys match its checkpoints
+FLA_NAMES = BlockNames(norm="attn_norm", mixer="attn", mlp_norm="mlp_norm", mlp="mlp")
+
+
 class Block(nn.Module):
     """x + mixer(norm(x)) [+ mlp(mlp_norm(x))]; forward(x (B, T, d), layer_cache=None, start=0)."""
 

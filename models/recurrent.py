@@ -15,12 +15,9 @@ from torch import nn
 
 from models.cache import CacheConfig
 from models.kernels import FLA_PACKAGE, check_kernel_choice, require_kernel, use_kernel
-from models.layers import BlockNames, RMSNorm
+from models.layers import RMSNorm
 from models.linear_attention import RecurrentStateCache, chunked_decayed_attention, decayed_attention_step
 from models.lm import check_dtype
-
-# fla's block attribute names (GLABlock, RetNetBlock), so state-dict keys match its checkpoints
-FLA_NAMES = BlockNames(norm="attn_norm", mixer="attn", mlp_norm="mlp_norm", mlp="mlp")
 
 
 @dataclass

@@ -63,7 +63,8 @@ def model_fields(config: dict[str, Any], where: str) -> dict[str, Any]:
     except HFFormatError:
         raise
     except (ValueError, TypeError, AttributeError) as err:
-        raise HFFormatError(f"{where}: config.json has a value of the wrong type ({type(err).__name__}: {err})") from None
+        raise HFFormatError(f"{where}: config.json has a value of the wrong type "
+                            f"({type(err).__name__}: {err})") from None
 
 
 def _model_fields(config: dict[str, Any], where: str) -> dict[str, Any]:

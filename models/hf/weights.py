@@ -26,9 +26,9 @@ from torch import nn
 
 from models.hf.errors import HFFormatError
 from models.hf.families import hf_name
-from models.strict_load import mismatch_report, nonfinite_report
 from models.positional import Positional
 from models.registry import build_model
+from models.strict_load import mismatch_report, nonfinite_report
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

@@ -33,7 +33,7 @@ from torch import nn
 from models.cache import CacheConfig, LayerCache
 from models.delta_rule import gated_delta_rule
 from models.kernels import FLA_PACKAGE, check_kernel_choice, require_kernel, use_kernel
-from models.layers import Block, BlockNames
+from models.layers import FLA_NAMES, Block
 from models.lm import check_dtype
 from models.mixers import MIXERS, MixerSpec
 from models.short_conv import ShortConv
@@ -46,7 +46,6 @@ except Exception:  # ImportError, or a broken triton install
     fla_chunk_gated_delta_rule = None
     FLA_AVAILABLE = False
 
-FLA_NAMES = BlockNames(norm="attn_norm", mixer="attn", mlp_norm="mlp_norm", mlp="mlp")  # fla's block keys
 
 
 @dataclass

@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Block
+from models.layers import FLA_NAMES, Block
 from models.linear_attention import RecurrentStateCache, at_least_fp32
 from models.mixers import MIXERS, MixerSpec
 from models.recurrent import (
-    FLA_NAMES,
     GatedLinearMixer,
     RecurrentLMConfig,
     check_head_dims,

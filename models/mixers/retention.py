@@ -19,11 +19,10 @@ from typing import Optional
 
 import torch
 
-from models.layers import Block
+from models.layers import FLA_NAMES, Block
 from models.linear_attention import RecurrentStateCache
 from models.mixers import MIXERS, MixerSpec
 from models.recurrent import (
-    FLA_NAMES,
     GatedLinearMixer,
     RecurrentLMConfig,
     check_head_dims,
