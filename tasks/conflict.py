@@ -92,7 +92,8 @@ class Conflict(Task):
         return {"accuracy": world_right + (1 - world_right) / self.facts}
 
     def depth_resolution(self, length: int) -> float:
-        return 0.5 / max(length - 1 - self.question_len - 3 * self.facts, 1)
+        spare = length - 1 - self.question_len - 3 * self.facts  # where the document may start
+        return 1.0 / spare if spare > 0 else 1.0  # rounding to a token
 
     def check_vocab(self, vocab: Vocab) -> None:
         if self.facts > len(vocab.keys):
