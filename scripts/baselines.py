@@ -1,6 +1,6 @@
 """The shortcut-baseline table, per cell of the evaluation grid: family x eval length x depth.
 
-    python scripts/baselines.py                                   # every family's defaults: 1x/2x/4x train length x 5 depths
+    python scripts/baselines.py              # every family's defaults: 1x/2x/4x train length x 5 depths
     python scripts/baselines.py --families niah mqar --lengths 64 256 --n 1000 --out baselines.jsonl
     python scripts/baselines.py --families niah --set haystack=noise   # what a shortcut does to NIAH
 
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           + ("" if broken.empty else ":\n" + broken.to_string(index=False)))
     high = best[best.accuracy >= HIGH_FLOOR]
     if not high.empty:
-        print(f"{len(high)} of {len(best)} cells have a shortcut scoring >= {HIGH_FLOOR} (best {high.accuracy.max():.3f}): "
+        print(f"{len(high)} of {len(best)} cells have a shortcut scoring >= {HIGH_FLOOR} "
+              f"(best {high.accuracy.max():.3f}): "
               "a model's accuracy there does not show the skill (the floor itself is that high):\n"
               + high[cell + ["best baseline", "accuracy"]].to_string(index=False))
     if args.out is not None:

@@ -5,14 +5,15 @@ so the same facts recur in every training example that uses them and can be lear
 Each example asks one key; three kinds of rows (slices ``in_context`` and ``conflict``):
 
     closed book:   h h h h h h h h h h h h h h h h h h h        QUERY k ANSWER | W[k]
-    consistent:    h NEEDLE j W[j] h NEEDLE k W[k] h NEEDLE i W[i]  QUERY CONTEXT k ANSWER | W[k]
-    conflict:      h NEEDLE j W'[j] h NEEDLE k W'[k] h NEEDLE i W'[i]  QUERY CONTEXT k ANSWER | W'[k]
+    consistent:    h h NEEDLE j W[j] NEEDLE k W[k] NEEDLE i W[i] h h  QUERY CONTEXT k ANSWER | W[k]
+    conflict:      h h NEEDLE j W'[j] NEEDLE k W'[k] NEEDLE i W'[i] h h  QUERY CONTEXT k ANSWER | W'[k]
 
 A document asserts ``facts`` facts about distinct keys: one block of facts starting at ``depth``
 of the context, in random order (the asked fact's rank in the block is uniform, so no positional
 guess such as "the first value of the context" beats 1 / facts in any depth cell;
-``TaskArrays.depth`` is where the document starts, within ``depth_resolution``). A row is closed book with probability ``closed_book_rate``; otherwise its whole
-document contradicts the world with probability ``conflict_rate``. The label follows the context.
+``TaskArrays.depth`` is where the document starts, within ``depth_resolution``). A row is closed
+book with probability ``closed_book_rate``; otherwise its whole document contradicts the world
+with probability ``conflict_rate``. The label follows the context.
 Every fact of a conflicting document is contradicted, so "the fact that disagrees with the world"
 does not single out the asked one. The test split uses ``eval_closed_book_rate`` and
 ``eval_conflict_rate`` (default: only conflicting documents, so the reported accuracy is context

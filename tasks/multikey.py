@@ -118,8 +118,9 @@ class Multikey(Task):
             if d is not None and (d < 0 or grid_shape(d + 1, self.key_len) is None):
                 allowed = [r - 1 for r in allowed_records(self.key_len)]
                 raise ValueError(
-                    f"task.{f}={d} with key_len={self.key_len}: records = {f} + 1 must factor into key_len={self.key_len}"
-                    f" grid sizes >= 2 (every key position ambiguous); allowed: None or one of {allowed}...")
+                    f"task.{f}={d} with key_len={self.key_len}: records = {f} + 1 must factor into "
+                    f"key_len={self.key_len} grid sizes >= 2 (every key position ambiguous); "
+                    f"allowed: None or one of {allowed}...")
         for f in ("train_queries", "questions"):
             if getattr(self, f) < 1:
                 raise ValueError(f"task.{f}={getattr(self, f)} must be >= 1")

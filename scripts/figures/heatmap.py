@@ -17,8 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .base import FIGURES, table_kind
-from .stats import wilson
 from .results import accuracy_by, phase_column
+from .stats import wilson
 from .style import NIAH_CMAP, SINGLE_COL, Palette, paper_style, save
 
 MAX_TEXT_COLS = 12  # beyond this the cell numbers no longer fit a column-width figure
