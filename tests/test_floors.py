@@ -86,3 +86,17 @@ def test_heatmap_marks_cells_within_the_floor_interval() -> None:
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert "~f 1.00" in texts and "0.90" in texts and "0.30" in texts
     assert np.isclose(pivot.iat[1, 1], 0.3)
+
+
+def test_sweep_summary_reports_mean_floor_beside_accuracy() -> None:
+    import collect
+
+    rows = pd.DataFrame([dict(label="a", model="transformer", stage="pretrain", task="niah", run_id="r", eval_len=64,
+                              train_len=64,
+                              depth=d, n_examples=n, accuracy=a, floor=f, status="ok", peak_mem_bytes=0,
+                              cache_bytes=0) for d, n, a, f in [(0.0, 10, 1.0, 1.0), (0.5, 30, 0.5, 0.1)]])
+    table = collect.summary_table(rows)
+    cols = [c.header for c in table.columns]
+    cells = [list(c._cells) for c in table.columns]
+    assert cols.index("floor") == cols.index("acc") + 1
+    assert cells[cols.index("floor")][0] == f"{(10 * 1.0 + 30 * 0.1) / 40:.3f}"
