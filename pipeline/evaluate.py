@@ -4,7 +4,8 @@ Each cell generates held-out (test-seed) examples, predicts teacher-forced and b
 under the named evaluation protocol (``pipeline.decode.PROTOCOLS``; rows carry it in ``protocol``),
 measures peak memory (first batch) and throughput, and appends one row per slice group. Each row
 carries ``floor``: the best prompt-only baseline's exact match on the same examples
-(``tasks.baselines.cell_floor``; ``floor_baseline`` names it) and the cell's stated ``chance_floor``. A cell
+(``tasks.baselines.cell_floor``; ``floor_baseline`` names it), or the cell's stated ``chance_floor``
+(a blind guess's expectation, ``floor_baseline="chance"``) where that is higher. A cell
 that runs out of memory becomes a ``status=oom`` row and the grid goes on; any other failure
 becomes a ``status=error`` row with the message.
 """
@@ -241,9 +242,11 @@ def cell_rows(task: Task, vocab: Vocab, arrays: TaskArrays, res: CellResult, dec
         sub = TaskArrays(arrays.tokens[idx], arrays.answer_mask[idx], arrays.depth[idx],
                          {k: np.asarray(v)[idx] for k, v in arrays.slices.items()})
         extra.update(task.extra_metrics(vocab, sub, res.preds[idx]))
-        if floors is not None:  # the best prompt-only baseline on these very examples (paired)
-            extra["floor"], extra["floor_baseline"] = floors[g]
-            extra["chance_floor"] = task.cell_floor(vocab, arrays.tokens.shape[1], base.get("depth"))["accuracy"]
+        if floors is not None:  # the best prompt-only baseline on these very examples (paired), never below
+            chance = task.cell_floor(vocab, arrays.tokens.shape[1], base.get("depth"))["accuracy"]  # a blind guess
+            best, name = floors[g]
+            extra["floor"], extra["floor_baseline"] = (best, name) if best >= chance else (chance, "chance")
+            extra["chance_floor"] = chance
         rows.append(make_row(**base, **slices, **extra, n_examples=len(idx), accuracy=acc, token_accuracy=tok,
                              peak_mem_bytes=res.peak_mem_bytes, cache_bytes=res.cache_bytes,
                              tokens_per_s=res.tokens_per_s, decode_tokens_per_s=res.decode_tokens_per_s, status="ok"))
