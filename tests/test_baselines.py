@@ -96,7 +96,7 @@ def test_no_shortcut_beats_the_floor_at_4x_and_8x(family: str) -> None:
 
 def test_multikey_partial_key_lookups_stay_at_the_grid_floor() -> None:
     """Every proper subset of the key matches other records: the lookups are at 1 / min(grid side),
-    and on the issue-26 design (look-alikes one token off a target) they would not be."""
+    (on the earlier look-alikes, one token off the target, they reached 0.5-1.0: docs/results/baselines)."""
     task = default_task("multikey")
     rows = rows_by_name(task, depth=0.5)
     lookups = {k for k in rows if k.startswith("key_")} | {"rarest_key_token", "fewest_matches"}
