@@ -2,7 +2,10 @@
 
 Each cell generates held-out (test-seed) examples, predicts teacher-forced and by prefill + decode
 under the named evaluation protocol (``pipeline.decode.PROTOCOLS``; rows carry it in ``protocol``),
-measures peak memory (first batch) and throughput, and appends one row per slice group. A cell
+measures peak memory (first batch) and throughput, and appends one row per slice group. Each row
+carries ``floor``: the best prompt-only baseline's exact match on the same examples
+(``tasks.baselines.cell_floor``; ``floor_baseline`` names it), or the cell's stated ``chance_floor``
+(a blind guess's expectation, ``floor_baseline="chance"``) where that is higher. A cell
 that runs out of memory becomes a ``status=oom`` row and the grid goes on; any other failure
 becomes a ``status=error`` row with the message.
 """
@@ -29,6 +32,7 @@ from pipeline.eval_config import EvalConfig
 from pipeline.memory import available_bytes, estimate_eval_bytes, measure_peak
 from pipeline.rows import CELL_KEYS, append_rows, cell_key, make_row, read_rows
 from tasks.base import Task, TaskArrays
+from tasks.baselines import cell_floor, has_floor
 from tasks.dataset import generate
 from tasks.vocab import Vocab
 
@@ -225,7 +229,9 @@ def cell_rows(task: Task, vocab: Vocab, arrays: TaskArrays, res: CellResult, dec
               base: dict[str, Any]) -> list[dict[str, Any]]:
     """One ``ok`` row per slice group of the cell's examples."""
     rows = []
-    for slices, idx in slice_groups(arrays):
+    groups = slice_groups(arrays)
+    floors = cell_floor(task, vocab, arrays, groups=[idx for _, idx in groups]) if has_floor(task) else None
+    for g, (slices, idx) in enumerate(groups):
         acc, tok = score(arrays, res.preds, idx)
         extra: dict[str, Any] = {}
         if res.tf_preds is not None:
@@ -236,6 +242,11 @@ def cell_rows(task: Task, vocab: Vocab, arrays: TaskArrays, res: CellResult, dec
         sub = TaskArrays(arrays.tokens[idx], arrays.answer_mask[idx], arrays.depth[idx],
                          {k: np.asarray(v)[idx] for k, v in arrays.slices.items()})
         extra.update(task.extra_metrics(vocab, sub, res.preds[idx]))
+        if floors is not None:  # the best prompt-only baseline on these very examples (paired), never below
+            chance = task.cell_floor(vocab, arrays.tokens.shape[1], base.get("depth"))["accuracy"]  # a blind guess
+            best, name = floors[g]
+            extra["floor"], extra["floor_baseline"] = (best, name) if best >= chance else (chance, "chance")
+            extra["chance_floor"] = chance
         rows.append(make_row(**base, **slices, **extra, n_examples=len(idx), accuracy=acc, token_accuracy=tok,
                              peak_mem_bytes=res.peak_mem_bytes, cache_bytes=res.cache_bytes,
                              tokens_per_s=res.tokens_per_s, decode_tokens_per_s=res.decode_tokens_per_s, status="ok"))

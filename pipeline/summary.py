@@ -17,7 +17,7 @@ from pipeline.identity import key_value
 from pipeline.labels import labels
 
 TEXT = ("label", "stage", "task", "status")
-COLUMNS = ("label", "stage", "task", "eval_len", "cells", "accuracy", "min acc", "tf acc", "peak MiB",
+COLUMNS = ("label", "stage", "task", "eval_len", "cells", "accuracy", "floor", "min acc", "tf acc", "peak MiB",
            "cache MiB/seq", "tok/s", "status")
 
 
@@ -39,11 +39,15 @@ def _line(rs: list[dict[str, Any]]) -> list[str]:
     n = sum(r.get("n_examples") or 0 for r in ok)
     acc = sum((r.get("accuracy") or 0) * (r.get("n_examples") or 0) for r in ok) / n if n else None
     tf = [r["tf_accuracy"] for r in ok if r.get("tf_accuracy") is not None]
+    floored = [r for r in ok if r.get("floor") is not None]
+    nf = sum(r.get("n_examples") or 0 for r in floored)
+    floor = sum(r["floor"] * (r.get("n_examples") or 0) for r in floored) / nf if nf else None
     accs = [r["accuracy"] for r in ok if r.get("accuracy") is not None]
     speed = ok[0].get("tokens_per_s") if ok else None
     return [
         str(len(rs)),
         "-" if acc is None else f"{acc:.3f}",
+        "-" if floor is None else f"{floor:.3f}",
         "-" if not accs else f"{min(accs):.3f}",
         "-" if not tf else f"{sum(tf) / len(tf):.3f}",
         _mb(max((r.get("peak_mem_bytes") or 0) for r in ok) if ok else None),
@@ -54,7 +58,8 @@ def _line(rs: list[dict[str, Any]]) -> list[str]:
 
 
 def summary_table(rows: list[dict[str, Any]], title: str = "results") -> Table:
-    """One line per (identity, stage, task, eval_len): accuracy averaged over depths, slices and seeds."""
+    """One line per (identity, stage, task, eval_len): accuracy averaged over depths, slices and seeds,
+    beside the mean floor of the same cells (the best prompt-only baseline on the same examples)."""
     table = Table(title=title)
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in TEXT else "right", overflow="fold")

@@ -101,9 +101,10 @@ def duplicate_cells(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
-    """One line per (label, stage, task): cells by status, accuracy overall / at train_len / longest."""
+    """One line per (label, stage, task): cells by status, accuracy overall beside the mean floor of the same
+    cells (rows' ``floor``), at train_len / longest."""
     table = Table(title=title)
-    for col in ("label", "stage", "task", "runs", "ok", "oom", "err", "acc", "acc@train", "acc@max L",
+    for col in ("label", "stage", "task", "runs", "ok", "oom", "err", "acc", "floor", "acc@train", "acc@max L",
                 "max L", "peak MiB", "cache MiB/seq"):
         text = col in ("label", "stage", "task")
         table.add_column(col, justify="left" if text else "right", overflow="fold",
@@ -124,10 +125,12 @@ def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
         max_len = ok["eval_len"].max() if not ok.empty else None
         at_train = ok[ok["eval_len"] == ok["train_len"]]
         at_max = ok[ok["eval_len"] == max_len]
+        floored = ok.dropna(subset=["floor"]) if "floor" in ok.columns else ok.iloc[:0]  # best shortcut, same cells
         table.add_row(
             escape(str(label)), str(st), escape(str(task)), str(g["run_id"].nunique() or g["run_dir"].nunique()),
             str(counts.get("ok", 0)), str(counts.get("oom", 0)), str(counts.get("error", 0)),
             fmt(weighted_mean(ok["accuracy"], ok["n_examples"]) if not ok.empty else None),
+            fmt(weighted_mean(floored["floor"], floored["n_examples"]) if not floored.empty else None),
             fmt(weighted_mean(at_train["accuracy"], at_train["n_examples"]) if not at_train.empty else None),
             fmt(weighted_mean(at_max["accuracy"], at_max["n_examples"]) if not at_max.empty else None),
             fmt(max_len, ".0f"), fmt(ok["peak_mem_bytes"].max() / 2**20, ".2f"),

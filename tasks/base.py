@@ -97,6 +97,12 @@ class Task:
         shortcut can reach on the test split at this length: the family's docstring says why."""
         raise NotImplementedError(f"task {self.name!r} states no chance floor")
 
+    def cell_floor(self, vocab: Vocab, length: int, depth: float | None) -> dict[str, float]:
+        """The stated floor of one (length, depth) cell of the evaluation grid: ``chance_floor``,
+        unless the depth asked pins the target where a positional guess (first, last, middle record)
+        finds it; a family whose depth is the target's position says so here."""
+        return self.chance_floor(vocab, length)
+
     def extra_metrics(self, vocab: Vocab, arrays: TaskArrays, predictions: np.ndarray) -> dict[str, float]:
         """Task-specific metrics for one evaluation cell (predictions: (n, L), valid at answers)."""
         return {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 
@@ -112,8 +113,19 @@ def last_value(row, m, end, prior):
     return ctx[-int(m.sum()):] if len(ctx) else ctx
 
 
+@per_row
+def middle_value(row, m, end, prior):
+    """The middle answer-sized group of the answers' kind in the context (the middle record's value
+    where records hold the only such tokens): the positional guess for depth 0.5."""
+    ctx = row[:end][prior.of_kind(row[:end])]
+    a = int(m.sum())
+    groups = len(ctx) // a
+    return ctx[(groups // 2) * a : (groups // 2 + 1) * a] if groups else ctx
+
+
 GENERIC: dict[str, Baseline] = {"constant": constant, "most_frequent": most_frequent,
-                                "first_value": first_value, "last_value": last_value}
+                                "first_value": first_value, "last_value": last_value,
+                                "middle_value": middle_value}
 
 
 def after_last_key(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray, prior: Prior) -> np.ndarray:
@@ -152,6 +164,79 @@ def position_mode(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray
         mode = [Counter(col.tolist()).most_common(1)[0][0] for col in keys.T]
         fill(out[i], m, vals[int(np.argmin((keys != np.asarray(mode)).sum(axis=1)))])
     return out
+
+
+def question_key(row: np.ndarray, end: int, key_len: int) -> np.ndarray:
+    """The key the row's (last) question asks: the tokens after its QUERY opener."""
+    return row[end + 1 : end + 1 + key_len]  # context_end is the question's opener
+
+
+def key_subset_lookup(positions: tuple[int, ...], pick: str) -> Baseline:
+    """Records whose key matches the question at ``positions`` only; the first (or last) of them."""
+
+    def baseline(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray, prior: Prior) -> np.ndarray:
+        out = hidden.copy()
+        cols = list(positions)
+        for i, (row, m) in enumerate(zip(hidden, mask)):
+            end = context_end(row, m)
+            keys, vals = records(row, end, task.key_len, task.value_len)
+            hit = np.flatnonzero((keys[:, cols] == question_key(row, end, task.key_len)[cols]).all(axis=1))
+            if len(hit):
+                fill(out[i], m, vals[hit[0] if pick == "first" else hit[-1]])
+        return out
+
+    baseline.__doc__ = f"Key-subset lookup: match key positions {positions} only, the {pick} matching record."
+    return baseline
+
+
+def rarest_key_token(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray, prior: Prior) -> np.ndarray:
+    """The question's key token that is rarest among the records' keys; the first record holding it."""
+    out = hidden.copy()
+    for i, (row, m) in enumerate(zip(hidden, mask)):
+        end = context_end(row, m)
+        keys, vals = records(row, end, task.key_len, task.value_len)
+        key = question_key(row, end, task.key_len)
+        if not len(keys) or not len(key):
+            continue
+        counts = [(keys == t).sum() for t in key]
+        t = key[int(np.argmin([c if c else np.inf for c in counts]))]
+        hit = np.flatnonzero((keys == t).any(axis=1))
+        if len(hit):
+            fill(out[i], m, vals[hit[0]])
+    return out
+
+
+def fewest_matches(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray, prior: Prior) -> np.ndarray:
+    """The proper key subset that matches the fewest records (at least one); the first of them."""
+    out = hidden.copy()
+    subsets = proper_subsets(task.key_len)
+    for i, (row, m) in enumerate(zip(hidden, mask)):
+        end = context_end(row, m)
+        keys, vals = records(row, end, task.key_len, task.value_len)
+        key = question_key(row, end, task.key_len)
+        hits = [np.flatnonzero((keys[:, list(s)] == key[list(s)]).all(axis=1)) for s in subsets]
+        hits = [h for h in hits if len(h)]
+        if hits:
+            fill(out[i], m, vals[min(hits, key=len)[0]])
+    return out
+
+
+def proper_subsets(key_len: int) -> list[tuple[int, ...]]:
+    return [s for r in range(1, key_len) for s in combinations(range(key_len), r)]
+
+
+def key_lookups(task: Task) -> dict[str, Baseline]:
+    """Every partial-key lookup a model could learn instead of matching the whole key (record tasks
+    whose keys have several tokens): each proper subset of key positions with the first and the
+    last matching record, the question's rarest key token, and the most selective subset."""
+    if getattr(task, "key_len", 1) < 2 or not hasattr(task, "value_len"):
+        return {}
+    out: dict[str, Baseline] = {}
+    for s in proper_subsets(task.key_len):
+        name = "key_" + "".join(map(str, s))
+        out[name] = key_subset_lookup(s, "first")
+        out[name + "_last"] = key_subset_lookup(s, "last")
+    return {**out, "rarest_key_token": rarest_key_token, "fewest_matches": fewest_matches}
 
 
 def elimination(task: Task, vocab: Vocab, hidden: np.ndarray, mask: np.ndarray, prior: Prior) -> np.ndarray:
@@ -282,30 +367,68 @@ FAMILY: dict[str, dict[str, Baseline]] = {
     "counting": {"recent_count": recent_count},
     "frequent_tokens": {"recent_frequent": recent_frequent, "first_seen": first_seen},
 }
+KEYED = ("multikey", "niah")  # NEEDLE key value records: partial-key lookups apply
 SKILL: dict[str, set[str]] = {"frequent_tokens": {"most_frequent"}}  # generic rules that are the task itself
 
 
 def baselines_for(task: Task) -> dict[str, Baseline]:
     """Every shortcut baseline that applies to ``task``'s family."""
     generic = {k: v for k, v in GENERIC.items() if k not in SKILL.get(task.name, set())}
-    return {**generic, **FAMILY.get(task.name, {}), **task.shortcuts()}
+    keyed = key_lookups(task) if task.name in KEYED else {}
+    return {**generic, **FAMILY.get(task.name, {}), **keyed, **task.shortcuts()}
 
 
-def score(arrays: TaskArrays, preds: np.ndarray) -> tuple[float, float]:
-    """(exact match, token accuracy) over the answers."""
-    mask = arrays.answer_mask
-    right = (preds == arrays.tokens) | ~mask
+def score(arrays: TaskArrays, preds: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, float]:
+    """(exact match, token accuracy) over the answers (of the examples ``rows``; None: all)."""
+    mask = arrays.answer_mask if rows is None else arrays.answer_mask[rows]
+    right = ((preds == arrays.tokens) if rows is None else (preds[rows] == arrays.tokens[rows])) | ~mask
     return float(right.all(axis=1).mean()), float((right & mask).sum() / max(1, mask.sum()))
+
+
+_PRIORS: dict[tuple, Prior] = {}
+
+
+def fitted_prior(task: Task, vocab: Vocab, seed: int = 0, n_prior: int = 2048) -> Prior:
+    """The prior of ``task`` fit on ``n_prior`` training rows at its training length (cached)."""
+    key = (repr(task), vocab.size, seed, n_prior)
+    if key not in _PRIORS:
+        _PRIORS[key] = Prior.fit(vocab, generate(task, vocab, "train", n_prior, task.train_len, seed))
+    return _PRIORS[key]
+
+
+def baseline_predictions(task: Task, vocab: Vocab, arrays: TaskArrays, prior: Prior) -> dict[str, np.ndarray]:
+    """Every prompt-only baseline's predictions on the examples of one cell (the oracle excluded)."""
+    hidden = hide_answers(arrays.tokens, arrays.answer_mask)
+    return {name: fn(task, vocab, hidden, arrays.answer_mask, prior) for name, fn in baselines_for(task).items()}
+
+
+def has_floor(task: Task) -> bool:
+    """Whether the baselines apply: the synthetic token families (and mixes of them), not text tasks."""
+    return type(task).chance_floor is not Task.chance_floor
+
+
+def cell_floor(task: Task, vocab: Vocab, arrays: TaskArrays, seed: int = 0,
+               groups: list[np.ndarray] | None = None) -> list[tuple[float, str]]:
+    """The floor of each group of a cell's examples (None: all of them): the best prompt-only
+    baseline's exact match on exactly those examples, and its name. Paired with a model's accuracy on
+    the same examples, so "above the floor" compares like with like."""
+    preds = baseline_predictions(task, vocab, arrays, fitted_prior(task, vocab, seed))
+    out = []
+    for rows in groups if groups is not None else [np.arange(len(arrays.tokens))]:
+        acc = {name: score(arrays, p, rows)[0] for name, p in preds.items()}
+        best = max(acc, key=acc.get)
+        out.append((acc[best], best))
+    return out
 
 
 def run_baselines(task: Task, vocab: Vocab, length: int, n: int = 512, seed: int = 0,
                   depth: float | None = None, n_prior: int = 2048) -> list[dict]:
     """One row per baseline (and the oracle) on ``n`` test examples of one cell; the prior is fit on
     ``n_prior`` training examples at the training length."""
-    prior = Prior.fit(vocab, generate(task, vocab, "train", n_prior, task.train_len, seed))
+    prior = fitted_prior(task, vocab, seed, n_prior)
     arrays = generate(task, vocab, "test", n, length, seed, depth)
     hidden = hide_answers(arrays.tokens, arrays.answer_mask)
-    floor = task.chance_floor(vocab, length)
+    floor = task.cell_floor(vocab, length, depth)
     rows = []
     for name, fn in {"oracle": None, **baselines_for(task)}.items():
         preds = task.oracle(vocab, hidden, arrays.answer_mask) if fn is None else fn(

@@ -5,12 +5,15 @@ so the same facts recur in every training example that uses them and can be lear
 Each example asks one key; three kinds of rows (slices ``in_context`` and ``conflict``):
 
     closed book:   h h h h h h h h h h h h h h h h h h h        QUERY k ANSWER | W[k]
-    consistent:    h NEEDLE j W[j] h NEEDLE k W[k] h NEEDLE i W[i]  QUERY CONTEXT k ANSWER | W[k]
-    conflict:      h NEEDLE j W'[j] h NEEDLE k W'[k] h NEEDLE i W'[i]  QUERY CONTEXT k ANSWER | W'[k]
+    consistent:    h h NEEDLE j W[j] NEEDLE k W[k] NEEDLE i W[i] h h  QUERY CONTEXT k ANSWER | W[k]
+    conflict:      h h NEEDLE j W'[j] NEEDLE k W'[k] NEEDLE i W'[i] h h  QUERY CONTEXT k ANSWER | W'[k]
 
-A document asserts ``facts`` facts about distinct keys (the asked one at ``depth``, the others at
-random depths). A row is closed book with probability ``closed_book_rate``; otherwise its whole
-document contradicts the world with probability ``conflict_rate``. The label follows the context.
+A document asserts ``facts`` facts about distinct keys: one block of facts starting at ``depth``
+of the context, in random order (the asked fact's rank in the block is uniform, so no positional
+guess such as "the first value of the context" beats 1 / facts in any depth cell;
+``TaskArrays.depth`` is where the document starts, within ``depth_resolution``). A row is closed
+book with probability ``closed_book_rate``; otherwise its whole document contradicts the world
+with probability ``conflict_rate``. The label follows the context.
 Every fact of a conflicting document is contradicted, so "the fact that disagrees with the world"
 does not single out the asked one. The test split uses ``eval_closed_book_rate`` and
 ``eval_conflict_rate`` (default: only conflicting documents, so the reported accuracy is context
@@ -37,7 +40,7 @@ from typing import ClassVar, Optional
 import numpy as np
 
 from tasks.base import Task, TaskArrays, register, sample_distinct, uniform_tokens
-from tasks.common import block_starts, check_depth, draw_excluding, place_blocks
+from tasks.common import check_depth, draw_excluding, place_blocks
 from tasks.vocab import Vocab
 
 
@@ -89,6 +92,10 @@ class Conflict(Task):
         world_right = closed + (1 - closed) * (1 - conflict)
         return {"accuracy": world_right + (1 - world_right) / self.facts}
 
+    def depth_resolution(self, length: int) -> float:
+        spare = length - 1 - self.question_len - 3 * self.facts  # where the document may start
+        return 1.0 / spare if spare > 0 else 1.0  # rounding to a token
+
     def check_vocab(self, vocab: Vocab) -> None:
         if self.facts > len(vocab.keys):
             raise ValueError(f"task.facts={self.facts} exceeds the {len(vocab.keys)} keys of vocab_size={vocab.size}")
@@ -132,9 +139,11 @@ class Conflict(Task):
             other = vocab.values.start + draw_excluding(rng, nv, excluded, (n * F, 1)).reshape(n, F)
         values = np.where(conflict[:, None], other, true)
         answer = values[:, 0]
-        depths = rng.random((n, F)) if depth is None else np.concatenate(
-            [np.full((n, 1), float(depth)), rng.random((n, F - 1))], axis=1)
-        starts = block_starts(depths, context, 3)
+        # The document is one block of F facts at ``depth``, in random order: the asked fact's rank is
+        # uniform in every depth cell, so "the first / last fact" is right 1 / F of the time.
+        block = (rng.random(n) if depth is None else np.full(n, float(depth))) * (context - 3 * F)
+        slot = np.argsort(rng.random((n, F)), axis=1)  # fact j's place in the block
+        starts = np.rint(block).astype(np.int64)[:, None] + 3 * slot
         records = np.stack([np.full((n, F), vocab.NEEDLE), vocab.keys.start + key_off, values], axis=2)
         rows = np.flatnonzero(in_context)
         sub = tokens[rows]
@@ -153,7 +162,8 @@ class Conflict(Task):
             tokens[:, length - 4] = vocab.QUERY
         answer_mask = np.zeros((n, length), dtype=bool)
         answer_mask[:, -1] = True
-        return TaskArrays(tokens, answer_mask, depths[:, 0].copy(),
+        achieved = np.rint(block) / max(context - 3 * F, 1)  # where the document starts
+        return TaskArrays(tokens, answer_mask, achieved,
                           {"in_context": in_context.astype(np.int64), "conflict": conflict.astype(np.int64)})
 
     def oracle(self, vocab: Vocab, hidden: np.ndarray, answer_mask: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ The span (key and value tokens, uniform) is delimited by SEP and sits at ``depth
 whose other tokens are drawn from the same key and value ranges, so only the SEP markers find
 it (a filler-only haystack would let "copy the key/value tokens" solve the task without the
 markers); the answer is ``span`` tokens long (up to about L/2), all produced by the model in
-decode. Slices: ``span``, ``reverse``.
+decode. At least one context word precedes and follows ``SEP span SEP`` (depth 0 and 1 are the
+first and last places that leave it), so the span is never the first or last words of the context
+and no positional guess passes in the end cells. Slices: ``span``, ``reverse``.
 
 Chance floor: a shortcut that does not find the delimited span copies from a fixed place, right
 only when the span happens to start there: 1 / (number of span starts), at least 1 / 180.
@@ -42,10 +44,10 @@ class Copy(Task):
         super().__post_init__()
 
     def min_length(self) -> int:
-        return 2 * self.span + 4  # SEP span SEP, marker ANSWER, answer
+        return 2 * self.span + 6  # word SEP span SEP word, marker ANSWER, answer
 
     def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
-        starts = length - 2 - self.span - self.span - 1  # rint(depth * (context - s - 2)) takes 0..this
+        starts = length - 5 - 2 * self.span  # 1 + rint(depth * (context - s - 4)) takes this many values
         return {"accuracy": max(1.0 / (vocab.values.stop - vocab.keys.start), 1.0 / max(starts, 1))}
 
     def signatures(self) -> set[tuple[int, int, int]]:
@@ -61,7 +63,9 @@ class Copy(Task):
         tokens = uniform_tokens(rng, words, (n, length))
         text = uniform_tokens(rng, words, (n, s))
         depths = rng.random(n) if depth is None else np.full(n, float(depth))
-        start = np.rint(depths * (context - s - 2)).astype(np.int64)
+        # At least one context word before and after the delimited span: the span is never the first
+        # or the last words of the context, so "copy the first / last words" never passes for copying.
+        start = 1 + np.rint(depths * (context - s - 4)).astype(np.int64)
         cols = start[:, None] + np.arange(s + 2)
         tokens[np.arange(n)[:, None], cols] = np.concatenate(
             [np.full((n, 1), vocab.SEP), text, np.full((n, 1), vocab.SEP)], axis=1

@@ -22,6 +22,9 @@ Validation and test rows always ask one question, so evaluation, the chance floo
 signature are unchanged. With several questions, ``gold_index``/depth fix the first question's
 record and ``TaskArrays.depth`` is where that record starts; the others are distinct random records.
 
+Per depth cell (``cell_floor``): the depth is the gold index, so where it is the first, last or
+middle record a positional guess finds it (floor 1.0 there, as in the paper's gold-index sweep).
+
 Chance floor: 1 / pairs (every record has the same shape and token kinds as the gold one; the
 gold index is uniform when not asked for).
 """
@@ -138,6 +141,17 @@ class KvRetrieval(Task):
 
     def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
         return {"accuracy": 1.0 / self.pairs}
+
+    def cell_floor(self, vocab: Vocab, length: int, depth: float | None) -> dict[str, float]:
+        """The depth asked is the gold index (the lost-in-the-middle axis): where that is the first,
+        last or middle record a positional guess finds it, so the cell's floor is 1.0 there."""
+        if depth is None or self.gold_index is not None:
+            gold = self.gold_index
+        else:
+            gold = int(round(float(depth) * (self.pairs - 1)))
+        if gold is not None and gold in (0, self.pairs - 1, self.pairs // 2):
+            return {"accuracy": 1.0}
+        return self.chance_floor(vocab, length)
 
     def depth_resolution(self, length: int) -> float:
         context = length - self.questions * self.question_len

@@ -1,60 +1,98 @@
-"""Multi-key NIAH with hard distractors: one target record among look-alike records.
+"""Multi-key NIAH that needs the whole key: one target record among look-alikes on a key grid.
 
-Layout (key_len=3, value_len=2, 2 distractors, similarity 2/3), L tokens in all:
+Layout (key_len=2, value_len=2, 8 distractors: a 3 x 3 grid), L tokens in all:
 
-    NEEDLE a b x u1 u2 h h NEEDLE a y c v1 v2 h h NEEDLE z b c w1 w2 h  QUERY a y c ANSWER | v1 v2
-    <- look-alike ->       <------ target ----->      <- look-alike ->
+    h h NEEDLE a y v1 v2 NEEDLE c x w1 w2 ... NEEDLE b z u1 u2 h h  QUERY a y ANSWER | v1 v2
+        <------------------- 9 records, in random order --------------->
 
-Look-alikes are drawn around a hidden centre key (here a b c) that no record has: every record,
-the target included, keeps exactly round(similarity * key_len) centre tokens (at random
-positions) and changes the others, and all keys in a row differ. The target is therefore
-exchangeable with the distractors: voting per position spells the centre, which is no record's
-key, and every record is equally close to it. (Deriving the distractors from the target instead
-makes the per-position mode spell the target: a query-free shortcut.) Values differ between all
-records of a row, so answering a distractor's value is always wrong (``extra_metrics``:
-``distractor_rate``). ``distractors=None`` tiles the context with records (the "haystack made of
-needles").
+Each row draws, per key position j, an alphabet of s_j key tokens (distinct across positions), and
+the records' keys are the whole grid A_0 x ... x A_{k-1}: every combination exactly once. So every
+proper subset of the target's key positions also matches other records (all but position j:
+s_j records; one position: R / s_j records), every key token of a row appears equally often at
+its position, and the target is an arbitrary grid point: voting, rarest-token, first-token and
+key-subset lookups all leave at least ``min(s_j)`` equally good candidates. Values differ between
+all records of a row, so answering a look-alike's value is always wrong (``extra_metrics``:
+``distractor_rate``). ``distractors=None`` fills the context with the largest balanced grid that
+fits (the "haystack made of needles").
 
-Records are spread evenly over the context (filler noise between them, kv_retrieval's rule):
-record i sits at depth i / (records - 1). The target is record round(depth * (records - 1)), within
-half a record of the depth asked (``TaskArrays.depth`` and ``achieved_depth``: the depth
-achieved); with no depth given its rank is uniform.
+The grid shape is the most balanced factorisation of records = distractors + 1 into ``key_len``
+factors of at least 2 (the largest smallest factor): 9 records with 2-token keys are 3 x 3, 8 with
+3-token keys 2 x 2 x 2. A record count without such a factorisation is a config error. Why not
+"every proper subset matches, floor 1/records": the lookup on all positions but j matches s_j
+records, and a grid's s_j satisfy prod s_j = R, so the best key-subset lookup scores
+1 / min s_j >= R^(-1/key_len); by the Loomis-Whitney inequality no other arrangement of R distinct
+keys makes every (key_len - 1)-position lookup ambiguous among more records.
+
+The records sit as one contiguous block at ``depth`` of the context (filler noise around it), in a
+random order, so the target's rank inside the block is uniform in every depth cell: a positional
+guess (first, last, middle record, or the earliest / latest record matching part of the key) has
+no cell in which it beats the floor. ``TaskArrays.depth`` is where the block starts (the depth
+achieved); ``achieved_depth`` reports its mean.
 
 Training rows may ask several questions (``train_queries``, applied by ``for_split("train")``):
-1..train_queries (uniform per row) ``QUERY key ANSWER value`` blocks about distinct records (the
-first at the requested depth, the others at random slots), every value labelled, so one row
-carries several retrieval signals; records share the context the questions leave. At
-L=64 nine records leave room for one question only, so training rows may hold fewer look-alikes
-(``train_distractors``; None: ``distractors``). Validation and test rows always have
-``distractors`` look-alikes and one question, so evaluation, the chance floor, the baselines and
-the mix signature are unchanged. Slices: ``similarity``, ``distractors``, ``key_len``, ``questions``.
+1..train_queries (uniform per row) ``QUERY key ANSWER value`` blocks about distinct records, every
+value labelled. Training rows may hold another grid (``train_distractors``; None:
+``distractors``). Validation and test rows always have ``distractors`` look-alikes and one
+question, so evaluation, the chance floor, the baselines and the mix signature are unchanged.
+Slices: ``distractors``, ``key_len``, ``questions``.
 
-Chance floor: 1 / records (target + distractors): a prompt-only shortcut sees records that are
-exchangeable with the target in keys, values and placement.
+Chance floor: 1 / min(s_j), the best key-subset lookup (1/3 on the defaults); 1 / records when
+``key_len`` is 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from itertools import combinations
-from math import comb
 from typing import ClassVar, Optional
 
 import numpy as np
 
-from tasks.base import Task, TaskArrays, register, uniform_tokens
+from tasks.base import Task, TaskArrays, register, sample_distinct, uniform_tokens
 from tasks.common import check_depth, digits, distinct_codes, place_blocks, question_counts
 from tasks.vocab import Vocab
 
 
-@lru_cache(maxsize=32)
-def shared_masks(key_len: int, shared: int) -> np.ndarray:
-    """Every (key_len,) bool mask with exactly ``shared`` True: a random row is a random subset."""
-    masks = np.zeros((comb(key_len, shared), key_len), dtype=bool)
-    for i, pos in enumerate(combinations(range(key_len), shared)):
-        masks[i, list(pos)] = True
-    return masks
+@lru_cache(maxsize=256)
+def grid_shape(records: int, key_len: int) -> Optional[tuple[int, ...]]:
+    """The factorisation of ``records`` into ``key_len`` factors >= 2 with the largest smallest
+    factor (ties: the fewest distinct sizes), ascending; None when there is none. One key position:
+    (records,)."""
+    if key_len == 1:
+        return (records,) if records >= 1 else None
+
+    def splits(r: int, k: int, lo: int) -> list[tuple[int, ...]]:
+        if k == 1:
+            return [(r,)] if r >= lo else []
+        out = []
+        f = lo
+        while f ** k <= r:
+            if r % f == 0:
+                out += [(f, *rest) for rest in splits(r // f, k - 1, f)]
+            f += 1
+        return out
+
+    options = splits(records, key_len, 2)
+    return max(options, key=lambda s: (s[0], -s[-1])) if options else None
+
+
+def fill_shape(slots: int, key_len: int) -> tuple[int, ...]:
+    """The largest balanced grid (factors s or s + 1, s = floor(slots^(1/key_len))) of at most
+    ``slots`` records: the haystack made of needles."""
+    if key_len == 1:
+        return (max(slots, 2),)
+    s = max(int(round(slots ** (1.0 / key_len))), 2)
+    while s > 2 and s ** key_len > slots:
+        s -= 1
+    shape = [s] * key_len
+    for j in range(key_len):
+        if np.prod(shape) // s * (s + 1) <= slots:
+            shape[j] = s + 1
+    return tuple(sorted(shape))
+
+
+def allowed_records(key_len: int, upto: int = 40) -> list[int]:
+    return [r for r in range(1, upto + 1) if grid_shape(r, key_len) is not None]
 
 
 @register
@@ -63,10 +101,9 @@ class Multikey(Task):
     name: ClassVar[str] = "multikey"
     suite_rank: ClassVar[int] = 20
     has_depth: ClassVar[bool] = True
-    key_len: int = 3  # tokens per key
+    key_len: int = 2  # tokens per key
     value_len: int = 2  # tokens per value (the answer)
-    distractors: Optional[int] = 8  # look-alike records; None: as many as fill the context
-    similarity: float = 0.67  # fraction of key tokens every record keeps from the hidden centre key
+    distractors: Optional[int] = 8  # look-alike records (records = distractors + 1 form the key grid); None: fill
     train_queries: int = 1  # most questions per training row (1..this, uniform); val/test rows ask one
     train_distractors: Optional[int] = None  # look-alikes in training rows; None: distractors
     questions: int = 1  # most questions per generated row: for_split sets it (train_queries, else 1)
@@ -76,16 +113,14 @@ class Multikey(Task):
             raise ValueError(f"task.key_len={self.key_len} must be >= 1")
         if self.value_len < 1:
             raise ValueError(f"task.value_len={self.value_len} must be >= 1")
-        if self.distractors is not None and self.distractors < 0:
-            raise ValueError(f"task.distractors={self.distractors} must be None (fill) or >= 0")
-        top = (self.key_len - 1) / self.key_len
-        if not 0.0 <= self.similarity <= 1.0 or self.shared == self.key_len:
-            raise ValueError(
-                f"task.similarity={self.similarity} with key_len={self.key_len} must be in [0, {top:.3f}]"
-                " (a distractor must differ from the target in at least one key token)"
-            )
-        if self.train_distractors is not None and self.train_distractors < 0:
-            raise ValueError(f"task.train_distractors={self.train_distractors} must be None (distractors) or >= 0")
+        for f in ("distractors", "train_distractors"):
+            d = getattr(self, f)
+            if d is not None and (d < 0 or grid_shape(d + 1, self.key_len) is None):
+                allowed = [r - 1 for r in allowed_records(self.key_len)]
+                raise ValueError(
+                    f"task.{f}={d} with key_len={self.key_len}: records = {f} + 1 must factor into "
+                    f"key_len={self.key_len} grid sizes >= 2 (every key position ambiguous); "
+                    f"allowed: None or one of {allowed}...")
         for f in ("train_queries", "questions"):
             if getattr(self, f) < 1:
                 raise ValueError(f"task.{f}={getattr(self, f)} must be >= 1")
@@ -112,10 +147,6 @@ class Multikey(Task):
         return replace(self, questions=self.train_queries, distractors=distractors)
 
     @property
-    def shared(self) -> int:
-        return int(round(self.similarity * self.key_len))
-
-    @property
     def record_len(self) -> int:
         return 1 + self.key_len + self.value_len
 
@@ -123,31 +154,31 @@ class Multikey(Task):
     def question_len(self) -> int:
         return 2 + self.key_len
 
+    def shape(self, length: int) -> tuple[int, ...]:
+        """The key grid (alphabet size per key position, ascending) at this length."""
+        if self.distractors is None:
+            slots = (length - self.questions * (self.question_len + self.value_len)) // self.record_len
+            return fill_shape(slots, self.key_len)
+        return grid_shape(1 + self.distractors, self.key_len)
+
     def records(self, length: int) -> int:
         """Records (target + distractors) at this length."""
-        if self.distractors is None:
-            return max((length - self.questions * (self.question_len + self.value_len)) // self.record_len, 2)
-        return 1 + self.distractors
+        return int(np.prod(self.shape(length)))
 
     def min_length(self) -> int:
-        m = 2 if self.distractors is None else 1 + self.distractors
+        m = 2 ** self.key_len if self.distractors is None else 1 + self.distractors
         return m * self.record_len + self.questions * (self.question_len + self.value_len)
 
     def signatures(self) -> set[tuple[int, int, int]]:
         return {(Vocab.QUERY, self.key_len, self.value_len)}
 
-    def key_space(self, vocab: Vocab) -> int:
-        """Distinct look-alike keys around one centre: which positions change, and to what."""
-        changed = self.key_len - self.shared
-        return comb(self.key_len, changed) * (len(vocab.keys) - 1) ** changed
-
     def check_records(self, vocab: Vocab, length: int) -> None:
-        m = self.records(length)
-        if m > self.key_space(vocab) or m > len(vocab.values) ** self.value_len:
+        shape, m = self.shape(length), self.records(length)
+        if sum(shape) > len(vocab.keys) or m > len(vocab.values) ** self.value_len:
             raise ValueError(
-                f"length={length} needs {m} multikey records with distinct keys and values; "
-                f"key_len={self.key_len} with similarity={self.similarity} allows {self.key_space(vocab)} keys and "
-                f"value_len={self.value_len} {len(vocab.values) ** self.value_len} values (vocab_size={vocab.size})"
+                f"length={length} needs a {' x '.join(map(str, shape))} key grid ({sum(shape)} distinct key tokens) "
+                f"and {m} distinct values; vocab_size={vocab.size} has {len(vocab.keys)} key tokens and "
+                f"value_len={self.value_len} allows {len(vocab.values) ** self.value_len} values"
             )
 
     def check_vocab(self, vocab: Vocab) -> None:
@@ -155,65 +186,50 @@ class Multikey(Task):
             self.check_records(vocab, self.train_len)
 
     def chance_floor(self, vocab: Vocab, length: int) -> dict[str, float]:
-        return {"accuracy": 1.0 / self.records(length)}
+        """The best key-subset lookup: all positions but the smallest alphabet's leave min(s_j) records."""
+        return {"accuracy": 1.0 / self.shape(length)[0]}
 
     def depth_resolution(self, length: int) -> float:
         context = length - self.questions * (self.question_len + self.value_len)
-        m = self.records(length)
-        return (0.5 / (m - 1) if m > 1 else 1.0) + 1.0 / max(context - self.record_len, 1)
-
-    def record_starts(self, length: int, asks: np.ndarray | int = 1) -> np.ndarray:
-        """(rows, records) starts: spread evenly over the context the row's ``asks`` questions leave."""
-        m, w = self.records(length), self.record_len
-        context = length - np.atleast_1d(asks)[:, None] * (self.question_len + self.value_len)
-        return np.arange(m) * w + (np.arange(m) * (context - m * w)) // max(m - 1, 1)
+        return 1.0 / max(context - self.records(length) * self.record_len, 1)
 
     def generate(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
                  depth: float | None = None) -> TaskArrays:
         self.check_length(length, "length")
         self.check_records(vocab, length)
         check_depth(depth)
-        kl, vl, nk, nv = self.key_len, self.value_len, len(vocab.keys), len(vocab.values)
-        m, changed, q, qlen = self.records(length), kl - self.shared, self.questions, self.question_len + vl
+        kl, vl, nv, w = self.key_len, self.value_len, len(vocab.values), self.record_len
+        shape = self.shape(length)
+        m, q, qlen = self.records(length), self.questions, self.question_len + vl
         tokens = uniform_tokens(rng, vocab.filler, (n, length))
-        centre = rng.integers(0, nk, size=(n, 1, kl))
-        # One code per record: (which positions change, by how much); distinct codes = distinct keys.
-        per_mask = (nk - 1) ** changed
-        codes = distinct_codes(rng, n, self.key_space(vocab), m)  # (n, m)
-        which = shared_masks(kl, changed)[codes // per_mask]  # (n, m, kl): True where the key changes
-        steps = 1 + digits(codes % per_mask, nk - 1, changed)  # (n, m, changed) in 1..nk-1
-        shift = np.zeros((n, m, kl), dtype=np.int64)
-        shift[which] = steps.reshape(-1)  # row-major: each record's changed positions in order
-        keys = vocab.keys.start + (centre + shift) % nk  # (n, m, kl), record 0 is the target
-        vals = vocab.values.start + digits(distinct_codes(rng, n, nv**vl, m), nv, vl)
+        # Per row: the alphabets of every key position, distinct tokens across positions.
+        alphabet = sample_distinct(rng, n, vocab.keys, sum(shape))  # (n, sum(shape))
+        offsets = np.cumsum((0, *shape[:-1]))
+        grid = np.stack(np.unravel_index(np.arange(m), shape), axis=1)  # (m, kl): every combination once
+        order = np.argsort(rng.random((n, m)), axis=1)  # block slot -> grid point, per row
+        at = offsets[None, None, :] + grid[order]  # (n, m, kl) column into the row's alphabet
+        keys = np.take_along_axis(alphabet[:, None, :], at, axis=2)  # (n, m, kl), slot order
+        vals = vocab.values.start + digits(distinct_codes(rng, n, nv**vl, m), nv, vl)  # (n, m, vl)
         asks = question_counts(rng, n, q)  # (n,) questions per row; all 1 in evaluation rows
         context = length - asks * qlen  # (n,)
-        if depth is not None:
-            rank = np.full(n, int(round(float(depth) * (m - 1))))
-        else:
-            rank = rng.integers(0, m, size=n)
-        # Slot order: the target at its rank, distractors 1..m-1 in the other slots.
-        slot = np.arange(m)[None, :]
-        order = np.where(slot < rank[:, None], slot + 1, np.where(slot == rank[:, None], 0, slot))
-        if q > 1:  # records 1..q-1 are asked too: shuffle the look-alikes so they land at random slots
-            shuffled = 1 + np.argsort(rng.random((n, m - 1)), axis=1)
-            order = np.where(order > 0, np.take_along_axis(shuffled, np.maximum(order - 1, 0), axis=1), 0)
+        spare = context - m * w
+        depths = rng.random(n) if depth is None else np.full(n, float(depth))
+        start = np.rint(depths * spare).astype(np.int64)
         records = np.concatenate([np.full((n, m, 1), vocab.NEEDLE), keys, vals], axis=2)
-        records = np.take_along_axis(records, order[:, :, None], axis=1)
-        starts = np.broadcast_to(self.record_starts(length, asks), (n, m))
-        place_blocks(tokens, starts, records)
+        place_blocks(tokens, start[:, None] + np.arange(m)[None, :] * w, records)
+        asked = np.argsort(rng.random((n, m)), axis=1)[:, :q]  # distinct slots; the first is the target
         answer_mask = np.zeros((n, length), dtype=bool)
         rows = np.arange(n)
-        for j in range(q):  # question j asks record j (record 0: the target at the requested depth)
+        for j in range(q):
             i = rows[asks > j]
-            at = (context[i] + j * qlen)[:, None]
-            block = np.concatenate([np.full((len(i), 1), vocab.QUERY), keys[i, j],
-                                    np.full((len(i), 1), vocab.ANSWER), vals[i, j]], axis=1)
-            tokens[i[:, None], at + np.arange(qlen)] = block
-            answer_mask[i[:, None], at + 2 + kl + np.arange(vl)] = True
-        achieved = starts[rows, rank] / np.maximum(context - self.record_len, 1)
-        slices = {"similarity": np.full(n, self.shared / kl), "distractors": np.full(n, m - 1),
-                  "key_len": np.full(n, kl), "questions": asks}
+            slot = asked[i, j]
+            pos = (context[i] + j * qlen)[:, None]
+            block = np.concatenate([np.full((len(i), 1), vocab.QUERY), keys[i, slot],
+                                    np.full((len(i), 1), vocab.ANSWER), vals[i, slot]], axis=1)
+            tokens[i[:, None], pos + np.arange(qlen)] = block
+            answer_mask[i[:, None], pos + 2 + kl + np.arange(vl)] = True
+        achieved = start / np.maximum(spare, 1)
+        slices = {"distractors": np.full(n, m - 1), "key_len": np.full(n, kl), "questions": asks}
         return TaskArrays(tokens, answer_mask, achieved, slices)
 
     def _records(self, vocab: Vocab, row: np.ndarray, end: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -24,6 +24,10 @@ record slots (the few spare tokens spread evenly between them as filler), every 
 whole slot, and a needle at depth d sits in slot round(d * (S - needles)) + its rank: the target
 is within half a record of the depth asked; ``TaskArrays.depth`` is the depth achieved.
 
+Per depth cell (``cell_floor``): the depth is the target's slot, so where that slot is the first,
+last or middle record a positional guess finds it (floor 1.0 in those cells; lost-in-the-middle
+curves are positional by design).
+
 Chance floor: ``distractor``: 1 / S (a prompt-only shortcut cannot tell the asked record from the
 S - 1 others: same token kinds, same shape, same value distribution). ``noise``/``filler``:
 1 / needles (the values are the only value tokens in the prompt; with one needle, copying them is
@@ -128,6 +132,17 @@ class Niah(Task):
         if self.haystack == "distractor":
             return {"accuracy": 1.0 / self.slots(length)}
         return {"accuracy": 1.0 / self.needles}
+
+    def cell_floor(self, vocab: Vocab, length: int, depth: float | None) -> dict[str, float]:
+        """With the distractor haystack the depth asked is the target's record slot (the NIAH axis):
+        in the cells where that slot is the first, last or middle record a positional guess finds it,
+        so the cell's floor is 1.0 there (rows carry the measured one, ``floor``)."""
+        floor = self.chance_floor(vocab, length)
+        if self.haystack != "distractor" or depth is None or self.needles != 1 or self.depths is not None:
+            return floor
+        S = self.slots(length)
+        slot = int(np.rint(float(depth) * (S - 1)))
+        return {"accuracy": 1.0} if slot in (0, S - 1, S // 2) else floor
 
     def _distractors(self, vocab: Vocab, n: int, length: int, rng: np.random.Generator,
                      first_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

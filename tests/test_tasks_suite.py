@@ -34,10 +34,11 @@ def niah_knobs(draw):
 
 @st.composite
 def multikey_knobs(draw):
-    key_len = draw(st.integers(1, 4))
-    shared = draw(st.integers(0, key_len - 1))
-    return dict(key_len=key_len, value_len=draw(st.integers(1, 3)), similarity=shared / key_len,
-                distractors=draw(st.none() | st.integers(0, 12)))
+    key_len = draw(st.integers(1, 3))  # a fill grid of 4-token keys needs 16 records, past train_len 128
+    sides = draw(st.lists(st.integers(1 if key_len == 1 else 2, 4), min_size=key_len, max_size=key_len))
+    records = int(np.prod(sides))  # a grid's record count; more than 12 would not fit train_len 128
+    return dict(key_len=key_len, value_len=draw(st.integers(1, 3)),
+                distractors=draw(st.none() | st.just(records - 1)) if records <= 12 else None)
 
 
 @st.composite
@@ -162,8 +163,8 @@ BAD = [
     ("niah", {"needles": 2, "depths": [0.5]}, "depths"),
     ("niah", {"depths": [1.5]}, "depths"),
     ("niah", {"value_len": 0}, "value_len"),
-    ("multikey", {"similarity": 1.0}, "similarity"),
-    ("multikey", {"similarity": -0.1}, "similarity"),
+    ("multikey", {"distractors": 6}, "distractors"),  # 7 records: no 3 x ... grid of 2-token keys
+    ("multikey", {"train_distractors": 4}, "train_distractors"),
     ("multikey", {"distractors": -1}, "distractors"),
     ("multikey", {"key_len": 0}, "key_len"),
     ("kv_retrieval", {"pairs": 0}, "pairs"),
@@ -276,18 +277,27 @@ def test_multikey_records_are_distinct_look_alikes(knobs: dict, seed: int) -> No
         assert keys.count(target.tobytes()) == 1
 
 
-def test_multikey_records_keep_the_centre_and_voting_does_not_spell_the_target() -> None:
-    task = make("multikey", {})  # key_len 3, similarity 2/3, 16 distractors
+def test_multikey_keys_are_the_whole_grid_and_every_partial_key_is_ambiguous() -> None:
+    """Every record's key is one point of the row's key grid, each point once: per position every token
+    appears equally often, and every proper subset of the target's key matches min(side) records or more."""
+    from itertools import combinations
+
+    task = make("multikey", {})  # key_len 2, 8 distractors: a 3 x 3 grid
     a = task.generate(VOCAB, 200, 128, np.random.default_rng(0))
-    kl, hits = task.key_len, 0
+    kl = task.key_len
     for row in a.tokens:
         q = int(np.flatnonzero(row == Vocab.QUERY)[-1])
         starts = np.flatnonzero(row[:q] == Vocab.NEEDLE)
         keys = np.stack([row[s + 1 : s + 1 + kl] for s in starts])
-        mode = np.array([np.bincount(col).argmax() for col in keys.T])  # the hidden centre, by vote
-        assert ((keys == mode).sum(axis=1) == task.shared).all()  # every record, target included
-        hits += (mode == row[q + 1 : q + 1 + kl]).all()
-    assert hits == 0  # the centre is no record's key, so never the target's
+        target = row[q + 1 : q + 1 + kl]
+        assert len(keys) == 9 and len({k.tobytes() for k in keys}) == 9
+        for col in keys.T:  # 3 tokens per position, 3 records each: no vote, no rarest token
+            assert sorted(np.unique(col, return_counts=True)[1]) == [3, 3, 3]
+        assert not set(keys[:, 0]) & set(keys[:, 1])
+        for r in range(1, kl):
+            for pos in combinations(range(kl), r):
+                assert (keys[:, list(pos)] == target[list(pos)]).all(axis=1).sum() >= 3
+        assert (keys == target).all(axis=1).sum() == 1
 
 
 @pytest.mark.parametrize("pairs", [1, 5, 9])
@@ -330,8 +340,11 @@ def test_copy_reverse() -> None:
     for reverse in (False, True):
         task = make("copy", {"span": 10, "reverse": reverse})
         a = task.generate(VOCAB, 2, 60, np.random.default_rng(0), 0.0)
-        text = a.tokens[:, 1:11]
-        assert (a.tokens[:, 0] == Vocab.SEP).all()
+        text = a.tokens[:, 2:12]
+        assert (a.tokens[:, 1] == Vocab.SEP).all() and (a.tokens[:, 0] != Vocab.SEP).all()  # one word before
+        one = task.generate(VOCAB, 2, 60, np.random.default_rng(0), 1.0)
+        context = 60 - 2 - 10
+        assert (one.tokens[:, context - 2] == Vocab.SEP).all() and (one.tokens[:, context - 1] != Vocab.SEP).all()
         assert (a.tokens[:, -10:] == (text[:, ::-1] if reverse else text)).all()
 
 

@@ -19,8 +19,8 @@ from tasks.vocab import Vocab
 V = Vocab(256)
 KNOBS = {  # multi-question training layouts (the kv/multikey recipes used these before the curriculum)
     "kv_retrieval": {"train_len": 64, "pairs": 8, "key_len": 1, "value_len": 3, "train_queries": 4},
-    "multikey": {"train_len": 64, "key_len": 3, "value_len": 2, "distractors": 8, "similarity": 0.67,
-                 "train_queries": 4, "train_distractors": 4},
+    "multikey": {"train_len": 64, "key_len": 2, "value_len": 2, "distractors": 8,
+                 "train_queries": 4, "train_distractors": 3},
 }
 
 
@@ -57,7 +57,7 @@ def test_training_rows_ask_several_distinct_records_and_evaluation_rows_one(fami
             assert (asks == 1).all(), split
         assert a.tokens.shape == (200, 64)
         if family == "multikey":  # training rows hold train_distractors look-alikes, evaluation rows distractors
-            assert (a.slices["distractors"] == (4 if split == "train" else 8)).all(), split
+            assert (a.slices["distractors"] == (3 if split == "train" else 8)).all(), split
         _, labels = training_views(a.tokens, a.answer_mask)
         for i, row in enumerate(a.tokens):
             recs = records_of(family, task, row)
@@ -85,6 +85,10 @@ def test_the_first_training_question_follows_the_depth_and_the_others_land_anywh
         asked = [key for _, key, _ in questions_of(task, row, int(q))]
         firsts.append(recs.index(asked[0]))
         others += [recs.index(k) for k in asked[1:]]
+    if family == "multikey":  # depth places the block of records; the asked ones sit anywhere in it
+        assert set(firsts) == set(others) == set(range(len(recs)))
+        assert (a.tokens[:, 0] == V.NEEDLE).all()  # depth 0: the block starts the row
+        return
     assert set(firsts) == {0}  # depth 0: the first record
     assert set(others) == set(range(1, len(recs)))  # the other questions ask records at every other slot
 
@@ -102,10 +106,10 @@ def test_single_question_rows_are_unchanged_by_the_knob() -> None:
     ("kv_retrieval", {"train_queries": 0}, "train_queries"),
     ("kv_retrieval", {"train_queries": 9}, "train_queries"),  # more than the 8 records
     ("kv_retrieval", {"train_queries": 5}, "train_queries"),  # 8 records + 5 questions > 64 tokens
-    ("multikey", {"train_queries": 2}, "train_queries"),  # 9 records leave room for one question at 64
+    ("multikey", {"train_queries": 4}, "train_queries"),  # 9 records of 5 tokens leave room for 3 questions
     ("multikey", {"train_queries": 0}, "train_queries"),
     ("multikey", {"train_distractors": -1}, "train_distractors"),
-    ("multikey", {"train_queries": 6, "train_distractors": 4}, "train_queries"),  # 5 records
+    ("multikey", {"train_queries": 6, "train_distractors": 3}, "train_queries"),  # 4 records
 ])
 def test_bad_training_layouts_fail_naming_the_field(family: str, knobs: dict, field: str) -> None:
     base = {k: v for k, v in KNOBS[family].items() if not k.startswith("train_") or k == "train_len"}

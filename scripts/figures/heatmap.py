@@ -3,6 +3,9 @@
 Follows gkamradt/LLMTest_NeedleInAHaystack's visualisation (colormap #F0496E -> #EBB839 -> #0CD79F),
 with exact match on a fixed 0..1 scale, the value in each cell, and a vertical line at the training
 length. A cell with no ok row but an oom/error row is drawn grey and marked, never as accuracy 0.
+A cell whose accuracy lies within the 95% Wilson interval of its floor (rows' ``floor``: the best
+prompt-only baseline on the same examples) or below it is outlined with a dotted frame and its value
+marked "~f": there the model is not distinguishable from a shortcut.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from matplotlib.figure import Figure
 
 from .base import FIGURES, table_kind
 from .results import accuracy_by, phase_column
+from .stats import wilson
 from .style import NIAH_CMAP, SINGLE_COL, Palette, paper_style, save
 
 MAX_TEXT_COLS = 12  # beyond this the cell numbers no longer fit a column-width figure
@@ -44,6 +48,21 @@ def _failed_cells(df: pd.DataFrame, pivot: pd.DataFrame) -> dict[tuple[int, int]
     return out
 
 
+def at_floor_cells(df: pd.DataFrame, pivot: pd.DataFrame) -> set[tuple[int, int]]:
+    """(row, col) of cells whose accuracy is at most the upper 95% Wilson bound of their floor."""
+    if "floor" not in df.columns:
+        return set()
+    ok = df[df["depth"].notna() & (df["status"] == "ok") & df["floor"].notna()]
+    out = set()
+    for (depth, length), g in ok.groupby(["depth", "eval_len"]):
+        n = float(g["n_examples"].sum())
+        floor = float((g["floor"] * g["n_examples"]).sum() / n) if n else float("nan")
+        i, j = pivot.index.get_loc(float(depth)), pivot.columns.get_loc(int(length))
+        if n and not np.isnan(pivot.iat[i, j]) and pivot.iat[i, j] <= wilson(floor, n)[1]:
+            out.add((i, j))
+    return out
+
+
 def train_line_x(lengths: list[int], train_len: float | None) -> float | None:
     """x of the boundary between lengths <= train_len and longer ones (categorical axis)."""
     if not lengths or train_len is None or np.isnan(train_len):
@@ -68,10 +87,15 @@ def heatmap_figure(df: pd.DataFrame, title: str = "") -> tuple[Figure, pd.DataFr
     ax.set_yticks(range(n_d), [f"{100 * d:.0f}" for d in pivot.index])
     ax.set_xlabel("eval length (tokens)")
     ax.set_ylabel("depth (%)")
+    at_floor = at_floor_cells(df, pivot)
     if n_l <= MAX_TEXT_COLS:
         for (i, j), v in np.ndenumerate(pivot.to_numpy()):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="black")
+                text = f"~f {v:.2f}" if (i, j) in at_floor else f"{v:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6, color="black")
+    for i, j in at_floor:
+        ax.add_patch(plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="black",
+                                   linestyle=":", linewidth=0.8))
     for (i, j), text in _failed_cells(df, pivot).items():
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#BBBBBB", hatch="///",
                                    edgecolor="white", linewidth=0))
@@ -88,6 +112,8 @@ def heatmap_figure(df: pd.DataFrame, title: str = "") -> tuple[Figure, pd.DataFr
     n = df[df["depth"].notna() & (df["status"] == "ok")].groupby(["depth", "eval_len"])["n_examples"].sum()
     note = "" if n.empty else (f"n={int(n.min())} per cell" if n.min() == n.max()
                                 else f"n={int(n.min())}-{int(n.max())} per cell")
+    if at_floor:
+        note = f"{note}; dotted, ~f: within the floor's 95% interval".lstrip("; ")
     if title or note:
         ax.set_title(f"{title or ''}\n{note}".strip(), pad=10)
     return fig, pivot
