@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -154,10 +155,12 @@ class GatedLinearMixer(nn.Module):
         resume = layer_cache is not None and start > 0
         scale = self.dk**-0.5
         if use_kernels(self.cfg.kernel, self.kernel_available, x) and not resume:
-            # fla takes (B, T, H, D); the state it returns is (B, H, dk, dv) as ours
+            # fla takes (B, T, H, D) (releases before 0.3 default to head_first=True: say so); the state it
+            # returns is (B, H, dk, dv) as ours
+            layout = {"head_first": False} if "head_first" in inspect.signature(self.kernel).parameters else {}
             o, last = self.kernel(q=q.transpose(1, 2), k=k.transpose(1, 2), v=v.transpose(1, 2),
                                   g=g.transpose(1, 2).contiguous(), scale=scale,
-                                  output_final_state=layer_cache is not None)
+                                  output_final_state=layer_cache is not None, **layout)
             o = o.transpose(1, 2)
             if layer_cache is not None:
                 layer_cache.state = last.detach().to(layer_cache.state.dtype)
