@@ -155,7 +155,7 @@ class GatedLinearMixer(nn.Module):
         resume = layer_cache is not None and start > 0
         scale = self.dk**-0.5
         if use_kernels(self.cfg.kernel, self.kernel_available, x) and not resume:
-            # fla takes (B, T, H, D) (releases before 0.3 default to head_first=True: say so); the state it
+            # fla takes (B, T, H, D) (older releases default to head_first=True: say so); the state it
             # returns is (B, H, dk, dv) as ours
             layout = {"head_first": False} if "head_first" in inspect.signature(self.kernel).parameters else {}
             o, last = self.kernel(q=q.transpose(1, 2), k=k.transpose(1, 2), v=v.transpose(1, 2),
