@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -72,6 +73,21 @@ def torch_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
     return o.to(v.dtype)
 
 
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          cache: Optional[RecurrentStateCache], resume: bool) -> torch.Tensor:
+    """SiLU(depthwise causal conv) over x (B, D, T), weight (D, 1, W). With a cache, its ``conv_state``
+    (B, D, W), the last W inputs, is the left context when ``resume`` (zeros otherwise) and is updated."""
+    B, D, _ = x.shape
+    W = weight.shape[-1]
+    if cache is None:
+        ctx = F.pad(x, (W - 1, 0))
+    else:
+        left = cache.conv_state[..., 1:].to(x.dtype) if resume else x.new_zeros(B, D, W - 1)
+        ctx = torch.cat((left, x), dim=2)
+        cache.conv_state = ctx[..., -W:].detach().to(cache.conv_state.dtype)
+    return F.silu(F.conv1d(ctx, weight, bias, groups=D))
+
+
 def new_state(batch_size: int, heads: int, d_k: int, d_v: int, like: torch.Tensor) -> torch.Tensor:
     """A zero (B, H, K, V) state on ``like``'s device, at least float32."""
     return torch.zeros(batch_size, heads, d_k, d_v, device=like.device,
@@ -91,8 +107,10 @@ def init_linears(module: nn.Module, std: float, n_layers: int, residual_out: tup
                 sub.weight.div_(math.sqrt(2 * n_layers))
 
 
-def check_head_dims(cfg: RecurrentLMConfig) -> None:
-    """expand_k * d_model and expand_v * d_model are whole multiples of n_heads (gla, retention)."""
+def check_gated_layer(cfg: RecurrentLMConfig) -> None:
+    """gla / retention: expand_k * d_model and expand_v * d_model are whole multiples of n_heads; conv_size >= 1."""
+    if cfg.conv_size < 1:
+        raise ValueError(f"model.conv_size={cfg.conv_size} must be >= 1")
     for name in ("expand_k", "expand_v"):
         dim = getattr(cfg, name) * cfg.d_model
         if dim != int(dim) or dim < cfg.n_heads or int(dim) % cfg.n_heads:
@@ -120,6 +138,22 @@ class GatedLinearMixer(nn.Module):
         self.g_proj = nn.Linear(d, value_dim, bias=False)  # the swish output gate
         self.o_proj = nn.Linear(value_dim, d, bias=False)
         self.g_norm_swish_gate = RMSNorm(self.dv, cfg.norm_eps)  # fla's FusedRMSNormGated: per-head norm
+        self.qkv_dims = [key_dim, key_dim, value_dim]
+        if cfg.use_short_conv:  # fla's ShortConvolution on q, k, v: depthwise causal, SiLU, no bias
+            self.q_conv1d, self.k_conv1d, self.v_conv1d = (
+                nn.Conv1d(n, n, cfg.conv_size, groups=n, padding=cfg.conv_size - 1, bias=False) for n in self.qkv_dims)
+
+    def qkv(self, x: torch.Tensor, layer_cache: Optional[RecurrentStateCache],
+            start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (B, H, T, dk), v (B, H, T, dv): projections, then the short convs when configured (one
+        depthwise conv over [q, k, v], the three convs' weights side by side, so one conv state)."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.cfg.use_short_conv:
+            w = torch.cat((self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight))
+            qkv = causal_depthwise_conv(torch.cat((q, k, v), dim=-1).transpose(1, 2), w, None, layer_cache,
+                                        layer_cache is not None and start > 0)
+            q, k, v = qkv.transpose(1, 2).split(self.qkv_dims, dim=-1)
+        return self.heads(q), self.heads(k), self.heads(v)
 
     def heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, H*D) -> (B, H, T, D)."""
@@ -131,10 +165,12 @@ class GatedLinearMixer(nn.Module):
         resume = layer_cache is not None and start > 0
         scale = self.dk**-0.5
         if use_kernel(self.cfg.kernel, self.kernel_available, FLA_PACKAGE, x) and not resume:
-            # fla takes (B, T, H, D); the state it returns is (B, H, dk, dv) as ours
+            # fla takes (B, T, H, D) (older releases default to head_first=True: say so); the state it
+            # returns is (B, H, dk, dv) as ours
+            layout = {"head_first": False} if "head_first" in inspect.signature(self.kernel).parameters else {}
             o, last = self.kernel(q=q.transpose(1, 2), k=k.transpose(1, 2), v=v.transpose(1, 2),
                                   g=g.transpose(1, 2).contiguous(), scale=scale,
-                                  output_final_state=layer_cache is not None)
+                                  output_final_state=layer_cache is not None, **layout)
             o = o.transpose(1, 2)
             if layer_cache is not None:
                 layer_cache.state = last.detach().to(layer_cache.state.dtype)
@@ -147,4 +183,7 @@ class GatedLinearMixer(nn.Module):
     def new_layer_cache(self, batch_size: int, policy: Optional[CacheConfig] = None, layer_idx: int = 0,
                         n_layers: int = 1) -> RecurrentStateCache:
         """The zero state; a KV policy has nothing to act on here."""
-        return RecurrentStateCache(new_state(batch_size, self.cfg.n_heads, self.dk, self.dv, self.q_proj.weight))
+        p = self.q_proj.weight
+        conv = (torch.zeros(batch_size, sum(self.qkv_dims), self.cfg.conv_size, device=p.device, dtype=p.dtype)
+                if self.cfg.use_short_conv else None)
+        return RecurrentStateCache(new_state(batch_size, self.cfg.n_heads, self.dk, self.dv, p), conv)

@@ -5,10 +5,10 @@ recurrence written here from the equations, in values, final state and gradients
 and a scalar decay, T not a multiple of the chunk and T = 1, several heads, an initial state; it equals
 ports of the references' own naive implementations (fla's ``naive_recurrent_gla`` and
 ``naive_retention``, mamba's ``ssd_minimal_discrete``); it stays finite under huge decays; each family's
-forward equals step-by-step decode and prefill-then-step through its cache (and a hybrid of them);
-a token never changes earlier logits; the state's bytes are constant and as computed; bad configs
-name the field; kernel=cuda fails loudly where the kernels cannot run; on a GPU (``gpu``) each
-kernel path equals the torch path.
+forward equals step-by-step decode and prefill-then-step through its cache (also with fla's short convs
+on q, k, v, and a hybrid of them); a token never changes earlier logits; the state's bytes are constant
+and as computed; bad configs name the field; kernel=cuda fails loudly where the kernels cannot run;
+on a GPU (``gpu``) each kernel path equals the torch path.
 """
 
 from __future__ import annotations
@@ -202,9 +202,14 @@ def tiny_hybrid(**kw):
                                     n_heads=2, mixer_args=dict(mamba2=dict(headdim=8, d_state=6)), **kw))
 
 
-@pytest.mark.parametrize("family", [*FAMILIES, "hybrid"])
-def test_forward_equals_step_decode_and_prefill_then_step(family):
-    model = (tiny_hybrid(chunk_size=4) if family == "hybrid" else tiny(family, chunk_size=4))
+CONV = dict(use_short_conv=True, conv_size=3)  # fla's short convs on q, k, v (gla, retention)
+CASES = [("gla", {}), ("gla", CONV), ("retention", {}), ("retention", CONV), ("mamba2", {})]
+CASE_IDS = ["gla", "gla_conv", "retention", "retention_conv", "mamba2"]
+
+
+@pytest.mark.parametrize("family,kw", [*CASES, ("hybrid", {})], ids=[*CASE_IDS, "hybrid"])
+def test_forward_equals_step_decode_and_prefill_then_step(family, kw):
+    model = (tiny_hybrid(chunk_size=4) if family == "hybrid" else tiny(family, chunk_size=4, **kw))
     model = model.to(target_device(), F64).eval()
     ids = torch.randint(0, 64, (2, 21), device=target_device())
     with torch.no_grad():
@@ -220,9 +225,9 @@ def test_forward_equals_step_decode_and_prefill_then_step(family):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_changing_a_token_never_changes_earlier_logits(family):
-    model = tiny(family, chunk_size=4).to(target_device()).eval()
+@pytest.mark.parametrize("family,kw", CASES, ids=CASE_IDS)
+def test_changing_a_token_never_changes_earlier_logits(family, kw):
+    model = tiny(family, chunk_size=4, **kw).to(target_device()).eval()
     ids = torch.randint(0, 64, (1, 24), device=target_device())
     other = ids.clone()
     other[0, 13] = (ids[0, 13] + 1) % 64
@@ -232,14 +237,15 @@ def test_changing_a_token_never_changes_earlier_logits(family):
     assert not torch.allclose(a[:, 13:], b[:, 13:])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_state_bytes_are_constant_and_as_computed(family):
-    model = tiny(family).eval()
+@pytest.mark.parametrize("family,kw", CASES, ids=CASE_IDS)
+def test_state_bytes_are_constant_and_as_computed(family, kw):
+    model = tiny(family, **kw).eval()
     cfg, B = model.cfg, 3
     if family == "mamba2":  # state (H, d_state, headdim) + conv inputs (d_inner + 2 G N, d_conv)
         per_layer = cfg.d_inner * cfg.d_state + (cfg.d_inner + 2 * cfg.ngroups * cfg.d_state) * cfg.d_conv
-    else:  # (H, d_k, d_v) = key_dim * value_dim / H
-        per_layer = int(cfg.expand_k * cfg.d_model) * int(cfg.expand_v * cfg.d_model) // cfg.n_heads
+    else:  # (H, d_k, d_v) = key_dim * value_dim / H, + the last conv_size inputs of q, k, v with short convs
+        key_dim, value_dim = int(cfg.expand_k * cfg.d_model), int(cfg.expand_v * cfg.d_model)
+        per_layer = key_dim * value_dim // cfg.n_heads + cfg.use_short_conv * (2 * key_dim + value_dim) * cfg.conv_size
     cache, sizes = model.new_cache(B), []
     with torch.no_grad():
         for T in (1, 50, 1):
@@ -263,6 +269,8 @@ def test_parameter_names_follow_the_references():
               "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}
     assert names["gla"] == common | {"attn.gk_proj.0.weight", "attn.gk_proj.1.weight", "attn.gk_proj.1.bias"}
     assert names["retention"] == common
+    with_conv = {n.split(".", 2)[2] for n, _ in tiny("gla", **CONV).named_parameters() if n.startswith("layers.0.")}
+    assert with_conv - names["gla"] == {"attn.q_conv1d.weight", "attn.k_conv1d.weight", "attn.v_conv1d.weight"}
     assert names["mamba2"] == {"norm.weight", *(f"mixer.{n}" for n in (
         "in_proj.weight", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"))}
 
@@ -282,6 +290,7 @@ def test_mamba2_init_follows_the_reference():
     ("gla", dict(kernel="triton"), "model.kernel"),
     ("gla", dict(expand_k=0.3), "model.expand_k"),
     ("gla", dict(gate_logit_normalizer=0), "model.gate_logit_normalizer"),
+    ("gla", dict(conv_size=0), "model.conv_size"),
     ("retention", dict(n_heads=3), "model.expand_k"),
     ("retention", dict(chunk_size=0), "model.chunk_size"),
     ("mamba2", dict(headdim=48), "model.headdim"),

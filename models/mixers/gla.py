@@ -27,7 +27,7 @@ from models.mixers import MIXERS, MixerSpec
 from models.recurrent import (
     GatedLinearMixer,
     RecurrentLMConfig,
-    check_head_dims,
+    check_gated_layer,
     default_mlp_hidden,
     init_linears,
 )
@@ -49,6 +49,8 @@ class GLAConfig(RecurrentLMConfig):
     expand_v: float = 1.0  # value dim = expand_v * d_model
     gate_low_rank_dim: int = 16  # rank of the forget-gate projection
     gate_logit_normalizer: float = 16.0  # log a = logsigmoid(.) / this
+    use_short_conv: bool = False  # fla's option: depthwise causal conv + SiLU on q, k, v (zoology: helps recall)
+    conv_size: int = 4
     mlp_hidden: Optional[int] = None  # None: 8/3 d_model rounded up to a multiple of 16 (SwiGLU)
 
     def __post_init__(self) -> None:
@@ -60,7 +62,7 @@ class GLAConfig(RecurrentLMConfig):
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
         if not self.gate_logit_normalizer > 0:
             raise ValueError(f"model.gate_logit_normalizer={self.gate_logit_normalizer} must be > 0")
-        check_head_dims(self)
+        check_gated_layer(self)
 
 
 class GatedLinearAttention(GatedLinearMixer):
@@ -74,7 +76,7 @@ class GatedLinearAttention(GatedLinearMixer):
 
     def forward(self, x: torch.Tensor, layer_cache: Optional[RecurrentStateCache] = None,
                 start: int = 0) -> torch.Tensor:
-        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+        q, k, v = self.qkv(x, layer_cache, start)
         gk = F.logsigmoid(at_least_fp32(self.heads(self.gk_proj(x)))) / self.cfg.gate_logit_normalizer
         return self.mix(x, q, k, v, gk, layer_cache, start)
 

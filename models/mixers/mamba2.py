@@ -28,7 +28,7 @@ from models.kernels import require_kernel, use_kernel
 from models.layers import Block
 from models.linear_attention import RecurrentStateCache, at_least_fp32
 from models.mixers import MIXERS, MixerSpec
-from models.recurrent import RecurrentLMConfig, new_state, torch_linear_attention
+from models.recurrent import RecurrentLMConfig, causal_depthwise_conv, new_state, torch_linear_attention
 
 try:  # the kernels import only where their CUDA extensions (and triton) were built
     from causal_conv1d import causal_conv1d_fn
@@ -139,18 +139,12 @@ class Mamba2Mixer(nn.Module):
     def _conv(self, xBC: torch.Tensor, cache: Optional[RecurrentStateCache], resume: bool,
               kernels: bool) -> torch.Tensor:
         """Depthwise causal conv + SiLU over xBC (B, conv_dim, T), continuing and updating a cache's inputs."""
-        B, _, T = xBC.shape
-        K = self.cfg.d_conv
-        if cache is not None:  # conv input with its left context: the cached last d_conv-1 inputs (zeros when fresh)
-            left = cache.conv_state[..., 1:].to(xBC.dtype) if resume else xBC.new_zeros(B, self.conv_dim, K - 1)
-            ctx = torch.cat((left, xBC), dim=2)
-            cache.conv_state = ctx[..., -K:].detach().to(cache.conv_state.dtype)
-        if kernels:
-            return causal_conv1d_fn(xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                                    activation="silu")
-        if cache is not None:
-            return F.silu(F.conv1d(ctx, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim))
-        return F.silu(self.conv1d(xBC)[..., :T])  # padding d_conv-1 on both sides: keep the causal T
+        if not kernels:
+            return causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, cache, resume)
+        if cache is not None:  # kernels never resume: the state is the last d_conv inputs after zeros
+            K = self.cfg.d_conv
+            cache.conv_state = F.pad(xBC, (K, 0))[..., -K:].detach().to(cache.conv_state.dtype)
+        return causal_conv1d_fn(xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
 
     def forward(self, hidden: torch.Tensor, layer_cache: Optional[RecurrentStateCache] = None,
                 start: int = 0) -> torch.Tensor:

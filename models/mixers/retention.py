@@ -25,7 +25,7 @@ from models.mixers import MIXERS, MixerSpec
 from models.recurrent import (
     GatedLinearMixer,
     RecurrentLMConfig,
-    check_head_dims,
+    check_gated_layer,
     default_mlp_hidden,
     init_linears,
 )
@@ -47,6 +47,8 @@ class RetentionConfig(RecurrentLMConfig):
     expand_k: float = 1.0  # key dim = expand_k * d_model (fla's default)
     expand_v: float = 2.0  # value dim = expand_v * d_model
     rope_base: float = 10000.0  # RoPE on q, k (RetNet's xPos without its length-extrapolation scale)
+    use_short_conv: bool = False  # fla's option: depthwise causal conv + SiLU on q, k, v (zoology: helps recall)
+    conv_size: int = 4
     mlp_hidden: Optional[int] = None  # None: 8/3 d_model rounded up to a multiple of 16 (SwiGLU)
 
     def __post_init__(self) -> None:
@@ -58,7 +60,7 @@ class RetentionConfig(RecurrentLMConfig):
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
         if not self.rope_base > 1:
             raise ValueError(f"model.rope_base={self.rope_base} must be > 1")
-        check_head_dims(self)
+        check_gated_layer(self)
         if int(self.expand_k * self.d_model) // self.n_heads % 2:
             raise ValueError(f"model.expand_k={self.expand_k}: the key head dim expand_k * d_model / n_heads must "
                              "be even for RoPE")
@@ -88,9 +90,8 @@ class MultiScaleRetention(GatedLinearMixer):
     def forward(self, x: torch.Tensor, layer_cache: Optional[RecurrentStateCache] = None,
                 start: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self._rotate(self.heads(self.q_proj(x)), start)
-        k = self._rotate(self.heads(self.k_proj(x)), start)
-        v = self.heads(self.v_proj(x))
+        q, k, v = self.qkv(x, layer_cache, start)
+        q, k = self._rotate(q, start), self._rotate(k, start)
         g = self.log_decay.to(torch.promote_types(x.dtype, torch.float32))[None, :, None].expand(B, -1, T)
         return self.mix(x, q, k, v, g, layer_cache, start)
 
