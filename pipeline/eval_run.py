@@ -16,6 +16,7 @@ from pipeline.run import device_of, evaluate, run_dir_of
 from pipeline.run_state import RunLock
 from pipeline.schema import ConfigError
 from pipeline.stages.duo_gates import save_gates
+from pipeline.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     """eval.py: load a checkpoint (or init_from=hf:PATH), apply overrides, evaluate the grid under a cache policy."""
+    apply_threads(cfg.get("trainer"))  # eval.py's own trainer.threads (pipeline/threads.py)
     if hf_path(cfg.get("init_from")) is not None:
         return evaluate_hf(cfg, overrides)
     if not cfg.get("ckpt"):

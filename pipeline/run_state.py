@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -123,8 +124,13 @@ def claim_run_config(cfg: DictConfig, run_dir: str | Path, config_hash: str) -> 
                 f"Differing fields: {'; '.join(diffs)}. Use another run_id, or resume=force to continue this run "
                 f"under the new config")
         log.warning("resume=force: continuing %s under a changed config: %s", name, "; ".join(diffs))
+    threads = torch.get_num_threads()  # how it ran (trainer.threads), outside the config hash
     if record.get("config_hash") == config_hash:
+        if record.get("threads") != threads:
+            record["threads"] = threads
+            atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
         return
     history = record.get("history", []) + ([{k: record[k] for k in ("config_hash", "config")}] if record else [])
-    new = {"run_id": cfg.get("run_id"), "config_hash": config_hash, "config": current, "history": history}
+    new = {"run_id": cfg.get("run_id"), "config_hash": config_hash, "config": current, "threads": threads,
+           "history": history}
     atomic_write(record_path, lambda f: f.write(json.dumps(new, indent=1, default=str).encode()))
