@@ -154,7 +154,7 @@ def preset_arms(preset: str) -> list[list[str]]:
     for group in ("kv", "variant"):
         if group in params:
             params[group] = ",".join(sorted(p[:-5] for p in os.listdir(os.path.join(CONF_DIR, group))
-                                            if p.endswith(".yaml") and p != "base.yaml"))
+                                            if p.endswith(".yaml")))
     if preset == "rope_extension":
         params["model.pos.rule"] = ",".join(_swept_rules())
     keys = sorted(params)
@@ -182,3 +182,18 @@ def test_every_arm_of_every_preset_is_smoke_sized_under_scale_smoke(preset, tmp_
             assert r.data.n_train <= 64 and r.data.n_val <= 8 and r.data.batch_size <= 8, where
             assert r.eval.n_examples <= 4 and len(r.eval.depths) == 1, where
             assert len(r.eval.lengths) <= 2 and max(r.eval.lengths) <= 2 * r.task.train_len <= 512, where
+
+
+@pytest.mark.parametrize("group, typo", [("cache", "qeust"), ("kv", "qeust")])
+def test_a_mistyped_option_lists_only_real_options(group, typo, tmp_path):
+    """The files that policies and arms share live below their group, so Hydra's 'Available options' lists
+    only what a user can choose (no internal ``base``)."""
+    from models.cache import CACHE_POLICIES
+
+    extra = ["experiment=kv_policies"] if group == "kv" else []
+    with pytest.raises(Exception, match=r"Available options") as err:
+        compose_config(extra + [f"{group}={typo}"], run_dir=str(tmp_path))
+    options = str(err.value).split(f"Available options in '{group}':")[1].split("Config search path")[0]
+    listed = [line.strip() for line in options.splitlines() if line.strip()]
+    assert "base" not in listed and {"full", "sink_window", "quest", "duo"} <= set(listed), listed
+    assert set(listed) <= set(CACHE_POLICIES.names()), listed  # every option is a policy (an arm per policy)
