@@ -74,5 +74,6 @@ def evaluate_hf(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     model = load_hf_model(res.model, cfg.init_from)
     run_id = cfg.get("run_id") or f"eval-hf-{hf_path(cfg.init_from).name}-{uuid.uuid4().hex[:6]}"
     run_dir = run_dir_of(cfg)
+    log.info("run dir: %s", run_dir)
     with RunLock(run_dir, cfg.get("run_id")):
         return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))

@@ -22,7 +22,7 @@ from pipeline.base_model import resolve_base
 from pipeline.checkpoint import load_weights, model_state, read_checkpoint, remove_stale_temps
 from pipeline.config import Resolved, validate
 from pipeline.config_hash import UNHASHED_NESTED, short_hash
-from pipeline.eval_kinds import run_eval_kind
+from pipeline.eval_kinds import kind_summary, run_eval_kind
 from pipeline.evaluate import evaluate_grid
 from pipeline.fit import count_params
 from pipeline.hf_init import hf_path, load_hf_model, with_hf_model
@@ -101,7 +101,10 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
     base = dict(row_base(cfg, res, run_id), n_params=count_params(model), **(extra or {}))
     rows_path = run_dir / ROWS_FILE
     if res.eval.kind != "grid":  # perplexity, LongBench, sink probe (pipeline/eval_kinds.py)
-        return run_eval_kind(model, res, cfg.get("tokenizer") or "bytes", int(cfg.seed), base, rows_path, device)
+        rows = run_eval_kind(model, res, cfg.get("tokenizer") or "bytes", int(cfg.seed), base, rows_path, device)
+        log.info("%s", kind_summary(rows))
+        log.info("rows in %s", rows_path)
+        return rows
     policy = scoped_policy(res.cache, res.model)
     rows = evaluate_grid(model, res.eval_tasks, res.vocab, res.eval, policy, int(cfg.seed), base, rows_path,
                          device=device)
