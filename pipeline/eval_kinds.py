@@ -46,6 +46,8 @@ def kind_summary(rows: list[dict[str, Any]]) -> str:
         def mean(part: list[dict[str, Any]]) -> str:
             n = sum(r["bucket_end"] - r["bucket_start"] + 1 for r in part)
             return f"{sum(r['nll'] * (r['bucket_end'] - r['bucket_start'] + 1) for r in part) / n:.3f}" if n else "-"
+        if first.get("train_len") is None:  # an imported model: no training length of ours
+            return f"eval=lm {first.get('cache')}: NLL {mean(ok)} over {first.get('eval_len')} positions"
         inside = [r for r in ok if not r["past_train_len"]]
         past = [r for r in ok if r["past_train_len"]]
         return (f"eval=lm {first.get('cache')}: NLL {mean(inside)} within the training length "

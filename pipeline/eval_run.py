@@ -75,5 +75,7 @@ def evaluate_hf(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     run_id = cfg.get("run_id") or f"eval-hf-{hf_path(cfg.init_from).name}-{uuid.uuid4().hex[:6]}"
     run_dir = run_dir_of(cfg)
     log.info("run dir: %s", run_dir)
+    # an imported model was not trained here: no training length or task of ours to claim for it
+    imported = {"train_len": None, "train_task": None, "imported_from": str(cfg.init_from)}
     with RunLock(run_dir, cfg.get("run_id")):
-        return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
+        return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg), imported)

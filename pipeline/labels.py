@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipeline.identity import STYLED, identity_keys, key_value, present
@@ -35,13 +35,14 @@ def _difference(column: str, value: Any) -> str:
     return f"{column}={key_value(value) or '-'}"
 
 
-def labels(rows: list[dict[str, Any]], separate: Iterable[str] = STYLED) -> list[str]:
+def labels(rows: list[dict[str, Any]], separate: Iterable[str] = STYLED,
+           base_text: Callable[[dict[str, Any]], str] = base_label) -> list[str]:
     """One label per row; equal labels <=> equal identity columns (``separate`` ones and seeds aside)."""
     rows = [dict(r, **legacy_identity(r)) for r in rows]
     columns = {c for r in rows for c in r}
     keys = [c for c in identity_keys(columns) if c not in set(separate) | set(NAMED)]
     keys.sort(key=lambda c: (c != "train_len", c))
-    base = [base_label(r) for r in rows]
+    base = [base_text(r) for r in rows]
     seen: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for text, r in zip(base, rows):
         for c in keys:
@@ -76,6 +77,30 @@ def _split_configs(names: list[str], rows: list[dict[str, Any]]) -> list[str]:
         return f"{name} [cfg {str(arm)[:6]}]"
 
     return [suffix(name, r) for name, r in zip(names, rows)]
+
+
+def short_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Legend text for the series drawn together: ``rows`` (with a ``label`` column, the table-wide identity)
+    -> {label: what tells this series apart from the others drawn beside it}. ``model/pos/attention/cache``
+    keeps only the parts that differ among them (``rope`` vs ``yarnx4``; ``full`` vs ``quest(B=64,...)``);
+    columns differ only where that text is shared (``@L=256``); configurations still alike get ``[cfg <hash>]``.
+    One series alone is named by its ``model/pos/attention/cache`` text."""
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(str(r["label"]), dict(r, **legacy_identity(r)))
+    if len(first) < 2:
+        return {lb: base_label(r) for lb, r in first.items()}
+    reps = list(first.values())
+    varying = [c for c in NAMED if len({key_value(r.get(c)) for r in reps}) > 1]
+
+    def text(r: dict[str, Any]) -> str:
+        parts = [str(r[c]) for c in varying if c != "variant" and present(r.get(c))
+                 and not (c == "attention" and str(r[c]) == str(r.get("model")))]
+        variant = f"[{r['variant']}]" if "variant" in varying and present(r.get("variant")) else ""
+        return " ".join(p for p in ("/".join(parts), variant) if p)
+
+    names = labels(reps, base_text=text)
+    return dict(zip(first, (n.strip() or lb for n, lb in zip(names, first))))
 
 
 _FACTOR = re.compile(r"(?P<rule>.+?)x(?P<factor>\d+(?:\.\d+)?)")

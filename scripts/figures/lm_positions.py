@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.identity import identity_keys, key_value
+from pipeline.identity import STYLED, identity_keys, key_value
 
 from .base import FIGURES, table_kind
 from .style import SINGLE_COL, Palette, paper_style, plt, save, slug
@@ -20,6 +20,7 @@ CURVE = ("cache", "prefill", "lm_mode")  # what tells the lines of one panel apa
 LINE_COLORS = ("#000000", "#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 MARKERS = ("o", "s", "^", "x", "D", "v", "+")
 STYLES = ("-", "--", "-.", ":")
+PANEL_NAMES = {"arm_hash": "cfg "}  # how a panel-splitting column reads in the title
 
 
 def plot_nll_by_position(df: pd.DataFrame, out: str | Path, palette: Palette) -> list[Path]:
@@ -32,11 +33,17 @@ def plot_nll_by_position(df: pd.DataFrame, out: str | Path, palette: Palette) ->
     lm = lm.assign(**{c: lm[c].map(key_value) for c in identity_keys(lm.columns)})  # lists, NaN: groupable
     curve = [c for c in identity_keys(lm.columns) if c in CURVE or c.startswith("cache_")]
     keys = ["model", "train_len", "corpus"] + (["start_token"] if "start_token" in lm.columns else [])
-    arm = [c for c in identity_keys(lm.columns) if c not in keys and c not in curve]  # one panel per arm
+    # one panel per model: train.py's and eval.py's rows of one checkpoint share one (their arm_hash is
+    # the checkpoint's); how a row was produced (stage, finetuned: train.py's columns) splits nothing
+    arm = [c for c in identity_keys(lm.columns) if c not in keys and c not in curve and c not in STYLED]
+    arm += [c for c in ("arm_hash", "imported_from") if c in lm.columns]
+    lm = lm.assign(**{c: lm[c].map(key_value) for c in arm})
     varying = [c for c in arm if lm[c].nunique(dropna=False) > 1]
     for key, panel in lm.groupby(keys + varying, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        extra = "".join(f", {c}={v}" for c, v in zip(varying, key[len(keys):]))
+        extra = "".join(f", {PANEL_NAMES.get(c, c + '=')}{v}" for c, v in zip(varying, key[len(keys):])
+                        if c != "imported_from")
+        imported = str(panel["imported_from"].iloc[0]) if "imported_from" in panel else ""
         with paper_style():
             fig, ax = plt.subplots(figsize=(SINGLE_COL * 1.4, 2.4))
             for i, ((label, *_), line) in enumerate(panel.groupby(["cache", *curve], sort=True, dropna=False)):
@@ -53,8 +60,11 @@ def plot_nll_by_position(df: pd.DataFrame, out: str | Path, palette: Palette) ->
             ax.set_xlabel("position in the stream (tokens)")
             ax.set_ylabel("NLL (nats / token)")
             start = f", start token {key[3]}" if "start_token" in keys and key[3] else ""
-            ax.set_title(f"{key[0]}, trained at L={key[1]}, corpus {key[2]}{start}{extra}", fontsize=7)
-            ax.legend(fontsize=6, loc="upper left")
+            made = f"imported {imported.removeprefix('hf:')}" if imported not in ("", "-", "nan") \
+                else f"trained at L={key[1]}"
+            ax.set_title(f"{key[0]}, {made}, corpus {key[2]}{start}{extra}", fontsize=7)
+            # the legend beside the axes: over the curves it hid the training-length label
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
             paths += save(fig, out, f"nll_by_position_{slug('_'.join(str(k) for k in key if k))}")
     return paths
 

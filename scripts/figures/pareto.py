@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from .base import FIGURES, table_kind
-from .results import final_phase, ok_rows, weighted_mean
+from .results import final_phase, legend_names, ok_rows, weighted_mean
 from .stats import n_note, wilson
 from .style import DOUBLE_COL, FAMILY_MARKERS, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save
 
@@ -51,8 +51,9 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
     for task, g in df.groupby("task", sort=True):
         ok = ok_rows(g)
         lengths = sorted(ok.loc[ok["cache_bytes"].fillna(0) > 0, "eval_len"].dropna().unique())
-        panels = [(L, p.dropna(subset=["accuracy"])) for L in lengths
-                  if len(p := pareto_points(g[g["eval_len"] == L])) >= 2][-4:]
+        # points without an accuracy (eval=lm / eval=sinks rows measure nll / sink mass) are no points
+        panels = [(L, p) for L in lengths
+                  if len(p := pareto_points(g[g["eval_len"] == L]).dropna(subset=["accuracy"])) >= 2][-4:]
         if not panels:
             continue
         with paper_style():
@@ -95,9 +96,11 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
                 names = sorted({str(c) for c in all_pts["cache_policy"]}, key=lambda c: (c != "full", c))
                 handles = [Line2D([], [], color=palette.cache_color(c), **dot) for c in names]
             else:
-                names = palette.sort(all_pts["label"])
+                order = palette.sort(all_pts["label"])
+                short = legend_names(g[g["label"].isin(order)])
+                names = [short.get(lb, lb) for lb in order]
                 handles = [Line2D([], [], color=palette.color(lb), **dict(dot, marker=palette.marker(lb)))
-                           for lb in names]
+                           for lb in order]
             if by_policy and len(families) > 1:  # marker shapes explained only when they differ
                 handles += [Line2D([], [], color="0.3", **dict(dot, marker=FAMILY_MARKERS[f])) for f in families]
                 names = names + families

@@ -131,9 +131,16 @@ def stage_linestyle(stage: object, stages: Iterable[object]) -> str:
     return "--" if str(stage) in ("pretrain", "False", "zero-shot") else "-"
 
 
+MAX_SLUG = 80  # characters of a file name's stem: longer ones keep their start and a hash of the rest
+
+
 def slug(text: object) -> str:
-    """A file-name-safe version of a label: ``transformer/rope/full/sink_window(4+64)`` -> ..."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_") or "x"
+    """A file-name-safe version of a label: ``transformer/rope/full/sink_window(4+64)`` -> ..., at most
+    MAX_SLUG characters (distinct texts stay distinct: the cut part is replaced by its hash)."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_") or "x"
+    if len(name) > MAX_SLUG:
+        name = f"{name[:MAX_SLUG - 9].rstrip('_')}_{zlib.crc32(name.encode()):08x}"
+    return name
 
 
 # What ``save`` writes; ``save_options`` changes it for one render (tests: PNG only, low dpi).
