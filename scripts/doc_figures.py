@@ -1,7 +1,7 @@
 """Regenerate the figures of README.md and docs/ from the rows committed under docs/results/ (docs/figures.yaml).
 
     python scripts/doc_figures.py            # redraw every figure whose rows are committed
-    python scripts/doc_figures.py --check    # only check the list: every page's image listed, rows and COMMANDS.md there
+    python scripts/doc_figures.py --check    # only check: every page's image listed, its rows and COMMANDS.md there
 
 Each entry of docs/figures.yaml names a figure, the rows it is drawn from (a folder of JSONL rows with a
 COMMANDS.md saying how they were produced) and the command that draws it into ``{out}``. A figure whose
