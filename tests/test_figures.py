@@ -417,3 +417,17 @@ def test_nll_figure_one_model_one_panel_whichever_script_and_imported_models_unl
     ax = figs[-1].axes[0]
     assert "imported hf/tiny-llama" in ax.get_title() and "trained" not in ax.get_title()
     assert not any("training length" in t.get_text() for t in ax.texts)
+
+
+def test_pareto_draws_the_policies_of_each_model_on_their_own_axes(tmp_path: Path) -> None:
+    """Two trained models, each under two policies: one Pareto figure per model, never a mix of both."""
+    import figures.pareto as pareto
+
+    rows = []
+    for train_len in (256, 512):
+        for cache in ("full", "quest(128)"):
+            rows += _niah_rows("transformer", "rope", "pretrain", train_len, 0.9, f"m{train_len}-{cache}", cache=cache)
+    _write_run(tmp_path / "p", "0", rows)
+    df = load_results([tmp_path / "p"])
+    paths = pareto.plot_pareto(df, tmp_path / "f", make_palette(df))
+    assert sorted(p.name for p in paths if p.suffix == ".png") == ["pareto_niah_256.png", "pareto_niah_512.png"]
