@@ -21,9 +21,10 @@ measure() {  # name, command...
     /usr/bin/time -f "%e %U %S" -o "$scratch/time" "$@" > "$scratch/$name.log" 2>&1 || {
         echo "$name failed; last lines:"; tail -20 "$scratch/$name.log"; return 1; }
     read -r wall user sys < "$scratch/time"
+    local threads; threads="$(grep -o 'threads: [0-9]* ([^)]*)' "$scratch/$name.log" | head -1 || true)"
     awk -v n="$name" -v w="$wall" -v u="$user" -v s="$sys" -v b="$before" -v a="$(cut -d' ' -f1 /proc/loadavg)" \
-        -v c="$(nproc)" -v l="${LOAD:-0}" 'BEGIN { printf "%-8s wall %6.1f min  CPU %5.1f min (user %.1f + sys %.1f)  cores %d  load %s -> %s%s\n",
-        n, w / 60, (u + s) / 60, u / 60, s / 60, c, b, a, (l == "1" ? "  (a second job running)" : "") }'
+        -v c="$(nproc)" -v l="${LOAD:-0}" -v t="${threads:-}" 'BEGIN { printf "%-8s wall %6.1f min  CPU %5.1f min (user %.1f + sys %.1f)  cores %d  load %s -> %s  %s%s\n",
+        n, w / 60, (u + s) / 60, u / 60, s / 60, c, b, a, t, (l == "1" ? "  (a second job running)" : "") }'
 }
 
 if [[ "$which" == all || "$which" == train ]]; then
