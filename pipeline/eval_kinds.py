@@ -19,7 +19,7 @@ from pipeline.lm_eval import LmEvalConfig, evaluate_lm
 from pipeline.longbench_eval import LongBenchConfig, evaluate_longbench
 
 EVAL_KINDS = ("grid", "lm", "longbench", "sinks")
-__all__ = ["EVAL_KINDS", "LmEvalConfig", "LongBenchConfig", "SinkProbeConfig", "run_eval_kind"]
+__all__ = ["EVAL_KINDS", "LmEvalConfig", "LongBenchConfig", "SinkProbeConfig", "kind_summary", "run_eval_kind"]
 
 
 def run_eval_kind(model: nn.Module, res: Any, tokenizer: str, seed: int, base: dict[str, Any], rows_path: Path,
@@ -34,3 +34,26 @@ def run_eval_kind(model: nn.Module, res: Any, tokenizer: str, seed: int, base: d
     if kind == "sinks":
         return probe_sinks(model, res.eval.sinks, tokenizer, res.task.train_len, base, rows_path, device)
     raise ValueError(f"eval.kind={kind!r}; allowed: {list(EVAL_KINDS)}")
+
+
+def kind_summary(rows: list[dict[str, Any]]) -> str:
+    """One line saying what a non-grid evaluation measured (printed with the rows' path, as the grid's table)."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return f"{len(rows)} rows, none ok"
+    first = ok[0]
+    if first.get("task") == "lm":  # mean NLL over positions (buckets weighted by their size)
+        def mean(part: list[dict[str, Any]]) -> str:
+            n = sum(r["bucket_end"] - r["bucket_start"] + 1 for r in part)
+            return f"{sum(r['nll'] * (r['bucket_end'] - r['bucket_start'] + 1) for r in part) / n:.3f}" if n else "-"
+        if first.get("train_len") is None:  # an imported model: no training length of ours
+            return f"eval=lm {first.get('cache')}: NLL {mean(ok)} over {first.get('eval_len')} positions"
+        inside = [r for r in ok if not r["past_train_len"]]
+        past = [r for r in ok if r["past_train_len"]]
+        return (f"eval=lm {first.get('cache')}: NLL {mean(inside)} within the training length "
+                f"(L={first.get('train_len')}), {mean(past)} past it, over {first.get('eval_len')} positions")
+    if first.get("task") == "sinks":
+        top = max(ok, key=lambda r: r["sink_mass"])
+        return (f"eval=sinks: attention on token 0 up to {top['sink_mass']:.3f} (layer {top['layer']}, head "
+                f"{top['head']}); a uniform head gives {first['uniform_mass']:.3f}")
+    return f"{len(ok)} {first.get('task')} rows"

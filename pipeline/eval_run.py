@@ -16,6 +16,7 @@ from pipeline.run import device_of, evaluate, run_dir_of
 from pipeline.run_state import RunLock
 from pipeline.schema import ConfigError, reraise_as_config_error
 from pipeline.stages.duo_gates import save_gates
+from pipeline.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     """eval.py: load a checkpoint (or init_from=hf:PATH), apply overrides, evaluate the grid under a cache policy."""
+    apply_threads(cfg.get("trainer"))  # eval.py's own trainer.threads (pipeline/threads.py)
     if hf_path(cfg.get("init_from")) is not None:
         return evaluate_hf(cfg, overrides)
     if not cfg.get("ckpt"):
@@ -75,5 +77,8 @@ def evaluate_hf(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     model = reraise_as_config_error(load_hf_model, res.model, cfg.init_from, bool(cfg.get("allow_nonfinite", False)))
     run_id = cfg.get("run_id") or f"eval-hf-{hf_path(cfg.init_from).name}-{uuid.uuid4().hex[:6]}"
     run_dir = run_dir_of(cfg)
+    log.info("run dir: %s", run_dir)
+    # an imported model was not trained here: no training length or task of ours to claim for it
+    imported = {"train_len": None, "train_task": None, "imported_from": str(cfg.init_from)}
     with RunLock(run_dir, cfg.get("run_id")):
-        return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg))
+        return evaluate(model, run_cfg, res, run_dir, run_id, device_of(cfg), imported)

@@ -78,6 +78,61 @@ def _split_configs(names: list[str], rows: list[dict[str, Any]]) -> list[str]:
     return [suffix(name, r) for name, r in zip(names, rows)]
 
 
+def short_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Legend text for the series drawn together: ``rows`` (with a ``label`` column, the table-wide identity)
+    -> {label: what tells this series apart from the others drawn beside it}. ``model/pos/attention/cache``
+    keeps only the parts that differ among them (``rope`` vs ``yarnx4``; ``full`` vs ``quest(B=64,...)``);
+    where that text is shared, the fewest other identity columns that tell the series apart are added
+    (``train_task=mqar``, ``@L=256``), and configurations still alike get ``[cfg <hash>]``. One series
+    alone is named by its ``model/pos/attention/cache`` text."""
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(str(r["label"]), dict(r, **legacy_identity(r)))
+    if len(first) < 2:
+        return {lb: base_label(r) for lb, r in first.items()}
+    varying = [c for c in NAMED if len({key_value(r.get(c)) for r in first.values()}) > 1]
+
+    def text(r: dict[str, Any]) -> str:
+        parts = [str(r[c]) for c in varying if c != "variant" and present(r.get(c))
+                 and not (c == "attention" and str(r[c]) == str(r.get("model")))]
+        variant = f"[{r['variant']}]" if "variant" in varying and present(r.get("variant")) else ""
+        return " ".join(p for p in ("/".join(parts), variant) if p)
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for lb, r in first.items():
+        groups[text(r)].append(lb)
+    out = {}
+    for base, members in groups.items():
+        for lb, extra in _fewest_differences([first[m] for m in members]).items():
+            out[members[lb]] = " ".join(p for p in (base, extra) if p) or base_label(first[members[lb]])
+    return out
+
+
+def _fewest_differences(reps: list[dict[str, Any]]) -> dict[int, str]:
+    """index -> the differences (``train_task=mqar @L=256``) that tell ``reps`` apart, with as few identity
+    columns as a greedy choice finds (the one separating most first; training task and length preferred)."""
+    columns = {c for r in reps for c in r}
+    candidates = [c for c in identity_keys(columns) if c not in set(STYLED) | set(NAMED)
+                  and len({key_value(r.get(c)) for r in reps}) > 1]
+    chosen: list[str] = []
+
+    def distinct(cols: list[str]) -> int:
+        return len({tuple(key_value(r.get(c)) for c in cols) for r in reps})
+
+    preferred = {"train_task": 0, "train_len": 1}
+    while candidates and distinct(chosen) < len(reps):
+        best = max(candidates, key=lambda c: (distinct(chosen + [c]), -preferred.get(c, 2), [-ord(ch) for ch in c]))
+        if distinct(chosen + [best]) == distinct(chosen):
+            break
+        chosen.append(best)
+        candidates.remove(best)
+    names = [" ".join(_difference(c, r.get(c)) for c in chosen) for r in reps]
+    if len(set(names)) < len(names):  # the same identity, other configurations (arm_hash): name the config
+        names = [f"{n} [cfg {str(r.get('arm_hash'))[:6]}]".strip() if names.count(n) > 1 and present(r.get("arm_hash"))
+                 else n for n, r in zip(names, reps)]
+    return dict(enumerate(names))
+
+
 _FACTOR = re.compile(r"(?P<rule>.+?)x(?P<factor>\d+(?:\.\d+)?)")
 
 

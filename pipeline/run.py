@@ -7,8 +7,6 @@ job, evaluating a checkpoint, is ``pipeline/eval_run.py``; both write rows throu
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from pathlib import Path
@@ -23,7 +21,8 @@ from models.registry import build_model
 from pipeline.base_model import resolve_base
 from pipeline.checkpoint import load_weights, model_state, read_checkpoint, remove_stale_temps
 from pipeline.config import Resolved, validate
-from pipeline.eval_kinds import run_eval_kind
+from pipeline.config_hash import UNHASHED_NESTED, short_hash
+from pipeline.eval_kinds import kind_summary, run_eval_kind
 from pipeline.evaluate import evaluate_grid
 from pipeline.fit import count_params
 from pipeline.hf_init import check_hf_weights, hf_path, load_hf_model, with_hf_model
@@ -33,6 +32,7 @@ from pipeline.provenance import plugin_columns
 from pipeline.quiet import silence_known_noise
 from pipeline.run_state import ROWS_FILE, RunLock, claim_run_config, is_launcher_rank
 from pipeline.summary import print_summary
+from pipeline.threads import apply_threads
 from tasks.dataset import clean_stale_temps
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,31 @@ def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
                 config_hash=res.config_hash,
                 variant=cfg.get("variant_name"),  # a study arm's name (conf/variant), if any
                 arm_hash=arm_hash(cfg),  # equal for seeds of one configuration; collect/plot keep others apart
+                threads=torch.get_num_threads(),  # the speed columns depend on it (trainer.threads)
                 **plugin_columns())  # $LONGCTX_PLUGINS: code that ran in this process
 
 
+# What a model's arm is not: where and how visibly it ran, and how it is evaluated (eval, cache: rows say
+# those as columns). What is left is how the model was built and trained.
+NOT_ARM = ("hydra", "paths", "run_dir", "run_id", "seed", "init_from", "evaluate", "checkpoint_every", "study_dir",
+           "resume", "logger", "eval", "cache", "ckpt", "zero_shot_eval")
+
+
 def arm_hash(cfg: DictConfig) -> str:
-    """Hash of what defines an experiment arm: the config without seed, run names and locations."""
+    """Hash of the resolved config that made the model, less seed, locations and evaluation: equal for seeds
+    of one configuration, and for train.py and eval.py on one checkpoint (eval.py's config is the checkpoint's,
+    resolved), so a model is one series in tables and figures whichever script evaluated it."""
     container = OmegaConf.to_container(cfg, resolve=False)
-    for volatile in ("hydra", "paths", "run_dir", "run_id", "seed", "init_from", "evaluate", "checkpoint_every"):
+    for volatile in NOT_ARM:
         container.pop(volatile, None)
-    return hashlib.md5(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    for group, keys in UNHASHED_NESTED.items():
+        if isinstance(container.get(group), dict):
+            container[group] = {k: v for k, v in container[group].items() if k not in keys}
+    try:
+        container = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+    except Exception:  # an interpolation into a dropped key: hash the unresolved form (still stable per run)
+        pass
+    return short_hash(container, 8)
 
 
 def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Path, run_id: str,
@@ -87,7 +103,10 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
     base = dict(row_base(cfg, res, run_id), n_params=count_params(model), **(extra or {}))
     rows_path = run_dir / ROWS_FILE
     if res.eval.kind != "grid":  # perplexity, LongBench, sink probe (pipeline/eval_kinds.py)
-        return run_eval_kind(model, res, cfg.get("tokenizer") or "bytes", int(cfg.seed), base, rows_path, device)
+        rows = run_eval_kind(model, res, cfg.get("tokenizer") or "bytes", int(cfg.seed), base, rows_path, device)
+        log.info("%s", kind_summary(rows))
+        log.info("rows in %s", rows_path)
+        return rows
     policy = scoped_policy(res.cache, res.model)
     rows = evaluate_grid(model, res.eval_tasks, res.vocab, res.eval, policy, int(cfg.seed), base, rows_path,
                          device=device)
@@ -113,6 +132,7 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     cfg = with_hf_model(cfg)  # init_from=hf:PATH: the model node comes from PATH/config.json
     res = validate(cfg)  # every config error surfaces here, before data or steps
     check_hf_weights(res.model, cfg.get("init_from"))  # an imported model's shapes, before any allocation
+    apply_threads(cfg.get("trainer"))  # before any tensor work (pipeline/threads.py)
     base = resolve_base(cfg)  # a study's base model, validated too
     if base is not None:
         with base.lock():  # concurrent sweep jobs: the first trains the base, the others wait

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -124,12 +125,17 @@ def claim_run_config(cfg: DictConfig, run_dir: str | Path, config_hash: str) -> 
                 f"Differing fields: {'; '.join(diffs)}. Use another run_id, or resume=force to continue this run "
                 f"under the new config")
         log.warning("resume=force: continuing %s under a changed config: %s", name, "; ".join(diffs))
+    threads = torch.get_num_threads()  # how it ran (trainer.threads), outside the config hash
     if record.get("config_hash") == config_hash:
+        changed = False
         if record.get("plugins", []) != plugin_modules():  # the same config, other code loaded: say so
-            record["plugins"] = plugin_modules()
+            record["plugins"], changed = plugin_modules(), True
+        if record.get("threads") != threads:
+            record["threads"], changed = threads, True
+        if changed:
             atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
         return
     history = record.get("history", []) + ([{k: record[k] for k in ("config_hash", "config")}] if record else [])
-    new = {"run_id": cfg.get("run_id"), "config_hash": config_hash, "config": current, "history": history,
-           "plugins": plugin_modules()}  # $LONGCTX_PLUGINS: modules whose code ran in this run
+    new = {"run_id": cfg.get("run_id"), "config_hash": config_hash, "config": current, "threads": threads,
+           "history": history, "plugins": plugin_modules()}  # $LONGCTX_PLUGINS: modules whose code ran in this run
     atomic_write(record_path, lambda f: f.write(json.dumps(new, indent=1, default=str).encode()))

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.schema import ConfigError
+from pipeline.threads import AUTO, check_threads
 
 TRAINER_INTS = ("max_steps", "min_steps", "max_epochs", "min_epochs", "log_every_n_steps", "num_sanity_val_steps",
                 "accumulate_grad_batches", "check_val_every_n_epoch", "num_nodes")
@@ -81,13 +82,15 @@ def check_accelerator(node: Any) -> None:
 def trainer_kwargs(node: Any) -> dict[str, Any]:
     """Lightning Trainer arguments, each name checked against the Trainer's signature.
 
-    ``activation_checkpointing`` is validated and left out: the model applies it, the Trainer never sees it.
+    ``activation_checkpointing`` and ``threads`` are validated and left out: the model and the process
+    (pipeline/threads.py) apply them, the Trainer never sees them.
     """
     import lightning as L
 
     kwargs = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     activation_checkpointing(kwargs)
     kwargs.pop("activation_checkpointing", None)
+    check_threads(kwargs.pop("threads", AUTO))
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in kwargs:
         if key not in allowed:

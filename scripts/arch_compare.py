@@ -45,9 +45,14 @@ from omegaconf import OmegaConf  # noqa: E402
 from tasks.registry import TASKS  # noqa: E402
 from tasks.vocab import Vocab  # noqa: E402
 
-MARKERS = {"transformer": "o", "mamba": "s", "hybrid": "^", "gated_deltanet": "P", "sliding_window": "v"}
-COLORS = {"transformer": "tab:green", "mamba": "tab:orange", "hybrid": "tab:blue", "gated_deltanet": "tab:red",
-          "sliding_window": "tab:purple"}  # a family without an entry gets matplotlib's next colour and marker "x"
+MARKERS = {"transformer": "o", "mamba": "s", "hybrid": "^", "gated_deltanet": "P", "sliding_window": "v",
+           "mamba2": "D", "gla": "X", "retention": "*"}  # a family without an entry gets marker "x"
+# an architecture's series: its colour, darker, lighter (a family without an entry is grey)
+SHADES = {"transformer": ("tab:green", "#1b5e20", "#8fd18f"), "mamba": ("tab:orange", "#8c4a00", "#f5b971"),
+          "hybrid": ("tab:blue", "#0d3c61", "#9ecae1"), "gated_deltanet": ("tab:red", "#7f0000", "#f4a3a3"),
+          "sliding_window": ("tab:purple", "#3f1d5c", "#c9b3e0"), "mamba2": ("tab:brown", "#4e2a1e", "#d2ab99"),
+          "gla": ("tab:olive", "#4d4d00", "#dede8a"), "retention": ("tab:cyan", "#005f6b", "#a6e6ee")}
+COLORS = {family: shades[0] for family, shades in SHADES.items()}
 WIDTH_STYLES = ("-", "--", ":", "-.")  # one per width of an architecture that sweeps d_state
 FIT_THRESHOLD = 0.5  # training exact match below which a point did not fit its training data
 LAST_LOGS = 4  # training rows averaged for the end-of-training loss / exact match
@@ -108,21 +113,35 @@ def floor_of(task: str, length: int) -> float | None:
         return None
 
 
+def series_styles(pts: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Series name -> (colour, line style), the same in every panel: an architecture's series get shades of
+    its colour and their own dash, so "mamba", "mamba d=64" and "mamba d=32" are three legend entries one
+    can tell apart."""
+    out: dict[str, tuple[str, str]] = {}
+    for model, names in pts.groupby("model")["series"]:
+        shades = SHADES.get(str(model), (COLORS.get(str(model), "0.3"),))
+        for i, name in enumerate(sorted(set(names), key=lambda n: (n != model, n))):
+            out[name] = (shades[i % len(shades)], WIDTH_STYLES[i % len(WIDTH_STYLES)])
+    return out
+
+
 def plot(pts: pd.DataFrame, out: Path) -> None:
     tasks = sorted(pts["task"].unique())
+    styles = series_styles(pts)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = pts[pts["task"] == task]
         for model, by_model in sub.groupby("model"):
-            color = COLORS.get(model)
-            for i, (name, m) in enumerate(by_model.groupby("series")):
-                line, = ax.plot(m["state_bytes"], m["accuracy"], marker=MARKERS.get(model, "x"), color=color,
-                                linestyle=WIDTH_STYLES[i % len(WIDTH_STYLES)], label=name)
-                under = m[m["unfitted"]]
+            for name, m in by_model.groupby("series"):
+                color, dash = styles[name]
+                fitted, under = m[~m["unfitted"]], m[m["unfitted"]]
+                # a line joins fitted points only: an unfitted one (under-trained or at capacity) is no trend
+                ax.plot(fitted["state_bytes"], fitted["accuracy"], marker=MARKERS.get(model, "x"), color=color,
+                        linestyle=dash if len(fitted) > 1 else "none", label=name)
                 if len(under):  # hollow: the arm never fitted its training data (under-trained or at capacity)
                     ax.plot(under["state_bytes"], under["accuracy"], linestyle="none",
                             marker=MARKERS.get(model, "x"), markerfacecolor="white",
-                            markeredgecolor=line.get_color(), markersize=8, label="_nolegend_")
+                            markeredgecolor=color, markersize=8, label="_nolegend_" if len(fitted) else name)
         if sub["unfitted"].any():  # one neutral legend entry for the hollow points of every architecture
             ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3",
                     label="unfitted (train EM < threshold)")

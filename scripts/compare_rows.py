@@ -26,10 +26,10 @@ from typing import Any
 
 # arm name -> overrides after ``experiment=<preset>`` (every study arm the presets sweep, a few rules each)
 ARMS: dict[str, list[str]] = {
-    "longlora/full_ft": ["+variant=full_ft"], "longlora/lora": ["+variant=lora"],
-    "longlora/lora_plus": ["+variant=lora_plus"], "longlora/longlora": ["+variant=longlora"],
-    "kv_policies/full": ["+kv=full"], "kv_policies/sink_window": ["+kv=sink_window"],
-    "kv_policies/quest": ["+kv=quest"], "kv_policies/duo": ["+kv=duo"],
+    "longlora/full_ft": ["variant=full_ft"], "longlora/lora": ["variant=lora"],
+    "longlora/lora_plus": ["variant=lora_plus"], "longlora/longlora": ["variant=longlora"],
+    "kv_policies/full": ["kv=full"], "kv_policies/sink_window": ["kv=sink_window"],
+    "kv_policies/quest": ["kv=quest"], "kv_policies/duo": ["kv=duo"],
     "rope_extension/rope": ["model.pos.rule=rope"], "rope_extension/linear": ["model.pos.rule=linear"],
     "rope_extension/yarn": ["model.pos.rule=yarn"], "rope_extension/llama3": ["model.pos.rule=llama3"],
     "arch_compare/transformer": ["model=transformer"], "arch_compare/mamba": ["model=mamba"],

@@ -65,3 +65,27 @@ def test_every_mixer_family_is_an_arm_of_the_sweep() -> None:
     families = {f for f in FAMILIES.names() if f in MIXERS.names() and not f.startswith("toy")} | {"transformer"}
     assert families <= arms, f"add {sorted(families - arms)} to {conf.name}'s model sweep"
     assert all((conf.parents[1] / "model" / f"{arm}.yaml").exists() for arm in arms)
+
+
+def test_series_look_different_and_lines_skip_unfitted_points(tmp_path) -> None:
+    """Three mamba series are three distinguishable legend entries (colour and dash, the same in every panel),
+    and a line joins only fitted points."""
+    import pandas as pd
+
+    pts = pd.DataFrame(dict(
+        task=["mqar", "mqar", "mqar", "mqar", "niah"], model=["mamba"] * 5, d_model=[64, 64, 64, 32, 64],
+        d_state=[4, 16, 64, 16, 16], state_bytes=[12288, 30720, 104448, 15360, 30720],
+        accuracy=[0.86, 1.0, 0.53, 0.0, 0.01], unfitted=[False, False, True, True, True], eval_len=[64] * 5))
+    pts["series"] = arch_compare.series(pts)
+    styles = arch_compare.series_styles(pts)
+    assert set(styles) == {"mamba", "mamba d=64", "mamba d=32"} and len(set(styles.values())) == 3
+    arch_compare.plot(pts, tmp_path / "fig.png")
+    import matplotlib.pyplot as plt
+
+    fig = plt.gcf()
+    mqar = fig.axes[0] if fig.axes[0].get_title().startswith("mqar") else fig.axes[1]
+    joined = [ln for ln in mqar.get_lines() if ln.get_linestyle() not in ("None", "none") and len(ln.get_xdata()) > 1
+              and ln.get_label().startswith("mamba")]  # not the chance floor
+    assert [list(ln.get_xdata()) for ln in joined] == [[12288, 30720]]  # d_state 64 (unfitted) not joined
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"mamba", "mamba d=64", "mamba d=32"} <= set(legend)

@@ -315,7 +315,7 @@ def test_pareto_colours_by_label_when_one_policy_and_no_unused_legend_entries(tm
     pareto.plot_pareto(df, tmp_path / "f", make_palette(df))
     legend = [t.get_text() for t in figs[-1].legends[0].get_texts()]
     assert "transformer" not in legend and "Pareto front" not in legend  # one family; one-point front
-    assert len(legend) == 3 and all(lb.startswith("transformer/") for lb in legend)
+    assert legend == ["rope", "linear", "yarn"]  # only what differs between the points drawn together
 
 
 def test_loss_curve_is_not_clipped(tmp_path: Path, monkeypatch) -> None:
@@ -349,3 +349,85 @@ def test_intervals_at_zero_and_one_never_give_negative_error_bars() -> None:
                        "accuracy": [1.0, 0.0, 0.99 + 0.01], "n_examples": [32, 32, 29]})
     g = accuracy_with_interval(df, ["label", "eval_len"])
     assert ((g["accuracy"] - g["lo"]) >= 0).all() and ((g["hi"] - g["accuracy"]) >= 0).all()
+
+
+def test_legends_name_only_what_differs_and_file_names_stay_short(tmp_path: Path, monkeypatch) -> None:
+    """eval=lm rows beside the grid's (other columns: corpus, lm_mode, ...) no longer lengthen the grid's
+    legend; a label too long for a file name is cut and hashed."""
+    import figures.lines as lines
+    from figures.style import MAX_SLUG, slug
+    from matplotlib.figure import Figure
+
+    figs: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    rows = (_niah_rows("transformer", "rope", "pretrain", 256, 1.0, "r")
+            + _niah_rows("transformer", "yarnx4", "pretrain", 256, 0.8, "y"))
+    rows += [dict(run_id="r", model="transformer", pos="rope", attention="full", cache="full", task="lm",
+                  train_len=256, eval_len=512, corpus="default", lm_mode="stream", bucket_start=1, bucket_end=64,
+                  position=32.5, nll=1.0, status="ok")]
+    _write_run(tmp_path / "m", "0", rows)
+    df = load_results([tmp_path / "m"])
+    assert any("corpus=" in lb for lb in df["label"])  # the table-wide labels tell the lm rows apart ...
+    lines.plot_accuracy_vs_length(df, tmp_path / "f", make_palette(df))
+    legend = [t.get_text() for t in figs[-1].legends[0].get_texts()]
+    assert legend == ["rope", "yarnx4"], legend  # ... a figure of the grid rows names the rules only
+    long = slug("transformer/rope/full/" + "sink_window(S=4,R=60)" * 10)
+    assert len(long) <= MAX_SLUG and long != slug("transformer/rope/full/" + "sink_window(S=4,R=61)" * 10)
+
+
+def test_pareto_ignores_rows_without_accuracy(tmp_path: Path) -> None:
+    """eval=lm rows carry cache bytes but no accuracy: they are no Pareto points (axis limits were NaN)."""
+    import figures.pareto as pareto
+
+    lm = [dict(run_id="lm", model="transformer", pos="rope", attention="full", cache=cache, task="niah",
+               train_len=128, eval_len=512, corpus="default", bucket_start=1, bucket_end=64, position=32.5,
+               nll=1.0, cache_bytes=4096 * (i + 1), status="ok") for i, cache in enumerate(("full", "sink_window"))]
+    _write_run(tmp_path / "p", "0", lm + _niah_rows("transformer", "rope", "pretrain", 256, 1.0, "r")
+               + _niah_rows("transformer", "rope", "pretrain", 256, 0.5, "q", cache="quest(128)"))
+    df = load_results([tmp_path / "p"])
+    paths = pareto.plot_pareto(df, tmp_path / "f", make_palette(df))
+    assert [p.name for p in paths if p.suffix == ".png"] == ["pareto_niah.png"]
+
+
+def test_nll_figure_one_model_one_panel_whichever_script_and_imported_models_unlabelled(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """train.py's eval=lm rows (finetuned, stage) and eval.py's on the same checkpoint (same arm_hash) share
+    one axes; an imported model's panel claims no training length."""
+    from figures.lm_positions import plot_nll_by_position
+    from matplotlib.figure import Figure
+
+    figs: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+
+    def lm(cache: str, **extra) -> list[dict]:
+        return [dict(dict(run_id="x", model="transformer", pos="rope", attention="full", cache=cache, task="lm",
+                          train_len=128, eval_len=512, corpus="default", lm_mode="stream", bucket_start=s + 1,
+                          bucket_end=s + 64, position=s + 32.5, past_train_len=s >= 128, nll=1.0 + s / 512,
+                          status="ok"), **extra) for s in range(0, 512, 64)]
+    _write_run(tmp_path / "r", "train", lm("full", stage="pretrain", finetuned=False, arm_hash="aaa"))
+    _write_run(tmp_path / "r", "eval", lm("sink_window(S=4,R=60)", stage="pretrain", arm_hash="aaa"))
+    df = load_results([tmp_path / "r"])
+    paths = plot_nll_by_position(df, tmp_path / "f", make_palette(df))
+    assert len([p for p in paths if p.suffix == ".png"]) == 1
+    ax = figs[-1].axes[0]
+    assert len(ax.get_lines()) == 3 and "trained at L=128" in ax.get_title()  # 2 policies + the training line
+    _write_run(tmp_path / "h", "hf", lm("full", imported_from="hf:hf/tiny-llama", train_len=None))
+    df = load_results([tmp_path / "h"])
+    plot_nll_by_position(df, tmp_path / "g", make_palette(df))
+    ax = figs[-1].axes[0]
+    assert "imported hf/tiny-llama" in ax.get_title() and "trained" not in ax.get_title()
+    assert not any("training length" in t.get_text() for t in ax.texts)
+
+
+def test_pareto_draws_the_policies_of_each_model_on_their_own_axes(tmp_path: Path) -> None:
+    """Two trained models, each under two policies: one Pareto figure per model, never a mix of both."""
+    import figures.pareto as pareto
+
+    rows = []
+    for train_len in (256, 512):
+        for cache in ("full", "quest(128)"):
+            rows += _niah_rows("transformer", "rope", "pretrain", train_len, 0.9, f"m{train_len}-{cache}", cache=cache)
+    _write_run(tmp_path / "p", "0", rows)
+    df = load_results([tmp_path / "p"])
+    paths = pareto.plot_pareto(df, tmp_path / "f", make_palette(df))
+    assert sorted(p.name for p in paths if p.suffix == ".png") == ["pareto_niah_256.png", "pareto_niah_512.png"]

@@ -57,7 +57,7 @@ def test_rows_name_the_rule_the_policy_its_knobs_and_the_arm():
 def test_study_arms_and_hybrid_scope_are_columns(tmp_path):
     ckpt = tmp_path / "base.ckpt"
     ckpt.write_bytes(b"")
-    arms = {v: identity_of([f"+variant={v}", "stage=extend", f"init_from={ckpt}"])
+    arms = {v: identity_of([f"variant={v}", "stage=extend", f"init_from={ckpt}"])
             for v in ("full_ft", "lora", "lora_plus", "longlora")}
     assert {v: a["variant"] for v, a in arms.items()} == {v: v for v in arms}
     assert "lora_r" not in arms["full_ft"] and arms["lora"]["lora_trainable"] == "none"

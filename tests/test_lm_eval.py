@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -84,10 +85,14 @@ def text_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("extra", [["cache=sink_window", "cache.sink=4", "cache.window=16"],
                                    ["eval.lm.mode=recompute", "eval.lm.recompute_window=16"]],
                          ids=["stream", "recompute"])
-def test_eval_py_lm_runs_on_a_checkpoint(text_checkpoint, tmp_path, extra) -> None:
+def test_eval_py_lm_runs_on_a_checkpoint(text_checkpoint, tmp_path, extra, caplog) -> None:
     ov = [f"ckpt={text_checkpoint}", "eval=lm", "eval.lm.n_tokens=96", "eval.lm.n_streams=2", "eval.lm.bucket=32"]
     ov += extra
-    rows = evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path)), ov)
+    with caplog.at_level("INFO"):
+        rows = evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path)), ov)
+    # it says where it wrote, and what it measured, as a grid evaluation does
+    assert f"run dir: {tmp_path}" in caplog.text and f"rows in {tmp_path / 'results.jsonl'}" in caplog.text
+    assert re.search(r"eval=lm \S+: NLL [\d.]+ within the training length \(L=32\), [\d.]+ past it", caplog.text)
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
     written = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["nll"] for r in written] == [r["nll"] for r in rows]
@@ -95,11 +100,13 @@ def test_eval_py_lm_runs_on_a_checkpoint(text_checkpoint, tmp_path, extra) -> No
         else rows[0]["cache"] == "recompute(W=16)"
 
 
-def test_eval_py_sinks_and_longbench_run_on_a_checkpoint(text_checkpoint, tmp_path) -> None:
+def test_eval_py_sinks_and_longbench_run_on_a_checkpoint(text_checkpoint, tmp_path, caplog) -> None:
     from pathlib import Path
 
     ov = [f"ckpt={text_checkpoint}", "eval=sinks", "eval.sinks.n_sequences=2"]
-    rows = evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path / "s")), ov)
+    with caplog.at_level("INFO"):
+        rows = evaluate_checkpoint(compose_config(ov, config_name="eval", run_dir=str(tmp_path / "s")), ov)
+    assert f"run dir: {tmp_path / 's'}" in caplog.text and "eval=sinks: attention on token 0 up to" in caplog.text
     assert len(rows) == 2 * 2 and all(0 <= r["sink_mass"] <= 1 for r in rows)  # 2 layers x 2 heads
     fixture = Path(__file__).parent / "fixtures" / "longbench"
     ov = [f"ckpt={text_checkpoint}", "eval=longbench", f"eval.longbench.dir={fixture}",

@@ -9,7 +9,7 @@ from pipeline.run import train
 
 PRESETS = sorted(p[:-5] for p in os.listdir(os.path.join(CONF_DIR, "experiment")) if p.endswith(".yaml"))
 # Arms that presets sweep over with hydra.sweeper.params (exercised one by one here).
-ARMS = {"longlora": ["+variant=longlora", "+variant=lora"], "kv_policies": ["+kv=quest", "+kv=duo"],
+ARMS = {"longlora": ["variant=longlora", "variant=lora"], "kv_policies": ["kv=quest", "kv=duo"],
         "arch_compare": ["model=mamba", "model=hybrid"]}
 
 
@@ -110,7 +110,7 @@ def test_study_stops_when_its_base_did_not_learn(tmp_path, monkeypatch):
     from pipeline.base_model import BaseNotLearned
 
     monkeypatch.setenv("LONGCTX_STUDY_DIR", str(tmp_path / "studies"))
-    overrides = smoke("kv_policies", ["+kv=full"]) + ["base_min_accuracy=0.9"]
+    overrides = smoke("kv_policies", ["kv=full"]) + ["base_min_accuracy=0.9"]
     with pytest.raises(BaseNotLearned, match=r"below base_min_accuracy=0.9.*base_steps"):
         train(compose_config(overrides, run_dir=str(tmp_path / "run")))
     # the base was trained once and is kept; the floor at 0 lets the same study go on with it
@@ -140,3 +140,60 @@ def test_every_task_and_family_validates_on_default_eval_lengths(task, model, tm
 
     res = validate(compose_config([f"task={task}", f"model={model}"], run_dir=str(tmp_path)))
     assert res.eval.lengths == [res.task.train_len * k for k in (1, 2, 4, 8)]
+
+
+def preset_arms(preset: str) -> list[list[str]]:
+    """Every job a preset's sweep runs (the product of its ``hydra.sweeper.params``; every option of a
+    study-arm group, kv or variant, whether swept by default or not; every rule rope_extension sweeps)."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(os.path.join(CONF_DIR, "experiment", f"{preset}.yaml"))
+    params = dict(OmegaConf.select(node, "hydra.sweeper.params") or {})
+    for group in ("kv", "variant"):
+        if group in params:
+            params[group] = ",".join(sorted(p[:-5] for p in os.listdir(os.path.join(CONF_DIR, group))
+                                            if p.endswith(".yaml")))
+    if preset == "rope_extension":
+        params["model.pos.rule"] = ",".join(_swept_rules())
+    keys = sorted(params)
+    options = [str(params[k]).split(",") for k in keys]
+    return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*options)]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_arm_of_every_preset_is_smoke_sized_under_scale_smoke(preset, tmp_path):
+    """scale=smoke wins over presets, recipes and study arms alike (conf/kv/duo.yaml's 300 gate steps
+    included): each job and its base resolve to a handful of steps, rows and examples at short lengths."""
+    from pipeline.base_model import base_config
+    from pipeline.config import validate
+
+    arms = preset_arms(preset)
+    assert arms and (preset not in ARMS or len(arms) >= len(ARMS[preset]))
+    for arm in arms:
+        cfg = compose_config([f"experiment={preset}", *arm, "scale=smoke"], run_dir=str(tmp_path))
+        res = validate(cfg)
+        base = base_config(cfg)
+        jobs = [("job", cfg, res)] + ([("base", base, validate(base))] if base is not None else [])
+        for name, job, r in jobs:
+            where = f"{preset} {' '.join(arm)} ({name})"
+            assert int(job.trainer.max_steps) <= 4, where
+            assert r.data.n_train <= 64 and r.data.n_val <= 8 and r.data.batch_size <= 8, where
+            assert r.eval.n_examples <= 4 and len(r.eval.depths) == 1, where
+            assert len(r.eval.lengths) <= 2 and max(r.eval.lengths) <= 2 * r.task.train_len <= 512, where
+
+
+@pytest.mark.parametrize("group, typo", [("cache", "qeust"), ("kv", "qeust")])
+def test_a_mistyped_option_lists_only_real_options(group, typo, tmp_path):
+    """The files that policies and arms share live below their group, so Hydra's 'Available options' lists
+    only what a user can choose (no internal ``base``)."""
+    from models.cache import CACHE_POLICIES
+
+    extra = ["experiment=kv_policies"] if group == "kv" else []
+    with pytest.raises(Exception, match=r"Available options") as err:
+        compose_config(extra + [f"{group}={typo}"], run_dir=str(tmp_path))
+    options = str(err.value).split(f"Available options in '{group}':")[1].split("Config search path")[0]
+    listed = [line.strip() for line in options.splitlines() if line.strip()]
+    assert "base" not in listed and {"full", "sink_window", "quest", "duo"} <= set(listed), listed
+    assert set(listed) <= set(CACHE_POLICIES.names()), listed  # every option is a policy (an arm per policy)

@@ -181,6 +181,12 @@ def test_every_readme_command_runs(tmp_path):
     commands = [c for ch in selected for c in ch.commands]
     assert any("train.py" in c for c in commands) and any("eval.py" in c for c in commands)
     _run_chains(selected)
+    # every README command's outputs together (grid, eval=lm, eval=sinks, an imported model, studies): every
+    # figure kind draws or says why it cannot; none fails
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot.py"), str(tmp_path), "--out",
+                           str(tmp_path / "all_figures"), "--format", "png", "--dpi", "60"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0 and "FAILED" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 # The everyday path, run for real in the default suite: train, another family and task, evaluate the

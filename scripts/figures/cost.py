@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .base import FIGURES, Context
+from .results import legend_names
 from .style import DOUBLE_COL, Palette, paper_style, save
 
 COST_COLUMNS = {
@@ -71,7 +72,8 @@ def plot_cost(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
             ax.ticklabel_format(axis="x", style="plain", useOffset=False)
             ax.grid(axis="y", visible=False)
             ax.margins(x=0.2)
-        axes[0][0].set_yticks(range(len(labels)), labels)
+        names = legend_names(df[df["label"].isin(labels)])  # only what tells the bars apart
+        axes[0][0].set_yticks(range(len(labels)), [names.get(lb, lb) for lb in labels])
         paths = save(fig, out, "training_cost")
     return paths
 

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .base import FIGURES, table_kind
-from .results import accuracy_by, phase_column
+from .results import accuracy_by, legend_names, phase_column
 from .stats import wilson
 from .style import NIAH_CMAP, SINGLE_COL, Palette, paper_style, save
 
@@ -126,8 +126,10 @@ def plot_heatmaps(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
     with_depth = df[df["depth"].notna()]
     with_depth = with_depth.assign(_phase=phase_column(with_depth))
     phases = with_depth.groupby("label")["_phase"].nunique()
+    short = {task: legend_names(t) for task, t in with_depth.groupby("task")}  # what tells a task's maps apart
     for (label, phase, task), g in with_depth.groupby(["label", "_phase", "task"], sort=False):
-        name = f"{label} ({phase})" if phases[label] > 1 else str(label)
+        name = short[task].get(label, str(label))
+        name = f"{name} ({phase})" if phases[label] > 1 else name
         with paper_style():
             fig, _ = heatmap_figure(g, title=f"{task}: {name}")
             paths += save(fig, out, f"heatmap_{task}_{name}")

@@ -20,7 +20,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
 from pipeline.labels import difference
 
 from .base import FIGURES, table_kind
-from .results import FINE_TUNED, ZERO_SHOT, final_phase, phase_column
+from .results import FINE_TUNED, ZERO_SHOT, final_phase, legend_names, phase_column
 from .stats import accuracy_with_interval, n_note
 from .style import DOUBLE_COL, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save
 
@@ -116,7 +116,7 @@ def plot_accuracy_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> li
             ax.set_ylim(-0.03, 1.03)
             ax.set_ylabel("exact match (95% CI)")
             ax.set_title(f"{task} ({n_note(acc['n'])})")
-            _legend(fig, labels, palette, bool(compared), oom)
+            _legend(fig, labels, palette, bool(compared), oom, legend_names(g))
             paths += save(fig, out, f"accuracy_vs_length_{task}")
     return paths
 
@@ -177,10 +177,11 @@ def plot_memory_vs_length(df: pd.DataFrame, out: Path, palette: Palette) -> list
             drawn = list(groups)
             nudge = _nudges(drawn)
             first = {r["label"]: r for r in gok.drop_duplicates("label").to_dict("records")}
+            names = legend_names(gok)
             for head, members in groups.items():
                 if len(members) > 1:  # named by what sets each member apart, from the identity columns
-                    same = ", ".join(difference(first[x], first[head]) or x for x in members[1:])
-                    names[head] = f"{head} (= {same})"
+                    same = ", ".join(difference(first[x], first[head]) or names.get(x, x) for x in members[1:])
+                    names[head] = f"{names.get(head, head)} (= {same})"
             for ax, col in zip(axes[0], have):
                 for head in drawn:
                     s = m[(m["label"] == head) & m[col].notna()].sort_values("eval_len")

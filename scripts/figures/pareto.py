@@ -12,8 +12,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from pipeline.identity import key_value
+
 from .base import FIGURES, table_kind
-from .results import final_phase, ok_rows, weighted_mean
+from .results import final_phase, legend_names, ok_rows, weighted_mean
 from .stats import n_note, wilson
 from .style import DOUBLE_COL, FAMILY_MARKERS, PLAIN, SINGLE_COL, Palette, legend_below, paper_style, save
 
@@ -41,6 +43,38 @@ def pareto_points(g: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "cache_policy", "model", "accuracy", "cache_bytes", "n", "lo", "hi"])
 
 
+MODEL_KEY = ("model", "train_len", "train_task", "model_d_model", "model_n_layers", "model_d_state", "imported_from")
+
+
+def _models_of_each_task(df: pd.DataFrame):
+    """(task, rows, file suffix): where a task's rows compare cache policies, one figure per trained model
+    (architecture, size, training task and length), so policies of one model share an axes and another
+    model's points never sit among them; a one-policy table (rope_extension: rules of one study) stays whole."""
+    for task, g in df.groupby("task", sort=True):
+        keys = [c for c in MODEL_KEY if c in g.columns]
+        policies = g.loc[g["cache_bytes"].fillna(0) > 0, "cache_policy"].nunique() if "cache_policy" in g else 0
+        models = g[keys].apply(lambda r: "|".join(key_value(v) for v in r), axis=1) if keys else \
+            pd.Series("", index=g.index)
+        if policies < 2 or models.nunique() < 2:
+            yield task, g, ""
+            continue
+        drawable = [(m, part) for m, part in g.groupby(models, sort=True) if _has_panel(part)]
+        if len(drawable) < 2:
+            yield task, (drawable[0][1] if drawable else g), ""
+            continue
+        varying = [i for i, c in enumerate(keys) if g[c].map(key_value).nunique() > 1]
+        for model, part in drawable:  # named by what differs: pareto_niah_64_niah_128
+            parts = model.split("|")
+            yield task, part, "_" + "_".join(parts[i] for i in varying if parts[i] not in ("", "-"))
+
+
+def _has_panel(g: pd.DataFrame) -> bool:
+    """At least two points (labels with cache bytes and an accuracy) at one eval length."""
+    ok = ok_rows(g)
+    return any(len(pareto_points(g[g["eval_len"] == L]).dropna(subset=["accuracy"])) >= 2
+               for L in ok.loc[ok["cache_bytes"].fillna(0) > 0, "eval_len"].dropna().unique())
+
+
 def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
     """One panel per eval length (up to four, longest last): quality against bytes as length grows."""
     import matplotlib.pyplot as plt
@@ -48,11 +82,12 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
 
     paths: list[Path] = []
     df = final_phase(df)
-    for task, g in df.groupby("task", sort=True):
+    for task, g, suffix in _models_of_each_task(df):
         ok = ok_rows(g)
         lengths = sorted(ok.loc[ok["cache_bytes"].fillna(0) > 0, "eval_len"].dropna().unique())
-        panels = [(L, p.dropna(subset=["accuracy"])) for L in lengths
-                  if len(p := pareto_points(g[g["eval_len"] == L])) >= 2][-4:]
+        # points without an accuracy (eval=lm / eval=sinks rows measure nll / sink mass) are no points
+        panels = [(L, p) for L in lengths
+                  if len(p := pareto_points(g[g["eval_len"] == L]).dropna(subset=["accuracy"])) >= 2][-4:]
         if not panels:
             continue
         with paper_style():
@@ -95,9 +130,11 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
                 names = sorted({str(c) for c in all_pts["cache_policy"]}, key=lambda c: (c != "full", c))
                 handles = [Line2D([], [], color=palette.cache_color(c), **dot) for c in names]
             else:
-                names = palette.sort(all_pts["label"])
+                order = palette.sort(all_pts["label"])
+                short = legend_names(g[g["label"].isin(order)])
+                names = [short.get(lb, lb) for lb in order]
                 handles = [Line2D([], [], color=palette.color(lb), **dict(dot, marker=palette.marker(lb)))
-                           for lb in names]
+                           for lb in order]
             if by_policy and len(families) > 1:  # marker shapes explained only when they differ
                 handles += [Line2D([], [], color="0.3", **dict(dot, marker=FAMILY_MARKERS[f])) for f in families]
                 names = names + families
@@ -105,7 +142,7 @@ def plot_pareto(df: pd.DataFrame, out: Path, palette: Palette) -> list[Path]:
                 handles.append(Line2D([], [], color="0.5", linewidth=0.9))
                 names = names + ["Pareto front"]
             legend_below(fig, handles, names)
-            paths += save(fig, out, f"pareto_{task}")
+            paths += save(fig, out, f"pareto_{task}{suffix}")
     return paths
 
 

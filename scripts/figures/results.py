@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.identity import present
-from pipeline.labels import labels, legacy_identity
+from pipeline.labels import labels, legacy_identity, short_labels
 from pipeline.rows import ROW_FIELDS, STATUSES
 
 from .style import Palette, label_sort_key
@@ -198,6 +198,14 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
             df[col] = None
     df["label"] = labels(_table_rows(df))
     return df
+
+
+def legend_names(df: pd.DataFrame) -> dict[str, str]:
+    """label -> its legend text among the series of ``df`` drawn together: only what differs between them
+    (pipeline.labels.short_labels); colours and order stay keyed by the table-wide label."""
+    if df.empty:
+        return {}
+    return short_labels(_table_rows(df.drop_duplicates("label")))
 
 
 ZERO_SHOT, FINE_TUNED, TRAINED = "zero-shot", "fine-tuned", "trained"

@@ -30,6 +30,7 @@ def plot_sinks(df: pd.DataFrame, out: str | Path, palette: Palette | None = None
         return []
     rows = df[(df["task"] == "sinks") & df["sink_mass"].notna()]
     paths: list[Path] = []
+    stems = {run: _stem(probe.iloc[0]) for run, probe in rows.groupby("run_id", sort=True)}
     for run, probe in rows.groupby("run_id", sort=True):
         n_layers, n_heads = int(probe["layer"].max()) + 1, int(probe["head"].max()) + 1
         grid = np.full((n_layers, n_heads), np.nan)
@@ -56,8 +57,20 @@ def plot_sinks(df: pd.DataFrame, out: str | Path, palette: Palette | None = None
             bx.legend(fontsize=6)
             first = probe.iloc[0]
             fig.suptitle(f"attention sinks: {first.get('model')} {run}, L={first.get('eval_len')}", fontsize=7)
-            paths += save(fig, out, f"attention_sinks_{slug(str(run))}")
+            stem = stems[run] if list(stems.values()).count(stems[run]) == 1 else f"{stems[run]}_{run}"
+            paths += save(fig, out, f"attention_sinks_{slug(stem)}")
     return paths
+
+
+def _stem(row: pd.Series) -> str:
+    """A file name from the model, not the run id (eval.py's are random): ``transformer_L128_start2``."""
+    start = row.get("start_token")
+    start = f"_start{int(start)}" if start is not None and not pd.isna(start) else ""
+    made = row.get("imported_from")
+    length = row.get("train_len")
+    length = int(length) if isinstance(length, (int, float)) and not pd.isna(length) else length
+    made = str(made).removeprefix("hf:") if isinstance(made, str) and made else f"L{length}"
+    return f"{row.get('model')}_{made}{start}"
 
 
 FIGURES.register("sinks")(table_kind(plot_sinks, "eval=sinks rows",

@@ -31,7 +31,8 @@ DOUBLE_COL = 7.0
 NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
 
 FAMILY_ORDER = ("transformer", "sliding_window", "hybrid", "mamba", "gated_deltanet")
-FAMILY_MARKERS = {"transformer": "o", "sliding_window": "v", "hybrid": "^", "mamba": "s", "gated_deltanet": "P"}
+FAMILY_MARKERS = {"transformer": "o", "sliding_window": "v", "hybrid": "^", "mamba": "s", "gated_deltanet": "P",
+                  "mamba2": "D", "gla": "X", "retention": "*"}
 # Legend order of positional rules: these in the order they are usually introduced, then every other rule
 # the positional registry knows (a new rule file needs no edit here), then rules only the rows name.
 POS_ORDER = ("none", "alibi", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope")
@@ -131,9 +132,16 @@ def stage_linestyle(stage: object, stages: Iterable[object]) -> str:
     return "--" if str(stage) in ("pretrain", "False", "zero-shot") else "-"
 
 
+MAX_SLUG = 80  # characters of a file name's stem: longer ones keep their start and a hash of the rest
+
+
 def slug(text: object) -> str:
-    """A file-name-safe version of a label: ``transformer/rope/full/sink_window(4+64)`` -> ..."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_") or "x"
+    """A file-name-safe version of a label: ``transformer/rope/full/sink_window(4+64)`` -> ..., at most
+    MAX_SLUG characters (distinct texts stay distinct: the cut part is replaced by its hash)."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_") or "x"
+    if len(name) > MAX_SLUG:
+        name = f"{name[:MAX_SLUG - 9].rstrip('_')}_{zlib.crc32(name.encode()):08x}"
+    return name
 
 
 # What ``save`` writes; ``save_options`` changes it for one render (tests: PNG only, low dpi).
