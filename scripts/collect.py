@@ -1,6 +1,6 @@
 """Collect a sweep: every results.jsonl under a directory into one tidy table (Parquet + CSV).
 
-    python scripts/collect.py multirun/2026-11-26/12-00-00 [--out PREFIX] [--versus LABEL]
+    python scripts/collect.py multirun/2026-11-26/12-00-00 [--out PREFIX] [--versus LABEL [--where QUERY]]
 
 Writes PREFIX.parquet and PREFIX.csv (default: SWEEP_DIR/collected) and prints a report: jobs
 with no results file (missing, with the last line of their train.log), rows with status oom/error
@@ -9,7 +9,9 @@ values (a string or NaN in a numeric column, an impossible depth: skipped, repor
 more than once (duplicates: same run, config hash and cell), then a summary table of the sweep.
 Every sound row is kept, failed ones included. ``--versus LABEL`` adds the differences a claim is about:
 every other label's exact match minus LABEL's, per eval length and overall, with 95% intervals over
-examples (paired where the rows share examples) and over seeds (scripts/figures/stats.py).
+examples (paired where the rows share examples) and over seeds (scripts/figures/stats.py); ``--where``
+restricts it to the rows of a pandas query (e.g. ``"depth > 0 and depth < 1"``: the cells no positional
+guess passes).
 """
 
 from __future__ import annotations
@@ -142,15 +144,19 @@ def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
 def difference_table(df: pd.DataFrame, versus: str) -> Table:
     """Per label (and task) other than ``versus``: exact match minus ``versus``'s, per eval length and
     over all, with the 95% interval over examples (paired where possible) and over seeds."""
+    ok = df[df["status"] == "ok"]
+    known = sorted(ok["label"].astype(str).unique())
+    if versus not in known:  # a unique part of a label names it too ("cache=full" in "…/cache=full")
+        matches = [k for k in known if versus in k]
+        if len(matches) != 1:
+            raise SystemExit(f"--versus {versus!r}: no ok rows with that label (or {len(matches)} labels contain "
+                             f"it); labels: {known}")
+        versus = matches[0]
+    ref = ok[ok["label"].astype(str) == versus]
     table = Table(title=f"difference in exact match against {versus} (95% intervals)")
     for col in ("label", "task", "eval_len", "acc", f"acc {versus}", "diff", "95% CI examples", "95% CI seeds",
                 "seeds", "n", "paired"):
         table.add_column(col, justify="left" if col in ("label", "task") else "right", overflow="fold")
-    ok = df[df["status"] == "ok"]
-    ref = ok[ok["label"].astype(str) == versus]
-    if ref.empty:
-        known = sorted(ok["label"].astype(str).unique())
-        raise SystemExit(f"--versus {versus!r}: no ok rows with that label; labels: {known}")
     palette = make_palette(df)
     for label in sorted(set(ok["label"].astype(str)) - {versus}, key=palette.rank):
         arm = ok[ok["label"].astype(str) == label]
@@ -172,7 +178,8 @@ def difference_table(df: pd.DataFrame, versus: str) -> Table:
     return table
 
 
-def print_report(rep: Report, sweep: str | Path, console: Console | None = None, versus: str | None = None) -> None:
+def print_report(rep: Report, sweep: str | Path, console: Console | None = None, versus: str | None = None,
+                 where: str | None = None) -> None:
     console = console or Console(width=max(180, Console().width))  # never squeeze numbers
     df = rep.table
     n_files = len(df.attrs.get("files", []))
@@ -216,7 +223,10 @@ def print_report(rep: Report, sweep: str | Path, console: Console | None = None,
     if not df.empty:
         console.print(summary_table(df, title=f"sweep summary: {sweep}"))
         if versus:
-            console.print(difference_table(df, versus))
+            table = difference_table(df.query(where) if where else df, versus)
+            if where:
+                table.title += f" where {where}"
+            console.print(table)
     console.print("written: " + ", ".join(str(p) for p in rep.paths))
 
 
@@ -226,9 +236,10 @@ def main(argv: list[str] | None = None) -> Report:
     ap.add_argument("--out", default=None, help="output prefix (default: SWEEP_DIR/collected)")
     ap.add_argument("--versus", default=None, metavar="LABEL",
                     help="print every other label's exact match minus this label's, with 95%% intervals")
+    ap.add_argument("--where", default=None, metavar="QUERY", help="--versus on the rows of this pandas query only")
     args = ap.parse_args(argv)
     rep = collect(args.sweep, args.out)
-    print_report(rep, args.sweep, versus=args.versus)
+    print_report(rep, args.sweep, versus=args.versus, where=args.where)
     return rep
 
 

@@ -79,3 +79,27 @@ def test_difference_pools_seeds_as_strata_and_reports_the_seed_interval():
     extra = pd.concat([a, pd.DataFrame([dict(status="ok", seed=3, task="niah", eval_len=64, depth=0.0,
                                              n_examples=4, accuracy=1.0, correct="1111")])])
     assert difference(extra, b).n == 12
+
+
+def test_collect_prints_the_paired_difference_against_a_reference_arm(tmp_path, capsys):
+    """collect.py --versus: one line per arm and length with the paired interval of the difference."""
+    import collect
+
+    from pipeline.rows import append_rows, make_row
+
+    full = np.array([1] * 30 + [0] * 2)
+    window = full.copy()
+    window[:8] = 0  # the window loses 8 of the 30 needles full finds
+    for seed in (0, 1, 2):
+        for policy, out in (("full", full), ("sink_window", window)):
+            append_rows(tmp_path / f"{policy}-s{seed}" / "results.jsonl", [make_row(
+                run_id=f"{policy}-s{seed}", model="transformer", pos="rope", attention="full", cache=policy,
+                cache_policy=policy, task="niah", train_len=64, eval_len=128, depth=0.5, seed=seed,
+                n_examples=32, accuracy=float(out.mean()), correct="".join(map(str, out)), status="ok")])
+    rep = collect.main([str(tmp_path), "--versus", "full/full"])
+    text = capsys.readouterr().out
+    labels = set(rep.table["label"])
+    assert "transformer/rope/full/full" in labels and len(labels) == 2
+    assert "-0.250" in text and "yes" in text  # 8/32 lost, paired
+    with pytest.raises(SystemExit, match="no ok rows with that label"):
+        collect.main([str(tmp_path), "--versus", "nonesuch"])
