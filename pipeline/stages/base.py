@@ -44,6 +44,10 @@ class Stage:
         """The task the stage's training data come from (evaluation always runs ``res.eval_tasks``)."""
         return res.task
 
+    def train_batch_size(self, res: Resolved) -> int:
+        """Rows per training step (a stage whose ``data`` node belongs to a study's base may set its own)."""
+        return res.data.batch_size
+
     def module(self, cfg: DictConfig, res: Resolved, model: nn.Module) -> L.LightningModule:
         """The LightningModule that trains ``model`` in this stage."""
         raise NotImplementedError

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import lightning as L
 import torch
@@ -43,12 +43,15 @@ class DuoConfig:
     lam: float = 0.05  # weight of mean|alpha|
     objective: str = "two_way"  # two_way (DuoAttention) | same_states (ablation: full branch on student states)
     data_task: dict[str, Any] = field(default_factory=dict)  # overrides of `task` for the gate data only
+    batch_size: Optional[int] = None  # rows per gate step (None: data.batch_size); the study's data node is its base's
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"duo.lr={self.lr} must be > 0")
         if self.lam < 0:
             raise ValueError(f"duo.lam={self.lam} must be >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"duo.batch_size={self.batch_size} must be >= 1 (or null: data.batch_size)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"duo.objective={self.objective!r}; allowed: {list(OBJECTIVES)}")
 
@@ -141,6 +144,9 @@ class DuoGates(Stage):
         if not overrides:
             return res.task
         return build_task({**OmegaConf.to_container(cfg.task, resolve=True), **overrides}, "duo.data_task")
+
+    def train_batch_size(self, res: Resolved) -> int:
+        return res.stage_config.batch_size or res.data.batch_size
 
     def module(self, cfg: DictConfig, res: Resolved, model: nn.Module) -> L.LightningModule:
         return DuoGatesLM(model, res.stage_config, query_token=res.vocab.QUERY, config=run_config_dict(cfg))
