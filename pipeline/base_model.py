@@ -1,16 +1,17 @@
 """A study's base model: the pretraining run that produces ``init_from``, resolved before the run starts.
 
 A study config (``conf/experiment/*.yaml``) names its base with ``base`` (dotlist overrides of its own
-config) and where the base's checkpoint lives (``init_from``). ``resolve_base`` derives and validates
-the base's config up front; ``train`` fits it once (concurrent sweep jobs wait on a file lock), points
-``init_from`` at it and stops unless it learned its task (``base_min_accuracy``).
+config) and where the base's checkpoint lives (``init_from``); ``base_extend`` (more overrides, on top
+of ``base``) adds a second link, a fine-tune of that base (e.g. a YaRN context extension), which then
+is what the study starts from. ``resolve_base`` derives and validates the chain up front; ``train``
+fits each link once (concurrent sweep jobs wait on a file lock), points ``init_from`` at the last and
+stops unless it learned its task (``base_min_accuracy``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -67,10 +68,16 @@ class BaseRun:
         return acc
 
 
-def resolve_base(cfg: DictConfig) -> Optional[BaseRun]:
-    """The study's base run, validated (None when ``cfg`` has no base to train)."""
+def resolve_base(cfg: DictConfig) -> list[BaseRun]:
+    """The study's base runs in training order, validated (empty when ``cfg`` has no base to train)."""
     base = base_config(cfg)
-    return None if base is None else BaseRun(base, validate(base))
+    if base is None:
+        return []
+    chain = [base]
+    extended = extend_config(cfg, base)
+    if extended is not None:
+        chain.append(extended)
+    return [BaseRun(c, validate(c)) for c in chain]
 
 
 def base_config(cfg: DictConfig) -> DictConfig | None:
@@ -88,17 +95,44 @@ def base_config(cfg: DictConfig) -> DictConfig | None:
     base.stage, base.init_from, base.base, base.fit, base.zero_shot_eval = "pretrain", None, None, True, False
     base.variant_name = None
     base.eval.lengths, base.eval.tasks, base.eval.prefix_cache = [int(base.task.train_len)], None, False
-    shaping = {k: OmegaConf.to_container(base[k]) if isinstance(base.get(k), DictConfig) else base.get(k)
-               for k in ("model", "task", "data", "optim", "trainer", "seed", "vocab_size")}
-    for where in ("cache_dir", "num_workers"):  # where and how data is read does not change the model
-        shaping["data"].pop(where, None)
     template = Path(cfg.init_from).parent.parent
-    base.run_dir = str(template.with_name(f"{template.name}-{short_hash(shaping, 8)}"))
+    base.run_dir = str(template.with_name(f"{template.name}-{short_hash(_shaping(base), 8)}"))
     base.run_id = f"base-{Path(base.run_dir).name}"
     # every arm of a study derives this base from its own config (kv_name, cache, ...); what the base
     # is comes from cfg.base, so an arm that finds it half-trained resumes it rather than refusing
     base.resume = "force"
     return base
+
+
+def extend_config(cfg: DictConfig, base: DictConfig) -> DictConfig | None:
+    """The second link of a study's base: ``base`` + ``cfg.base_extend`` fine-tuned from the base's
+    checkpoint, in ``<base dir name>-ext-<hash>`` (the hash covers what shapes it, the base's dir included)."""
+    if not cfg.get("base_extend"):
+        return None
+    ext = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+    OmegaConf.set_struct(ext, False)
+    ext.merge_with(OmegaConf.from_dotlist(list(cfg.base_extend)))
+    if ext.stage == "pretrain":
+        raise ValueError(f"base_extend={list(cfg.base_extend)} must set a fine-tuning stage (stage=extend): "
+                         f"it starts from the base's checkpoint")
+    ext.init_from = str(Path(base.run_dir) / "checkpoints" / "last.ckpt")
+    ext.base = list(cfg.base)  # trained after its base link: validation accepts an init_from not yet written
+    ext.eval.lengths = [int(ext.task.train_len)]
+    template = Path(cfg.init_from).parent.parent
+    ext.run_dir = str(template.with_name(f"{template.name}-ext-{short_hash(_shaping(ext, base.run_dir), 8)}"))
+    ext.run_id = f"base-{Path(ext.run_dir).name}"
+    return ext
+
+
+def _shaping(cfg: DictConfig, *extra: object) -> dict:
+    """What shapes a base's weights (model, task, data, optimiser, trainer, seed), not where data is read."""
+    shaping = {k: OmegaConf.to_container(cfg[k]) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
+               for k in ("model", "task", "data", "optim", "trainer", "seed", "vocab_size")}
+    for where in ("cache_dir", "num_workers"):  # where and how data is read does not change the model
+        shaping["data"].pop(where, None)
+    if extra:
+        shaping["from"] = [str(e) for e in extra] + [cfg.get("stage")]
+    return shaping
 
 
 def base_accuracy(run_dir: Path, train_len: int) -> float | None:

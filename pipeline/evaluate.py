@@ -137,11 +137,16 @@ def run_cell(model: nn.Module, arrays: TaskArrays, policy: CacheConfig, batch_si
     return CellResult(dec if dec is not None else tf, tf, peak, cache_bytes, tps, dtps)
 
 
+def exact_per_example(arrays: TaskArrays, preds: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows),) bool: every answer token of the example right."""
+    return ((preds[rows] == arrays.tokens[rows]) | ~arrays.answer_mask[rows]).all(axis=1)
+
+
 def score(arrays: TaskArrays, preds: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
     """Exact match (all answer tokens right) and token accuracy over the examples ``rows``."""
     mask = arrays.answer_mask[rows]
     right = (preds[rows] == arrays.tokens[rows]) | ~mask
-    exact = right.all(axis=1).mean()
+    exact = exact_per_example(arrays, preds, rows).mean()
     token = (right & mask).sum() / max(1, mask.sum())
     return float(exact), float(token)
 
@@ -247,6 +252,9 @@ def cell_rows(task: Task, vocab: Vocab, arrays: TaskArrays, res: CellResult, dec
             best, name = floors[g]
             extra["floor"], extra["floor_baseline"] = (best, name) if best >= chance else (chance, "chance")
             extra["chance_floor"] = chance
+        # per-example exact match in example order ("0110..."): arms evaluated on the same examples (same
+        # task, seed, cell) are compared pair by pair (scripts/stats.py, paired intervals)
+        extra["correct"] = "".join("1" if c else "0" for c in exact_per_example(arrays, res.preds, idx))
         rows.append(make_row(**base, **slices, **extra, n_examples=len(idx), accuracy=acc, token_accuracy=tok,
                              peak_mem_bytes=res.peak_mem_bytes, cache_bytes=res.cache_bytes,
                              tokens_per_s=res.tokens_per_s, decode_tokens_per_s=res.decode_tokens_per_s, status="ok"))

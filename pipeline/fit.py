@@ -47,9 +47,9 @@ def fit_module(cfg: DictConfig, res: Resolved, module: L.LightningModule, model:
     """Train ``module`` (which holds ``model``); row fields of the fit, or None on a non-zero DDP rank."""
     trainable = trainable_parameters(model)
     log.info("trainable parameters: %d of %d", trainable, count_params(model))
-    data = TaskDataModule(res.task, res.vocab, res.data.n_train, res.data.n_val, res.data.batch_size,
-                          int(cfg.seed), res.data.cache_dir, res.data.num_workers, res.data.shuffle,
-                          *curriculum_of(res))
+    data = TaskDataModule(res.stage.train_task(cfg, res), res.vocab, res.data.n_train, res.data.n_val,
+                          res.stage.train_batch_size(res), int(cfg.seed), res.data.cache_dir, res.data.num_workers,
+                          res.data.shuffle, *curriculum_of(res))
     ckpt_dir = run_dir / "checkpoints"
     costs = TrainCostProbe()
     trainer = build_trainer(cfg, run_dir, ckpt_dir, costs)

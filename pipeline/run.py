@@ -133,12 +133,14 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     res = validate(cfg)  # every config error surfaces here, before data or steps
     check_hf_weights(res.model, cfg.get("init_from"))  # an imported model's shapes, before any allocation
     apply_threads(cfg.get("trainer"))  # before any tensor work (pipeline/threads.py)
-    base = resolve_base(cfg)  # a study's base model, validated too
-    if base is not None:
+    chain = resolve_base(cfg)  # a study's base model (and its extension), validated too
+    for base in chain:
         with base.lock():  # concurrent sweep jobs: the first trains the base, the others wait
             if base.needs_training():
-                log.info("pretraining the study's base model into %s", base.run_dir)
+                log.info("training the study's base model (stage %s) into %s", base.cfg.stage, base.run_dir)
                 run(base.cfg, base.res)
+    if chain:
+        base = chain[-1]
         acc = base.start_from(cfg)  # init_from -> the base's checkpoint; stops if the base did not learn
         log.info("base model %s: exact match %.3f at L=%s", base.run_dir, acc, base.train_len)
     return run(cfg, res)

@@ -1,13 +1,17 @@
 """Collect a sweep: every results.jsonl under a directory into one tidy table (Parquet + CSV).
 
-    python scripts/collect.py multirun/2026-11-26/12-00-00 [--out PREFIX]
+    python scripts/collect.py multirun/2026-11-26/12-00-00 [--out PREFIX] [--versus LABEL [--where QUERY]]
 
 Writes PREFIX.parquet and PREFIX.csv (default: SWEEP_DIR/collected) and prints a report: jobs
 with no results file (missing, with the last line of their train.log), rows with status oom/error
 (failed), unreadable lines (a torn last line is skipped, but reported and counted), rows with wrong
 values (a string or NaN in a numeric column, an impossible depth: skipped, reported), cells written
 more than once (duplicates: same run, config hash and cell), then a summary table of the sweep.
-Every sound row is kept, failed ones included.
+Every sound row is kept, failed ones included. ``--versus LABEL`` adds the differences a claim is about:
+every other label's exact match minus LABEL's, per eval length and overall, with 95% intervals over
+examples (paired where the rows share examples) and over seeds (scripts/figures/stats.py); ``--where``
+restricts it to the rows of a pandas query (e.g. ``"depth > 0 and depth < 1"``: the cells no positional
+guess passes).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ for p in (ROOT, HERE):  # pipeline.rows (schema) and the figures package
 
 import pandas as pd  # noqa: E402
 from figures.results import RESULTS_FILE, find_jobs, load_results, make_palette, weighted_mean  # noqa: E402
+from figures.stats import difference  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -139,7 +144,45 @@ def summary_table(df: pd.DataFrame, title: str = "sweep") -> Table:
     return table
 
 
-def print_report(rep: Report, sweep: str | Path, console: Console | None = None) -> None:
+def difference_table(df: pd.DataFrame, versus: str) -> Table:
+    """Per label (and task) other than ``versus``: exact match minus ``versus``'s, per eval length and
+    over all, with the 95% interval over examples (paired where possible) and over seeds."""
+    ok = df[df["status"] == "ok"]
+    known = sorted(ok["label"].astype(str).unique())
+    if versus not in known:  # a unique part of a label names it too ("cache=full" in "…/cache=full")
+        matches = [k for k in known if versus in k]
+        if len(matches) != 1:
+            raise SystemExit(f"--versus {versus!r}: no ok rows with that label (or {len(matches)} labels contain "
+                             f"it); labels: {known}")
+        versus = matches[0]
+    ref = ok[ok["label"].astype(str) == versus]
+    table = Table(title=f"difference in exact match against {versus} (95% intervals)")
+    for col in ("label", "task", "eval_len", "acc", f"acc {versus}", "diff", "95% CI examples", "95% CI seeds",
+                "seeds", "n", "paired"):
+        table.add_column(col, justify="left" if col in ("label", "task") else "right", overflow="fold")
+    palette = make_palette(df)
+    for label in sorted(set(ok["label"].astype(str)) - {versus}, key=palette.rank):
+        arm = ok[ok["label"].astype(str) == label]
+        for task in sorted(arm["task"].astype(str).unique()):
+            a_t, b_t = arm[arm["task"].astype(str) == task], ref[ref["task"].astype(str) == task]
+            for length in sorted(a_t["eval_len"].unique()) + ["all"]:
+                a = a_t if length == "all" else a_t[a_t["eval_len"] == length]
+                b = b_t if length == "all" else b_t[b_t["eval_len"] == length]
+                d = difference(a, b)
+                if not d.n:
+                    continue
+                fmt = "{:+.3f}".format
+                table.add_row(escape(label), escape(task), str(length),
+                              f"{weighted_mean(a['accuracy'], a['n_examples']):.3f}",
+                              f"{weighted_mean(b['accuracy'], b['n_examples']):.3f}", fmt(d.mean),
+                              f"[{fmt(d.lo)}, {fmt(d.hi)}]",
+                              "-" if d.seeds < 2 else f"[{fmt(d.seed_lo)}, {fmt(d.seed_hi)}]",
+                              str(d.seeds), str(d.n), "yes" if d.paired else "no")
+    return table
+
+
+def print_report(rep: Report, sweep: str | Path, console: Console | None = None, versus: str | None = None,
+                 where: str | None = None) -> None:
     console = console or Console(width=max(180, Console().width))  # never squeeze numbers
     df = rep.table
     n_files = len(df.attrs.get("files", []))
@@ -182,6 +225,11 @@ def print_report(rep: Report, sweep: str | Path, console: Console | None = None)
         console.print(t)
     if not df.empty:
         console.print(summary_table(df, title=f"sweep summary: {sweep}"))
+        if versus:
+            table = difference_table(df.query(where) if where else df, versus)
+            if where:
+                table.title += f" where {where}"
+            console.print(table)
     console.print("written: " + ", ".join(str(p) for p in rep.paths))
 
 
@@ -189,9 +237,12 @@ def main(argv: list[str] | None = None) -> Report:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", help="a sweep directory (multirun/<date>/<time>) or outputs/")
     ap.add_argument("--out", default=None, help="output prefix (default: SWEEP_DIR/collected)")
+    ap.add_argument("--versus", default=None, metavar="LABEL",
+                    help="print every other label's exact match minus this label's, with 95%% intervals")
+    ap.add_argument("--where", default=None, metavar="QUERY", help="--versus on the rows of this pandas query only")
     args = ap.parse_args(argv)
     rep = collect(args.sweep, args.out)
-    print_report(rep, args.sweep)
+    print_report(rep, args.sweep, versus=args.versus, where=args.where)
     return rep
 
 

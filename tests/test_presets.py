@@ -113,8 +113,10 @@ def test_study_stops_when_its_base_did_not_learn(tmp_path, monkeypatch):
     overrides = smoke("kv_policies", ["kv=full"]) + ["base_min_accuracy=0.9"]
     with pytest.raises(BaseNotLearned, match=r"below base_min_accuracy=0.9.*base_steps"):
         train(compose_config(overrides, run_dir=str(tmp_path / "run")))
-    # the base was trained once and is kept; the floor at 0 lets the same study go on with it
-    assert len(list((tmp_path / "studies").glob("*/base-L32-s0-*/checkpoints/last.ckpt"))) == 1
+    # the base (and its extension, kv_policies' base_extend) was trained once and is kept; the floor at 0
+    # lets the same study go on with it
+    assert len(list((tmp_path / "studies").glob("*/base-L32-s0-????????/checkpoints/last.ckpt"))) == 1
+    assert len(list((tmp_path / "studies").glob("*/base-L32-s0-ext-*/checkpoints/last.ckpt"))) == 1
     rows = train(compose_config(overrides[:-1], run_dir=str(tmp_path / "run2")))
     assert rows and all(r["status"] == "ok" for r in rows)
 

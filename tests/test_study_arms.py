@@ -1,6 +1,6 @@
 """Every arm of a study evaluates the same thing: task config, lengths, depths, examples, protocol.
 
-A study (``conf/experiment/<name>.yaml``) compares arms (its sweep's ``+kv`` / ``+variant`` / model
+A study (``conf/experiment/<name>.yaml``) compares arms (its sweep's ``kv`` / ``variant`` / model
 options, or the rules its header documents); a number in its table is a difference between arms
 only if every arm is scored on the same held-out task. Each arm is composed as the multirun would
 compose it and resolved (``pipeline.config.validate``); the evaluated tasks are compared in the form
@@ -23,7 +23,7 @@ from pipeline.config import validate
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 STUDIES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-OPTION_GROUPS = {"+kv": "kv", "+variant": "variant"}  # every option of these groups is an arm
+OPTION_GROUPS = {"kv": "kv", "variant": "variant"}  # every option of these groups is an arm
 DOCUMENTED = {  # studies whose arms are given on the command line (the header's multirun command)
     "rope_extension": {"model.pos.rule": ["rope", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope"]},
 }
@@ -58,7 +58,7 @@ def evaluated(study: str, task: str | None, arm: list[str], tmp_path) -> tuple:
 
 def test_every_study_has_arms() -> None:
     assert "kv_policies" in STUDIES and "longlora" in STUDIES
-    assert len(arms("kv_policies")) >= 4 and {a[1][0] for a in arms("kv_policies")} >= {"+kv=duo", "+kv=full"}
+    assert len(arms("kv_policies")) >= 4 and {a[1][0] for a in arms("kv_policies")} >= {"kv=duo", "kv=full"}
 
 
 @pytest.mark.parametrize("study", STUDIES)

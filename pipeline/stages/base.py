@@ -14,6 +14,7 @@ from pipeline.schema import to_dataclass
 
 if TYPE_CHECKING:
     from pipeline.config import Resolved
+    from tasks.base import Task
 
 
 class Stage:
@@ -38,6 +39,14 @@ class Stage:
 
     def check(self, cfg: DictConfig, res: Resolved) -> None:
         """What only this stage rules out, given the validated sections (raise ConfigError)."""
+
+    def train_task(self, cfg: DictConfig, res: Resolved) -> Task:
+        """The task the stage's training data come from (evaluation always runs ``res.eval_tasks``)."""
+        return res.task
+
+    def train_batch_size(self, res: Resolved) -> int:
+        """Rows per training step (a stage whose ``data`` node belongs to a study's base may set its own)."""
+        return res.data.batch_size
 
     def module(self, cfg: DictConfig, res: Resolved, model: nn.Module) -> L.LightningModule:
         """The LightningModule that trains ``model`` in this stage."""

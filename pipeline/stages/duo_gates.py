@@ -8,18 +8,20 @@ min(1, max((s+1)/(N/5), 0.1), max((N-s)/(N/5), 0.1)): warm-up and decay over a f
 each, never below 0.1. How many heads stream is decided at deployment only (``cache.sparsity``).
 
 The stage owns the ``duo`` section (``DuoConfig``) and leaves ``gates.pt`` in the run dir, which
-``cache.gates_path=learned`` serves to the duo cache policy at evaluation.
+``cache.gates_path=learned`` serves to the duo cache policy at evaluation. The gates may learn on other
+data than the run evaluates (``duo.data_task``: overrides of ``task``, e.g. several keyed needles at
+spread depths, as the reference's passkey data), so a study's duo arm is scored on the study's task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from models.duo import OBJECTIVES, attach_duo_gates, clamp_gates_, detach_duo_gates, duo_distill_loss, duo_hidden_pair
@@ -28,7 +30,8 @@ from pipeline.provenance import RecordsProvenance
 from pipeline.schema import ConfigError
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage, run_config_dict
-from tasks.base import IGNORE
+from pipeline.task_config import build_task
+from tasks.base import IGNORE, Task
 
 if TYPE_CHECKING:
     from pipeline.config import Resolved
@@ -39,12 +42,16 @@ class DuoConfig:
     lr: float = 0.02
     lam: float = 0.05  # weight of mean|alpha|
     objective: str = "two_way"  # two_way (DuoAttention) | same_states (ablation: full branch on student states)
+    data_task: dict[str, Any] = field(default_factory=dict)  # overrides of `task` for the gate data only
+    batch_size: Optional[int] = None  # rows per gate step (None: data.batch_size); the study's data node is its base's
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"duo.lr={self.lr} must be > 0")
         if self.lam < 0:
             raise ValueError(f"duo.lam={self.lam} must be >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"duo.batch_size={self.batch_size} must be >= 1 (or null: data.batch_size)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"duo.objective={self.objective!r}; allowed: {list(OBJECTIVES)}")
 
@@ -129,6 +136,17 @@ class DuoGates(Stage):
             # would run outside that switch, with the wrong pattern
             raise ConfigError("trainer.activation_checkpointing=true with stage=duo_gates: not supported "
                               "(the gates are the only weights trained; set it to false)")
+
+        self.train_task(cfg, res)  # a bad duo.data_task fails here, before any work
+
+    def train_task(self, cfg: DictConfig, res: Resolved) -> Task:
+        overrides = res.stage_config.data_task
+        if not overrides:
+            return res.task
+        return build_task({**OmegaConf.to_container(cfg.task, resolve=True), **overrides}, "duo.data_task")
+
+    def train_batch_size(self, res: Resolved) -> int:
+        return res.stage_config.batch_size or res.data.batch_size
 
     def module(self, cfg: DictConfig, res: Resolved, model: nn.Module) -> L.LightningModule:
         return DuoGatesLM(model, res.stage_config, query_token=res.vocab.QUERY, config=run_config_dict(cfg))

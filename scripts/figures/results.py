@@ -120,7 +120,9 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(p.rglob(RESULTS_FILE))
+            # run / sweep dirs hold results.jsonl files; a committed study (docs/results/<study>/) holds
+            # its rows as *.jsonl files side by side
+            found += sorted(p.rglob(RESULTS_FILE)) or sorted(p.glob("*.jsonl"))
         elif p.is_file():
             found.append(p)
         else:
