@@ -21,8 +21,8 @@ from models.families.hybrid import Hybrid, HybridConfig
 from models.families.mamba import MambaConfig, MambaLM
 from models.families.transformer import Transformer, TransformerConfig
 from models.lora import LoraPlusConfig, apply_lora
-from pipeline.config import ConfigError, trainer_kwargs, validate
-from pipeline.memory import measure_peak
+from pipeline.config.resolve import ConfigError, trainer_kwargs, validate
+from pipeline.train.memory import measure_peak
 
 F64 = torch.float64
 

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from models.cache import CacheConfig  # noqa: E402
 from models.duo import save_gates  # noqa: E402
 from models.hf import HFFormatError, load_model, model_fields_from, save_pretrained  # noqa: E402
-from pipeline.config import build_model_config  # noqa: E402
-from pipeline.hf_init import with_hf_model  # noqa: E402
+from pipeline.config.resolve import build_model_config  # noqa: E402
+from pipeline.train.hf_init import with_hf_model  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 V, T = 96, 40

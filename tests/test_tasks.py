@@ -132,7 +132,7 @@ def test_mqar_model_never_reads_an_answer():
 
     from models.cache import CacheConfig
     from models.families.transformer import Transformer, TransformerConfig
-    from pipeline.evaluate import run_cell
+    from pipeline.evaluation.evaluate import run_cell
     from tasks.datamodule import TokenDataset
 
     t = Mqar(train_len=64)
