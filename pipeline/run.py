@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.registry import build_model
 from pipeline.config.config_hash import UNHASHED_NESTED, short_hash
 from pipeline.config.quiet import silence_known_noise

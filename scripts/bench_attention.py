@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from models.attention import PATTERNS, AttentionConfig  # noqa: E402
+from models.patterns import PATTERNS, AttentionConfig  # noqa: E402
 from pipeline.train.memory import measure_peak  # noqa: E402
 
 LENGTHS = [2048, 4096, 8192, 16384]

@@ -50,11 +50,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from models.attention import AttentionConfig  # noqa: E402
 from models.families.hybrid import Hybrid, HybridConfig  # noqa: E402
 from models.families.mamba import MambaConfig, MambaLM  # noqa: E402
 from models.families.transformer import Transformer, TransformerConfig  # noqa: E402
 from models.lora import LoraPlusConfig, apply_lora  # noqa: E402
+from models.patterns import AttentionConfig  # noqa: E402
 from pipeline.train.memory import measure_peak  # noqa: E402
 
 BASE_METHODS = ("full_ft", "lora", "longlora", "mamba", "hybrid")

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_device import add_device_args, resolve, sync  # noqa: E402
 
-from models.cache import CacheConfig  # noqa: E402
+from models.caches import CacheConfig  # noqa: E402
 from models.duo import deploy_gates, save_gates  # noqa: E402
 from models.families.transformer import Transformer, TransformerConfig  # noqa: E402
 from pipeline.train.memory import measure_peak, module_bytes  # noqa: E402

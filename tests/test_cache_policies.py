@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.attention import PATTERNS, AttentionConfig
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.caches.duo import DuoLayerCache
 from models.caches.full import FullKVCache
 from models.caches.quest import QuestCache
@@ -29,8 +28,9 @@ from models.duo import (
     save_gates,
 )
 from models.families.transformer import Transformer, TransformerConfig
-from models.positional import Positional
-from models.rope import PosConfig
+from models.patterns import PATTERNS, AttentionConfig
+from models.pos.base import PosConfig
+from models.pos.positional import Positional
 
 B, H, HKV, D = 2, 4, 2, 8  # layer-level tests: GQA with groups of 2
 

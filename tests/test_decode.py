@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
 from pipeline.evaluation.decode import decode_predictions, teacher_forced_predictions
 from pipeline.train.memory import measure_peak

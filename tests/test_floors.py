@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from pipeline.config.eval_config import EvalConfig
 from pipeline.evaluation.evaluate import CellResult, evaluate_grid
 from pipeline.results.summary import summary_table

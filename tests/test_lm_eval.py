@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from conftest import compose_config
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
 from pipeline.eval_run import evaluate_checkpoint
 from pipeline.evaluation.lm_eval import LmEvalConfig, evaluate_lm, recompute_nll, stream_nll

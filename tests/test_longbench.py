@@ -80,7 +80,7 @@ def test_truncate_middle_keeps_both_ends() -> None:
 def test_greedy_generate_equals_recomputing_every_step(prefill: str, tail: int) -> None:
     import torch
 
-    from models.cache import CacheConfig
+    from models.caches import CacheConfig
     from models.families.transformer import Transformer, TransformerConfig
     from pipeline.evaluation.longbench_eval import greedy_generate
 
@@ -105,7 +105,7 @@ def test_longbench_tail_goes_through_the_policy() -> None:
     window shorter than the prompt, feeding 20 of them token by token changes the generation."""
     import torch
 
-    from models.cache import CacheConfig
+    from models.caches import CacheConfig
     from models.families.transformer import Transformer, TransformerConfig
     from pipeline.evaluation.longbench_eval import greedy_generate
 

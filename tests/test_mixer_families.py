@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families import FAMILIES
 from models.registry import build_model, config_class
 from pipeline.evaluation.decode import decode_predictions, teacher_forced_predictions

@@ -190,7 +190,7 @@ def test_every_arm_of_every_preset_is_smoke_sized_under_scale_smoke(preset, tmp_
 def test_a_mistyped_option_lists_only_real_options(group, typo, tmp_path):
     """The files that policies and arms share live below their group, so Hydra's 'Available options' lists
     only what a user can choose (no internal ``base``)."""
-    from models.cache import CACHE_POLICIES
+    from models.caches import CACHE_POLICIES
 
     extra = ["experiment=kv_policies"] if group == "kv" else []
     with pytest.raises(Exception, match=r"Available options") as err:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose_config
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
 from pipeline.config.eval_config import EvalConfig
 from pipeline.config.resolve import ConfigError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
 from pipeline.config.eval_config import EvalConfig
 from pipeline.config.resolve import ConfigError, validate

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.lora import LoraPlusConfig
 from models.patterns.shifted_sparse import group_size
 from models.registry import config_class
@@ -39,7 +39,7 @@ def check_positional(model: Any) -> None:
     entries, which only the model's width and heads decide (a sweep over widths would fail per job)."""
     if attention_layers(model) == 0 or not hasattr(model, "pos"):
         return
-    from models.positional import Positional  # torch modules: imported only where a model has attention
+    from models.pos.positional import Positional  # torch modules: imported only where a model has attention
 
     reraise_as_config_error(Positional, model.pos, model.d_model // model.n_heads, model.n_heads)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from models.cache import CacheConfig, policy_knobs
+from models.caches import CacheConfig, policy_knobs
 from models.lora import LoraPlusConfig
 from pipeline.config.config_hash import config_hash, hashed_config  # noqa: F401  (re-exported)
 from pipeline.config.eval_config import EvalConfig
@@ -145,7 +145,7 @@ def check_training(cfg: DictConfig, run: RunConfig, res: Resolved) -> None:
         raise ConfigError(f"data.n_train={data.n_train} is smaller than data.batch_size={data.batch_size}: not one "
                           f"full training batch; allowed: n_train >= batch_size")
     check_curriculum(cfg, res)
-    hf_model = str(run.init_from or "").startswith("hf:")  # a Hugging Face directory: pipeline/train/hf_init.py checks it
+    hf_model = str(run.init_from or "").startswith("hf:")  # an HF directory: pipeline/train/hf_init.py checks it
     if run.init_from and not cfg.get("base") and not hf_model and not Path(run.init_from).is_file():
         raise ConfigError(f"init_from={run.init_from!r} does not exist (or is not a file); allowed: a checkpoint "
                           f"written by train.py (e.g. outputs/runs/NAME/checkpoints/last.ckpt)")

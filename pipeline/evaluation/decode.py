@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.cache import CacheConfig, ModelCache
+from models.caches import CacheConfig, ModelCache
 from pipeline.config.eval_config import PROTOCOLS
 
 

@@ -26,7 +26,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from pipeline.config.eval_config import EvalConfig
 from pipeline.evaluation.decode import decode_predictions, decode_start, task_openers, teacher_forced_predictions
 from pipeline.results.rows import CELL_KEYS, append_rows, cell_key, make_row, read_rows

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from pipeline.config.eval_config import LmEvalConfig
 from pipeline.results.rows import append_row, make_row
 from tasks.corpus import corpus_tokens

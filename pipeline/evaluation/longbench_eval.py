@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from pipeline.config.eval_config import LongBenchConfig
 from pipeline.evaluation.decode import run_prompt
 from pipeline.results.rows import append_row, make_row

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.cache import CacheConfig, ModelCache
+from models.caches import CacheConfig, ModelCache
 from pipeline.evaluation.decode import PROTOCOLS, prefill, run_prompt
 from pipeline.evaluation.evaluate import completed_cells
 from pipeline.results.rows import CELL_KEYS, append_row, make_row

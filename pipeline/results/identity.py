@@ -162,8 +162,8 @@ def failure_identity(cfg: Any) -> dict[str, Any]:
     the parts that still validate, else the bare rule and policy names."""
     from omegaconf import OmegaConf
 
-    from models.cache import policy_knobs as split_cache_node
-    from models.rope import PosConfig
+    from models.caches import policy_knobs as split_cache_node
+    from models.pos.base import PosConfig
     from pipeline.config.schema import to_dataclass
 
     def part(cls: type, key: str) -> Any:

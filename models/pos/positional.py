@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models.pos import POS_RULES
-from models.rope import PosConfig, apply_rotary, rope_frequencies
+from models.pos.base import PosConfig, apply_rotary, rope_frequencies
 
 
 class Positional(nn.Module):
