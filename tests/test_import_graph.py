@@ -145,3 +145,12 @@ def test_pipeline_top_level_is_the_rooms_and_the_entry_points():
     top = sorted(p.name for p in (ROOT / "pipeline").iterdir() if p.name != "__pycache__")
     entries = sorted(f"{m.rpartition('.')[2]}.py" for m in ENTRY_POINTS if m != "pipeline")
     assert top == sorted(["__init__.py", *ROOMS, *entries])
+
+
+def test_models_tasks_and_registries_import_only_registries():
+    """docs/architecture.md's table: models/ and tasks/ are independent; registries/ imports nothing of ours."""
+    graph = import_graph(PACKAGES, type_checking=True)
+    allowed = {"models": {"models", "registries"}, "tasks": {"tasks", "registries"}, "registries": {"registries"}}
+    bad = sorted(f"{src} -> {dst}" for src, targets in graph.items() for dst in targets
+                 if src.split(".")[0] in allowed and dst.split(".")[0] not in allowed[src.split(".")[0]])
+    assert bad == []
