@@ -20,7 +20,7 @@ from tasks.registry import TASKS
 from tasks.text import bind_tokenizer
 from tasks.vocab import Vocab
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def build_task(node: Any, prefix: str = "task") -> Task:

@@ -19,7 +19,7 @@ def plugin_columns() -> dict[str, str]:
 
 def code_version() -> str:
     """The git commit of the code (with '+dirty' when the tree has changes), or 'unknown'."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5).stdout.strip()

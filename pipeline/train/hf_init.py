@@ -28,7 +28,7 @@ from pipeline.config.schema import ConfigError
 
 log = logging.getLogger(__name__)
 PREFIX = "hf:"
-CONF_MODEL = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF_MODEL = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
 class HFConfigError(ConfigError, HFFormatError):
