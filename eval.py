@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import pipeline.resolvers  # noqa: F401  (conf/ uses ${run_path:...})
+import pipeline.config.resolvers  # noqa: F401  (conf/ uses ${run_path:...})
 from pipeline.eval_run import evaluate_checkpoint
 from pipeline.failures import record_failures
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.resolvers  # noqa: F401  (conf/ uses ${run_path:...})
+import pipeline.config.resolvers  # noqa: F401  (conf/ uses ${run_path:...})
 from pipeline.failures import record_failures
 from pipeline.run import train
 

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from models.cache import LayerCache
+from models.caches import LayerCache
 
 DEFAULT_CHUNK_SCALAR = 64  # scalar decay per head: a (C x C) mask per chunk
 DEFAULT_CHUNK_CHANNEL = 16  # per-key-channel decay: a (C x C x d_k) mask per chunk

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.cache import CacheConfig, ModelCache, as_cache_config
+from models.caches import CacheConfig, ModelCache, as_cache_config
 from models.layers import RMSNorm
 from models.mixers import MIXERS, mixer_config
 

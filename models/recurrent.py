@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.kernels import FLA_PACKAGE, check_kernel_choice, require_kernel, use_kernel
 from models.layers import RMSNorm
 from models.linear_attention import RecurrentStateCache, chunked_decayed_attention, decayed_attention_step

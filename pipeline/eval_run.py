@@ -9,14 +9,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.checkpoint import load_trained_model, read_checkpoint
-from pipeline.config import validate
-from pipeline.hf_init import check_hf_weights, hf_path, load_hf_model, with_hf_model
+from pipeline.config.resolve import validate
+from pipeline.config.schema import ConfigError, reraise_as_config_error
+from pipeline.config.threads import apply_threads
 from pipeline.run import device_of, evaluate, run_dir_of
-from pipeline.run_state import RunLock
-from pipeline.schema import ConfigError, reraise_as_config_error
-from pipeline.stages.duo_gates import save_gates
-from pipeline.threads import apply_threads
+from pipeline.train.checkpoint import load_trained_model, read_checkpoint
+from pipeline.train.hf_init import check_hf_weights, hf_path, load_hf_model, with_hf_model
+from pipeline.train.run_state import RunLock
+from pipeline.train.stages.duo_gates import save_gates
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def apply_eval_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     """eval.py: load a checkpoint (or init_from=hf:PATH), apply overrides, evaluate the grid under a cache policy."""
-    apply_threads(cfg.get("trainer"))  # eval.py's own trainer.threads (pipeline/threads.py)
+    apply_threads(cfg.get("trainer"))  # eval.py's own trainer.threads (pipeline/config/threads.py)
     if hf_path(cfg.get("init_from")) is not None:
         return evaluate_hf(cfg, overrides)
     if not cfg.get("ckpt"):

@@ -18,10 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.evaluate import is_oom
-from pipeline.identity import failure_identity
-from pipeline.rows import append_row, make_row
-from pipeline.schema import ConfigError
+from pipeline.config.schema import ConfigError
+from pipeline.evaluation.evaluate import is_oom
+from pipeline.results.identity import failure_identity
+from pipeline.results.rows import append_row, make_row
 from registries import PluginError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """A training run goes straight through: resolve the config (and its base) -> fit the stage -> evaluate -> rows.
 
 ``train`` (train.py) validates the config and, for a study, its base model up front; fits the base
-once if it is missing; then fits the configured stage (``pipeline/stages/``) and evaluates. eval.py's
+once if it is missing; then fits the configured stage (``pipeline/train/stages/``) and evaluates. eval.py's
 job, evaluating a checkpoint, is ``pipeline/eval_run.py``; both write rows through ``evaluate``.
 """
 
@@ -16,23 +16,23 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.registry import build_model
-from pipeline.base_model import resolve_base
-from pipeline.checkpoint import load_weights, model_state, read_checkpoint, remove_stale_temps
-from pipeline.config import Resolved, validate
-from pipeline.config_hash import UNHASHED_NESTED, short_hash
-from pipeline.eval_kinds import kind_summary, run_eval_kind
-from pipeline.evaluate import evaluate_grid
-from pipeline.fit import count_params
-from pipeline.hf_init import check_hf_weights, hf_path, load_hf_model, with_hf_model
-from pipeline.identity import model_columns, run_identity
-from pipeline.prefix import evaluate_prefix_cache
-from pipeline.provenance import plugin_columns
-from pipeline.quiet import silence_known_noise
-from pipeline.run_state import ROWS_FILE, RunLock, claim_run_config, is_launcher_rank
-from pipeline.summary import print_summary
-from pipeline.threads import apply_threads
+from pipeline.config.config_hash import UNHASHED_NESTED, short_hash
+from pipeline.config.quiet import silence_known_noise
+from pipeline.config.resolve import Resolved, validate
+from pipeline.config.threads import apply_threads
+from pipeline.evaluation.eval_kinds import kind_summary, run_eval_kind
+from pipeline.evaluation.evaluate import evaluate_grid
+from pipeline.evaluation.prefix import evaluate_prefix_cache
+from pipeline.results.identity import model_columns, run_identity
+from pipeline.results.provenance import plugin_columns
+from pipeline.results.summary import print_summary
+from pipeline.train.base_model import resolve_base
+from pipeline.train.checkpoint import load_weights, model_state, read_checkpoint, remove_stale_temps
+from pipeline.train.fit import count_params, fit_stage
+from pipeline.train.hf_init import check_hf_weights, hf_path, load_hf_model, with_hf_model
+from pipeline.train.run_state import ROWS_FILE, RunLock, claim_run_config, is_launcher_rank
 from tasks.dataset import clean_stale_temps
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ silence_known_noise()  # also in DDP worker processes, which import this module
 
 
 def describe(model_cfg: Any) -> dict[str, Any]:
-    """Row identifiers of an architecture: family, positional rule, attention pattern (pipeline/identity.py)."""
+    """Row identifiers of an architecture: family, positional rule, attention pattern (pipeline/results/identity.py)."""
     return {k: v for k, v in model_columns(model_cfg).items() if k in ("model", "pos", "attention")}
 
 
@@ -58,7 +58,7 @@ def device_of(cfg: DictConfig) -> torch.device:
 
 
 def row_base(cfg: DictConfig, res: Resolved, run_id: str) -> dict[str, Any]:
-    """The columns every row of this run shares: its identity (pipeline/identity.py) and where it came from."""
+    """The columns every row of this run shares: its identity (pipeline/results/identity.py) and where it came from."""
     data = res.data  # a curriculum's first phase is part of how the model was trained (only where one ran)
     curriculum = ({"train_curriculum": f"{data.curriculum_task}:{data.curriculum_share:g}"}
                   if data.curriculum_task else {})
@@ -102,7 +102,7 @@ def evaluate(model: torch.nn.Module, cfg: DictConfig, res: Resolved, run_dir: Pa
         res.cache.gates_path = str(learned)  # this run's (or its checkpoint's) gates
     base = dict(row_base(cfg, res, run_id), n_params=count_params(model), **(extra or {}))
     rows_path = run_dir / ROWS_FILE
-    if res.eval.kind != "grid":  # perplexity, LongBench, sink probe (pipeline/eval_kinds.py)
+    if res.eval.kind != "grid":  # perplexity, LongBench, sink probe (pipeline/evaluation/eval_kinds.py)
         rows = run_eval_kind(model, res, cfg.get("tokenizer") or "bytes", int(cfg.seed), base, rows_path, device)
         log.info("%s", kind_summary(rows))
         log.info("rows in %s", rows_path)
@@ -132,7 +132,7 @@ def train(cfg: DictConfig) -> list[dict[str, Any]]:
     cfg = with_hf_model(cfg)  # init_from=hf:PATH: the model node comes from PATH/config.json
     res = validate(cfg)  # every config error surfaces here, before data or steps
     check_hf_weights(res.model, cfg.get("init_from"))  # an imported model's shapes, before any allocation
-    apply_threads(cfg.get("trainer"))  # before any tensor work (pipeline/threads.py)
+    apply_threads(cfg.get("trainer"))  # before any tensor work (pipeline/config/threads.py)
     chain = resolve_base(cfg)  # a study's base model (and its extension), validated too
     for base in chain:
         with base.lock():  # concurrent sweep jobs: the first trains the base, the others wait
@@ -183,7 +183,7 @@ def fit_and_evaluate(cfg: DictConfig, res: Resolved, run_dir: Path) -> list[dict
     if not cfg.get("fit", True):
         return rows + evaluate(model, cfg, res, run_dir, run_id, device, {"finetuned": False})
     model.train()  # a zero-shot evaluation above left it in eval mode
-    extra = res.stage.fit(cfg, res, model, run_dir)
+    extra = fit_stage(res.stage, cfg, res, model, run_dir)
     if extra is None:  # a non-zero DDP rank: rank 0 evaluates
         return []
     if not cfg.get("evaluate", True):

@@ -2,7 +2,7 @@
 
 For each sequence length T, random q, k, v (B, H, T, D) with requires_grad go through the pattern
 function and ``backward`` of a random output gradient; we report the median wall time and the peak
-bytes allocated by the op (CPU: ``pipeline.memory``'s tensor-allocation tracker; CUDA: the
+bytes allocated by the op (CPU: ``pipeline.train.memory``'s tensor-allocation tracker; CUDA: the
 allocator's peak), both patterns in the same run. Runs on CPU, and on CUDA when available.
 
     python scripts/bench_attention.py [--quick] [--json PATH] [--device cpu|cuda|all]
@@ -28,8 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from models.attention import PATTERNS, AttentionConfig  # noqa: E402
-from pipeline.memory import measure_peak  # noqa: E402
+from models.patterns import PATTERNS, AttentionConfig  # noqa: E402
+from pipeline.train.memory import measure_peak  # noqa: E402
 
 LENGTHS = [2048, 4096, 8192, 16384]
 QUICK_LENGTHS = [1024, 2048]

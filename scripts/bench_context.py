@@ -2,7 +2,7 @@
 
 For every method, the longest length T (a multiple of ``--step``) whose forward + backward + AdamW
 step, batch ``--batch``, fits in ``--mem-gb``, found by search on the *measured* peak: the CUDA
-allocator's peak on GPU, ``pipeline.memory``'s live-storage tracker on CPU (weights + everything
+allocator's peak on GPU, ``pipeline.train.memory``'s live-storage tracker on CPU (weights + everything
 allocated in the step: activations, gradients, optimizer states). The search grows T from
 ``--step`` (doubling, or to just past the budget as extrapolated from the last two probes) until the
 peak exceeds the budget, then narrows the bracket [fits, does not fit] to one ``--step``, probing
@@ -50,12 +50,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from models.attention import AttentionConfig  # noqa: E402
 from models.families.hybrid import Hybrid, HybridConfig  # noqa: E402
 from models.families.mamba import MambaConfig, MambaLM  # noqa: E402
 from models.families.transformer import Transformer, TransformerConfig  # noqa: E402
 from models.lora import LoraPlusConfig, apply_lora  # noqa: E402
-from pipeline.memory import measure_peak  # noqa: E402
+from models.patterns import AttentionConfig  # noqa: E402
+from pipeline.train.memory import measure_peak  # noqa: E402
 
 BASE_METHODS = ("full_ft", "lora", "longlora", "mamba", "hybrid")
 METHODS = tuple(m + suffix for m in BASE_METHODS for suffix in ("", "+ckpt"))

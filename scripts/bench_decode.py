@@ -2,7 +2,7 @@
 
 For each policy (full, sink_window, duo with 50% retrieval heads, quest) and context length:
 prefill the prompt densely, then decode N tokens one at a time. Reports decode tokens/s, the
-measured peak memory of the decode loop (``pipeline.memory.measure_peak``: parameters + tensors
+measured peak memory of the decode loop (``pipeline.train.memory.measure_peak``: parameters + tensors
 allocated inside the loop), the cache's reported bytes and its
 analytic closed form. The model's fixed cost is the parameter bytes plus a per-step activation
 constant measured, per policy, at the shortest length; the check is whether measured peak is
@@ -35,10 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_device import add_device_args, resolve, sync  # noqa: E402
 
-from models.cache import CacheConfig  # noqa: E402
+from models.caches import CacheConfig  # noqa: E402
 from models.duo import deploy_gates, save_gates  # noqa: E402
 from models.families.transformer import Transformer, TransformerConfig  # noqa: E402
-from pipeline.memory import measure_peak, module_bytes  # noqa: E402
+from pipeline.train.memory import measure_peak, module_bytes  # noqa: E402
 
 SINK, WINDOW, BUDGET, PAGE = 4, 256, 512, 16
 

@@ -29,7 +29,7 @@ sys.path.insert(0, {root!r})
 import torch
 from models.hf import load_model, model_fields_from
 from models.registry import build_model
-from pipeline.config import build_model_config
+from pipeline.config.resolve import build_model_config
 
 def rss(key):
     for line in open("/proc/self/status"):

@@ -8,7 +8,7 @@ the torch path (kernel=torch where the family has the knob). Per length T, again
 the same width and depth (the baseline of every record):
 1. train step: tokens/s of fwd + bwd + AdamW step at batch --batch (best of a few steps, after a warm-up);
 2. decode step: tokens/s of one-token steps through the cache after a no-grad prefill of T tokens;
-3. peak bytes of one fwd + bwd and of one no-grad forward (pipeline.memory's tensor-allocation tracker:
+3. peak bytes of one fwd + bwd and of one no-grad forward (pipeline.train.memory's tensor-allocation tracker:
    live tensor storages allocated inside the region), and decode-cache bytes after a prefill of T tokens:
    constant in T for every mixer here, linear for the transformer's KV cache.
 ``--delta-rule`` instead times the gated delta rule's two pure-PyTorch forms (models/delta_rule.py: token loop
@@ -49,7 +49,7 @@ from models.families import FAMILIES  # noqa: E402
 from models.families.mamba import MambaLM  # noqa: E402
 from models.mixers import MIXERS  # noqa: E402
 from models.registry import build_model, config_class  # noqa: E402
-from pipeline.memory import measure_peak  # noqa: E402
+from pipeline.train.memory import measure_peak  # noqa: E402
 
 
 def mixer_families() -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (ROOT, HERE):  # pipeline.rows (schema) and the figures package
+for p in (ROOT, HERE):  # pipeline.results.rows (schema) and the figures package
     if p not in sys.path:
         sys.path.insert(0, p)
 
@@ -36,7 +36,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from pipeline.rows import CELL_KEYS  # noqa: E402
+from pipeline.results.rows import CELL_KEYS  # noqa: E402
 
 
 @dataclass

@@ -70,8 +70,8 @@ def compose(conf_dir: Path, items: list[str], run_dir: Path) -> Any:
 
 def capture(out: Path, arms: list[str], work: Path) -> int:
     import pipeline
-    import pipeline.resolvers  # noqa: F401  (the ${times:...} resolver)
-    from pipeline.rows import read_rows
+    import pipeline.config.resolvers  # noqa: F401  (the ${times:...} resolver)
+    from pipeline.results.rows import read_rows
     from pipeline.run import train
 
     conf_dir = Path(pipeline.__file__).resolve().parents[1] / "conf"

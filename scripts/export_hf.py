@@ -30,9 +30,9 @@ from models.hf import HFFormatError, save_pretrained  # noqa: E402
 from models.hf.target import check_target  # noqa: E402
 from models.lm import DTYPES  # noqa: E402
 from models.lora import LoraPlusConfig  # noqa: E402
-from pipeline.checkpoint import CheckpointError, load_trained_model, read_checkpoint  # noqa: E402
-from pipeline.config import ConfigError, build_model_config, to_dataclass  # noqa: E402
+from pipeline.config.resolve import ConfigError, build_model_config, to_dataclass  # noqa: E402
 from pipeline.run import describe  # noqa: E402
+from pipeline.train.checkpoint import CheckpointError, load_trained_model, read_checkpoint  # noqa: E402
 
 FLAGS = {"--overwrite": "replace the model files of a non-empty out directory",
          "--allow-nonfinite": "export weights holding NaN or inf"}

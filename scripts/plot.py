@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (ROOT, HERE):  # pipeline.rows (schema) and the figures package
+for p in (ROOT, HERE):  # pipeline.results.rows (schema) and the figures package
     if p not in sys.path:
         sys.path.insert(0, p)
 

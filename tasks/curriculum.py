@@ -10,7 +10,7 @@ The warm-up family is built with its own defaults at the task's training length,
 and the share of the optimizer steps it takes are knobs (``data.curriculum_task``,
 ``data.curriculum_share``: the first floor(share x max_steps) steps; a share, not a count, so a
 one-step smoke run of a recipe simply has no first phase). Each phase gets its own lr warmup and
-cosine (pipeline/module.py): the second phase starting at a low, annealed lr did not transfer.
+cosine (pipeline/train/module.py): the second phase starting at a low, annealed lr did not transfer.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-import pipeline.resolvers  # noqa: F401
+import pipeline.config.resolvers  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from models.families.transformer import Transformer, TransformerConfig
-from pipeline.attention_probe import attention_layers, attention_weights, sink_mass
+from pipeline.evaluation.attention_probe import attention_layers, attention_weights, sink_mass
 
 
 def test_probe_weights_reproduce_the_attention_output() -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from conftest import target_device
 from test_model_contracts import decode, policy
 
-from models.cache import CACHE_POLICIES
+from models.caches import CACHE_POLICIES
 from models.families import FAMILIES
 from models.registry import build_model, config_class
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.attention import PATTERNS, AttentionConfig
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.caches.duo import DuoLayerCache
 from models.caches.full import FullKVCache
 from models.caches.quest import QuestCache
@@ -29,8 +28,9 @@ from models.duo import (
     save_gates,
 )
 from models.families.transformer import Transformer, TransformerConfig
-from models.positional import Positional
-from models.rope import PosConfig
+from models.patterns import PATTERNS, AttentionConfig
+from models.pos.base import PosConfig
+from models.pos.positional import Positional
 
 B, H, HKV, D = 2, 4, 2, 8  # layer-level tests: GQA with groups of 2
 
@@ -479,7 +479,7 @@ def test_two_way_forward_equals_reference_loss_and_gate_gradient():
 
 
 def test_duo_schedule_matches_reference_lambda():
-    from pipeline.stages.duo_gates import duo_schedule
+    from pipeline.train.stages.duo_gates import duo_schedule
 
     for total in (10, 37, 2000):
         ours = duo_schedule(total)
@@ -554,7 +554,7 @@ def test_quest_preallocates_and_decode_memory_is_analytic():
     """After reserve() nothing is reallocated: KV and page bounds are written in place from the first
     chunk to the last decode step, and the decode loop's memory (cache + what steps allocate) stays
     within 10% of the analytic bytes (KV + page min/max of the sparse layers) at 4096 tokens."""
-    from pipeline.memory import measure_peak, module_bytes
+    from pipeline.train.memory import measure_peak, module_bytes
 
     cfg = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, max_seq_len=8192)
     model = Transformer(cfg).eval()

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from conftest import TINY, compose_config
 
 import models.lm as lm
-from models.attention import AttentionConfig
 from models.families.hybrid import Hybrid, HybridConfig
 from models.families.mamba import MambaConfig, MambaLM
 from models.families.transformer import Transformer, TransformerConfig
 from models.lora import LoraPlusConfig, apply_lora
-from pipeline.config import ConfigError, trainer_kwargs, validate
-from pipeline.memory import measure_peak
+from models.patterns import AttentionConfig
+from pipeline.config.resolve import ConfigError, trainer_kwargs, validate
+from pipeline.train.memory import measure_peak
 
 F64 = torch.float64
 

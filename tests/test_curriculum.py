@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.module import LitLM, phase_lr
-from pipeline.sections import OptimConfig
+from pipeline.config.sections import OptimConfig
+from pipeline.train.module import LitLM, phase_lr
 from tasks.curriculum import curriculum_steps, curriculum_task
 from tasks.datamodule import TaskDataModule
 from tasks.mqar import Mqar

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
-from pipeline.decode import decode_predictions, teacher_forced_predictions
-from pipeline.memory import measure_peak
+from pipeline.evaluation.decode import decode_predictions, teacher_forced_predictions
+from pipeline.train.memory import measure_peak
 from tasks.dataset import generate
 from tasks.mqar import Mqar
 from tasks.niah import Niah
@@ -60,7 +60,7 @@ def test_memory_probe_sees_cache_growth_with_length():
 
 
 def test_prefix_cached_answers_equal_recomputed_ones(tmp_path):
-    from pipeline.prefix import evaluate_prefix_cache
+    from pipeline.evaluation.prefix import evaluate_prefix_cache
 
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2)).eval()
     task = Niah(train_len=96, needles=3)
@@ -89,7 +89,7 @@ def test_niah_questions_ask_every_needle():
 
 
 def _first_answer_logits(model, tokens, mask, policy, protocol, decode_tail=None):
-    from pipeline.decode import decode_start, run_prompt, task_openers
+    from pipeline.evaluation.decode import decode_start, run_prompt, task_openers
 
     first = int(mask.float().argmax(1).min())
     start = decode_start(tokens.numpy(), mask.numpy(), task_openers(Niah()), protocol, decode_tail)
@@ -127,7 +127,7 @@ def test_question_decoded_protocol_sees_the_policy_and_full_is_teacher_forced():
 
 
 def test_question_starts_follow_each_rows_opener():
-    from pipeline.decode import question_starts, task_openers
+    from pipeline.evaluation.decode import question_starts, task_openers
 
     a = generate(Niah(train_len=48, queries=1), Vocab(64), "test", 3, 48, 0)
     starts = question_starts(a.tokens, a.answer_mask, task_openers(Niah()))
@@ -137,8 +137,8 @@ def test_question_starts_follow_each_rows_opener():
 
 
 def test_grid_rows_name_their_protocol(tmp_path):
-    from pipeline.eval_config import EvalConfig
-    from pipeline.evaluate import evaluate_grid
+    from pipeline.config.eval_config import EvalConfig
+    from pipeline.evaluation.evaluate import evaluate_grid
 
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2)).eval()
     for protocol in ("question_decoded", "question_prefilled"):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.rows import append_row, make_row
+from pipeline.results.rows import append_row, make_row
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 if SCRIPTS not in sys.path:  # scripts/ is not a package: its CLIs and figures/ import as top level

@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pandas as pd
 
-from models.cache import CacheConfig
-from pipeline.eval_config import EvalConfig
-from pipeline.evaluate import CellResult, evaluate_grid
-from pipeline.summary import summary_table
+from models.caches import CacheConfig
+from pipeline.config.eval_config import EvalConfig
+from pipeline.evaluation.evaluate import CellResult, evaluate_grid
+from pipeline.results.summary import summary_table
 from tasks.baselines import baselines_for, fitted_prior, hide_answers, score
 from tasks.dataset import generate
 from tasks.registry import TASKS

@@ -16,11 +16,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from models.cache import CacheConfig  # noqa: E402
+from models.caches import CacheConfig  # noqa: E402
 from models.duo import save_gates  # noqa: E402
 from models.hf import HFFormatError, load_model, model_fields_from, save_pretrained  # noqa: E402
-from pipeline.config import build_model_config  # noqa: E402
-from pipeline.hf_init import with_hf_model  # noqa: E402
+from pipeline.config.resolve import build_model_config  # noqa: E402
+from pipeline.train.hf_init import with_hf_model  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 V, T = 96, 40
@@ -304,8 +304,8 @@ def test_every_rope_rule_exports_to_transformers_with_equal_logits(rule, tmp_pat
     """Our rule -> transformers' rope_parameters (static NTK as plain RoPE with its raised base): same logits
     at T=40, past every rule's original length (dynamic and longrope switch to their long form)."""
     from models.families.transformer import TransformerConfig
+    from models.pos.base import PosConfig
     from models.registry import build_model
-    from models.rope import PosConfig
 
     cfg = TransformerConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=48,
                             max_seq_len=64, init_std=0.2, pos=PosConfig(rule=rule, base=1000.0, **ROPE_RULES[rule]))

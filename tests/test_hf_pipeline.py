@@ -13,9 +13,9 @@ from conftest import ROOT, compose_config
 
 transformers = pytest.importorskip("transformers")
 from models.hf import HFFormatError  # noqa: E402
-from pipeline.checkpoint import model_state, read_checkpoint  # noqa: E402
 from pipeline.eval_run import evaluate_checkpoint  # noqa: E402
 from pipeline.run import train  # noqa: E402
+from pipeline.train.checkpoint import model_state, read_checkpoint  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 # tiny task settings; the model's sizes come from the directory, not from model.* overrides
@@ -73,7 +73,7 @@ def test_train_extend_from_an_imported_model_then_export(llama_dir, tmp_path):
     run(["scripts/export_hf.py", f"ckpt={ckpt}", f"out={tmp_path / 'hf'}"], tmp_path)
     from models.lora import LoraPlusConfig, apply_lora, merge_lora
     from models.registry import build_model
-    from pipeline.config import build_model_config
+    from pipeline.config.resolve import build_model_config
 
     ours = apply_lora(build_model(build_model_config(saved)), LoraPlusConfig(enabled=True, trainable=["norm"]))
     ours.load_state_dict(model_state(read_checkpoint(ckpt)))
@@ -89,7 +89,7 @@ def test_hf_import_errors_before_any_work(llama_dir, tmp_path):
     with pytest.raises(HFFormatError, match="not a directory"):
         train(compose_config(HF_TINY + [f"init_from=hf:{tmp_path / 'nope'}"], run_dir=str(tmp_path)))
     with pytest.raises(HFFormatError, match="holds a transformer model but model=mamba"):
-        from pipeline.hf_init import with_hf_model
+        from pipeline.train.hf_init import with_hf_model
 
         ov = [f"init_from=hf:{llama_dir}", "model=mamba"]
         with_hf_model(compose_config(ov, run_dir=str(tmp_path)), ov)
@@ -99,7 +99,7 @@ def test_hf_import_errors_before_any_work(llama_dir, tmp_path):
 def test_chosen_model_settings_win_over_the_imported_ones(llama_dir, tmp_path):
     """Sizes and rope come from config.json unless chosen: on the command line (even a default value),
     or by an experiment preset (a value unlike conf/model's default)."""
-    from pipeline.hf_init import with_hf_model
+    from pipeline.train.hf_init import with_hf_model
 
     def model(ov):
         return with_hf_model(compose_config(ov, run_dir=str(tmp_path)), ov).model

@@ -1,4 +1,4 @@
-"""Row identity is columns, built in one place (pipeline/identity.py); tables and figures group by all of them.
+"""Row identity is columns, built in one place (pipeline/results/identity.py); tables and figures group by all of them.
 
 The specification: a row names its positional rule and factor, its attention patterns, its cache policy
 and that policy's knobs, its study arm; two arms that differ in one of those are never averaged into one
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import TINY, compose_config
 
-from pipeline.identity import identity_keys
-from pipeline.labels import labels, legacy_identity
-from pipeline.rows import append_row, make_row
-from pipeline.summary import group_rows
+from pipeline.results.identity import identity_keys
+from pipeline.results.labels import labels, legacy_identity
+from pipeline.results.rows import append_row, make_row
+from pipeline.results.summary import group_rows
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 if SCRIPTS not in sys.path:
@@ -31,7 +31,7 @@ LENGTHS = (64, 128, 256)
 
 
 def identity_of(overrides: list[str]) -> dict:
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
     from pipeline.run import row_base
 
     tiny = [o for o in TINY if o != "model.n_layers=2" or "model=hybrid" not in overrides]  # a hybrid counts its layers
@@ -70,7 +70,7 @@ def test_study_arms_and_hybrid_scope_are_columns(tmp_path):
 
 
 def test_failure_rows_keep_the_policy_knobs():
-    from pipeline.identity import failure_identity
+    from pipeline.results.identity import failure_identity
 
     cfg = compose_config(TINY + ["cache=quest", "cache.budget=32"])
     out = failure_identity(cfg)
@@ -82,7 +82,7 @@ def test_a_variant_with_a_config_of_its_own_gets_its_fields_as_columns():
     unless it declares ``knobs``."""
     from dataclasses import dataclass
 
-    from pipeline.identity import cache_columns, pos_columns
+    from pipeline.results.identity import cache_columns, pos_columns
 
     @dataclass
     class KeepEvery:

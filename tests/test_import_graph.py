@@ -3,6 +3,10 @@
 Every ``import`` statement counts, also those inside functions (a deferred import that dodges a
 circle at load time is still a circle in the design); only ``if TYPE_CHECKING:`` blocks, which never
 run, are left out. Registry discovery (importing every module of a package by name) is not an edge.
+
+pipeline/'s rooms are imported in one order (``ROOMS``: a room imports only the rooms before it, the
+entry points at pipeline/'s top level import any room, and no room imports them); here every import
+counts, ``if TYPE_CHECKING:`` blocks included, since a type a room names is a thing it depends on.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "pipeline", "tasks", "registries")
+ROOMS = ("config", "results", "train", "evaluation")  # pipeline/'s subpackages, in import order
+ENTRY_POINTS = ("pipeline", "pipeline.run", "pipeline.eval_run", "pipeline.failures")
 
 
 def module_name(path: Path) -> str:
@@ -19,12 +25,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def runtime_imports(tree: ast.AST) -> list[ast.stmt]:
-    """Import statements outside ``if TYPE_CHECKING:`` blocks."""
+def runtime_imports(tree: ast.AST, type_checking: bool = False) -> list[ast.stmt]:
+    """Import statements outside ``if TYPE_CHECKING:`` blocks (inside them too with ``type_checking``)."""
     out: list[ast.stmt] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if not type_checking and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             for child in node.orelse:
                 visit(child)
             return
@@ -37,12 +43,12 @@ def runtime_imports(tree: ast.AST) -> list[ast.stmt]:
     return out
 
 
-def import_graph(packages: tuple[str, ...]) -> dict[str, set[str]]:
+def import_graph(packages: tuple[str, ...], type_checking: bool = False) -> dict[str, set[str]]:
     files = {module_name(p): p for pkg in packages for p in (ROOT / pkg).rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in runtime_imports(ast.parse(path.read_text())):
+        for node in runtime_imports(ast.parse(path.read_text()), type_checking):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -90,6 +96,61 @@ def test_a_deferred_import_is_an_edge_and_type_checking_is_not():
 
 def test_no_import_circles():
     graph = import_graph(PACKAGES)
-    assert {"pipeline.schema", "pipeline.stages"} <= graph["pipeline.config"]  # the graph is read, not empty
+    assert {"pipeline.config.schema", "pipeline.config.stage"} <= graph["pipeline.config.resolve"]  # read, not empty
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+def room_rank(module: str) -> int | None:
+    """Where a module sits in the import order: its room's index, len(ROOMS) for an entry point, None outside."""
+    if module in ENTRY_POINTS:
+        return len(ROOMS)
+    parts = module.split(".")
+    if parts[0] != "pipeline":
+        return None
+    assert len(parts) > 2 and parts[1] in ROOMS, f"{module}: pipeline/'s top level holds only {ROOMS} and entry points"
+    return ROOMS.index(parts[1])
+
+
+def order_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that runs up the order: a room importing a later room or an entry point, or models/,
+    tasks/ or registries/ importing pipeline/."""
+    bad = []
+    for src, targets in graph.items():
+        for dst in targets:
+            to = room_rank(dst)
+            if to is None:
+                continue
+            at = room_rank(src)
+            if at is None or to > at:
+                bad.append(f"{src} -> {dst}")
+    return sorted(bad)
+
+
+def test_the_order_check_finds_an_import_up_the_order():
+    graph = {"pipeline.config.a": {"pipeline.train.b"}, "pipeline.train.b": {"pipeline.config.a"},
+             "models.x": {"pipeline.results.c"}, "pipeline.run": {"pipeline.evaluation.d"},
+             "pipeline.evaluation.d": {"pipeline.run"}}
+    assert order_violations(graph) == ["models.x -> pipeline.results.c", "pipeline.config.a -> pipeline.train.b",
+                                       "pipeline.evaluation.d -> pipeline.run"]
+
+
+def test_pipeline_rooms_import_only_down_the_order():
+    graph = import_graph(PACKAGES, type_checking=True)
+    assert "pipeline.config.resolve" in graph["pipeline.train.fit"]  # a TYPE_CHECKING import is read
+    assert order_violations(graph) == []
+
+
+def test_pipeline_top_level_is_the_rooms_and_the_entry_points():
+    top = sorted(p.name for p in (ROOT / "pipeline").iterdir() if p.name != "__pycache__")
+    entries = sorted(f"{m.rpartition('.')[2]}.py" for m in ENTRY_POINTS if m != "pipeline")
+    assert top == sorted(["__init__.py", *ROOMS, *entries])
+
+
+def test_models_tasks_and_registries_import_only_registries():
+    """docs/architecture.md's table: models/ and tasks/ are independent; registries/ imports nothing of ours."""
+    graph = import_graph(PACKAGES, type_checking=True)
+    allowed = {"models": {"models", "registries"}, "tasks": {"tasks", "registries"}, "registries": {"registries"}}
+    bad = sorted(f"{src} -> {dst}" for src, targets in graph.items() for dst in targets
+                 if src.split(".")[0] in allowed and dst.split(".")[0] not in allowed[src.split(".")[0]])
+    assert bad == []

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from conftest import compose_config
 
-from pipeline.base_model import resolve_base
-from pipeline.config import validate
+from pipeline.config.resolve import validate
+from pipeline.train.base_model import resolve_base
 
 ARMS = ["kv=full", "kv=sink_window", "kv=quest", "kv=duo"]
 
@@ -49,7 +49,7 @@ def test_duo_gates_learn_on_several_keyed_needles_but_are_scored_on_the_study_ta
 
 
 def test_a_bad_gate_data_override_fails_before_any_work(tmp_path):
-    from pipeline.schema import ConfigError
+    from pipeline.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="duo.data_task"):
         _arm(tmp_path, "experiment=kv_policies", "kv=duo", "+duo.data_task.needels=4")

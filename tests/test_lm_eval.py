@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from conftest import compose_config
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
 from pipeline.eval_run import evaluate_checkpoint
-from pipeline.lm_eval import LmEvalConfig, evaluate_lm, recompute_nll, stream_nll
+from pipeline.evaluation.lm_eval import LmEvalConfig, evaluate_lm, recompute_nll, stream_nll
 from pipeline.run import train
 
 
@@ -147,7 +147,7 @@ def test_eval_lm_on_an_imported_hf_model(tmp_path) -> None:
     assert len(rows) == 2 and all(r["status"] == "ok" and np.isfinite(r["nll"]) for r in rows)
     cfg.vocab_size = 100  # bytes do not fit: a config error before any work
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "small")
-    from pipeline.config import ConfigError
+    from pipeline.config.resolve import ConfigError
 
     ov[0] = f"init_from=hf:{tmp_path / 'small'}"
     with pytest.raises(ConfigError, match="vocab_size"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, validate
-from pipeline.longbench_eval import LongBenchConfig, truncate_middle
+from pipeline.config.resolve import ConfigError, validate
+from pipeline.evaluation.longbench_eval import LongBenchConfig, truncate_middle
 from tasks.longbench import DATASETS, MAX_NEW_TOKENS, PROMPTS, check_files, load_dataset
 from tasks.longbench_metrics import METRICS, classification, score_example
 from tests.conftest import compose_config
@@ -80,9 +80,9 @@ def test_truncate_middle_keeps_both_ends() -> None:
 def test_greedy_generate_equals_recomputing_every_step(prefill: str, tail: int) -> None:
     import torch
 
-    from models.cache import CacheConfig
+    from models.caches import CacheConfig
     from models.families.transformer import Transformer, TransformerConfig
-    from pipeline.longbench_eval import greedy_generate
+    from pipeline.evaluation.longbench_eval import greedy_generate
 
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, init_std=0.3)).eval()
@@ -105,9 +105,9 @@ def test_longbench_tail_goes_through_the_policy() -> None:
     window shorter than the prompt, feeding 20 of them token by token changes the generation."""
     import torch
 
-    from models.cache import CacheConfig
+    from models.caches import CacheConfig
     from models.families.transformer import Transformer, TransformerConfig
-    from pipeline.longbench_eval import greedy_generate
+    from pipeline.evaluation.longbench_eval import greedy_generate
 
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, init_std=0.3)).eval()

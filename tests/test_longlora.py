@@ -16,10 +16,10 @@ from conftest import target_device
 from omegaconf import OmegaConf
 
 import models.patterns.shifted_sparse as attention
-from models.attention import PATTERNS, AttentionConfig
 from models.families.transformer import Transformer, TransformerConfig
 from models.lora import LoraPlusConfig, apply_lora, has_lora, merge_lora, trainable_parameters
-from models.rope import PosConfig
+from models.patterns import PATTERNS, AttentionConfig
+from models.pos.base import PosConfig
 
 s2 = PATTERNS.get("shifted_sparse")
 

@@ -1,9 +1,9 @@
 """Every model family through the evaluation's own decode: forced decode predicts what teacher forcing does.
 
 Parametrized over the family registry, so a new mixer family (a models/families/ module + conf/model yaml) is
-checked by being registered: its yaml composes into its config, ``pipeline.decode`` (prefill, then the question
-and answer token by token through its cache) equals one teacher-forced forward, and its cache bytes do not grow
-with the length unless it is attention's KV cache.
+checked by being registered: its yaml composes into its config, ``pipeline.evaluation.decode`` (prefill, then the
+question and answer token by token through its cache) equals one teacher-forced forward, and its cache bytes do not
+grow with the length unless it is attention's KV cache.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import dataclasses
 import pytest
 import torch
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families import FAMILIES
 from models.registry import build_model, config_class
-from pipeline.decode import decode_predictions, teacher_forced_predictions
+from pipeline.evaluation.decode import decode_predictions, teacher_forced_predictions
 from tasks.dataset import generate
 from tasks.mqar import Mqar
 from tasks.vocab import Vocab
@@ -36,7 +36,7 @@ def tiny(family: str) -> torch.nn.Module:
 def test_family_yaml_composes_into_its_config(family: str) -> None:
     from conftest import compose_config
 
-    from pipeline.model_checks import build_model_config
+    from pipeline.config.model_checks import build_model_config
 
     cfg = build_model_config(compose_config([f"model={family}"]).model)
     assert cfg.family == family

@@ -327,7 +327,7 @@ def test_train_py_trains_and_evaluates_each_mixer(overrides, tmp_path):
 
 
 def test_kv_policies_are_refused_on_recurrent_families(tmp_path):
-    from pipeline.config import ConfigError, validate
+    from pipeline.config.resolve import ConfigError, validate
 
     for family in FAMILIES:
         with pytest.raises(ConfigError, match=rf"cache.policy='quest' on model.family='{family}'.*allowed: cache=full"):

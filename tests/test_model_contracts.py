@@ -13,15 +13,15 @@ import pytest
 import torch
 from conftest import target_device
 
-from models.attention import PATTERNS, AttentionConfig
-from models.cache import CACHE_POLICIES, CacheConfig
+from models.caches import CACHE_POLICIES, CacheConfig
 from models.duo import save_gates
 from models.families.hybrid import Hybrid, HybridConfig
 from models.families.transformer import Transformer, TransformerConfig
 from models.mixers import MIXERS
+from models.patterns import PATTERNS, AttentionConfig
 from models.pos import POS_RULES
-from models.positional import Positional
-from models.rope import PosConfig, rope_frequencies
+from models.pos.base import PosConfig, rope_frequencies
+from models.pos.positional import Positional
 
 HEAD_DIM, N_HEADS, ORIGINAL = 16, 4, 12
 # one value for every knob any built-in rule reads; a rule ignores what it does not use

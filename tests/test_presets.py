@@ -38,7 +38,7 @@ def test_preset_runs_one_step(preset, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("suite", sorted(p[:-5] for p in os.listdir(os.path.join(CONF_DIR, "eval"))))
 def test_named_evaluation_suites_validate(suite, tmp_path):
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
 
     needs = {"longbench": [f"eval.longbench.dir={os.path.join(os.path.dirname(__file__), 'fixtures', 'longbench')}"]}
     cfg = compose_config([f"eval={suite}", "task.train_len=128"] + needs.get(suite, []), run_dir=str(tmp_path))
@@ -51,8 +51,8 @@ def test_named_evaluation_suites_validate(suite, tmp_path):
 def test_every_preset_composes_and_validates_at_every_scale(preset, scale, tmp_path):
     import torch
 
-    from pipeline.base_model import base_config
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
+    from pipeline.train.base_model import base_config
 
     cfg = compose_config([f"experiment={preset}", f"scale={scale}"], run_dir=str(tmp_path))
     here = scale != "gpu" or torch.cuda.is_available()  # the accelerator check is this machine's
@@ -75,7 +75,7 @@ def _swept_rules() -> list[str]:
 @pytest.mark.parametrize("rule", _swept_rules())
 def test_rope_extension_validates_under_every_rule_it_sweeps(rule, tmp_path):
     """Each job of the study's sweep validates at the preset's width (longrope: head_dim/2 factors)."""
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
 
     assert "longrope" in _swept_rules()
     validate(compose_config(["experiment=rope_extension", f"model.pos.rule={rule}"], run_dir=str(tmp_path)))
@@ -83,7 +83,7 @@ def test_rope_extension_validates_under_every_rule_it_sweeps(rule, tmp_path):
 
 def test_longrope_lists_of_the_wrong_length_fail_validation(tmp_path):
     """At another width the lists no longer fit: the error names the field before any job trains."""
-    from pipeline.config import ConfigError, validate
+    from pipeline.config.resolve import ConfigError, validate
 
     cfg = compose_config(["experiment=rope_extension", "model.pos.rule=longrope", "model.d_model=64"],
                          run_dir=str(tmp_path))
@@ -93,7 +93,7 @@ def test_longrope_lists_of_the_wrong_length_fail_validation(tmp_path):
 
 def test_base_checkpoint_is_keyed_by_its_config(tmp_path, monkeypatch):
     """A reduced base (other steps, other scale) lives in its own directory: never silently reused."""
-    from pipeline.base_model import base_config
+    from pipeline.train.base_model import base_config
 
     monkeypatch.setenv("LONGCTX_STUDY_DIR", str(tmp_path))
     dirs = {}
@@ -107,7 +107,7 @@ def test_base_checkpoint_is_keyed_by_its_config(tmp_path, monkeypatch):
 
 
 def test_study_stops_when_its_base_did_not_learn(tmp_path, monkeypatch):
-    from pipeline.base_model import BaseNotLearned
+    from pipeline.train.base_model import BaseNotLearned
 
     monkeypatch.setenv("LONGCTX_STUDY_DIR", str(tmp_path / "studies"))
     overrides = smoke("kv_policies", ["kv=full"]) + ["base_min_accuracy=0.9"]
@@ -122,7 +122,7 @@ def test_study_stops_when_its_base_did_not_learn(tmp_path, monkeypatch):
 
 
 def test_kv_policy_needs_attention_layers_and_is_scoped_on_a_hybrid(tmp_path):
-    from pipeline.config import ConfigError, validate
+    from pipeline.config.resolve import ConfigError, validate
 
     with pytest.raises(ConfigError, match=r"cache.policy='quest' on model.family='mamba'.*allowed: cache=full"):
         validate(compose_config(["model=mamba", "cache=quest"], run_dir=str(tmp_path)))
@@ -138,7 +138,7 @@ def test_kv_policy_needs_attention_layers_and_is_scoped_on_a_hybrid(tmp_path):
                                   "frequent_tokens", "counting", "copy", "conflict", "mix"])
 @pytest.mark.parametrize("model", ["transformer", "mamba", "hybrid"])
 def test_every_task_and_family_validates_on_default_eval_lengths(task, model, tmp_path):
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
 
     res = validate(compose_config([f"task={task}", f"model={model}"], run_dir=str(tmp_path)))
     assert res.eval.lengths == [res.task.train_len * k for k in (1, 2, 4, 8)]
@@ -168,8 +168,8 @@ def preset_arms(preset: str) -> list[list[str]]:
 def test_every_arm_of_every_preset_is_smoke_sized_under_scale_smoke(preset, tmp_path):
     """scale=smoke wins over presets, recipes and study arms alike (conf/kv/duo.yaml's 300 gate steps
     included): each job and its base resolve to a handful of steps, rows and examples at short lengths."""
-    from pipeline.base_model import base_config
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
+    from pipeline.train.base_model import base_config
 
     arms = preset_arms(preset)
     assert arms and (preset not in ARMS or len(arms) >= len(ARMS[preset]))
@@ -190,7 +190,7 @@ def test_every_arm_of_every_preset_is_smoke_sized_under_scale_smoke(preset, tmp_
 def test_a_mistyped_option_lists_only_real_options(group, typo, tmp_path):
     """The files that policies and arms share live below their group, so Hydra's 'Available options' lists
     only what a user can choose (no internal ``base``)."""
-    from models.cache import CACHE_POLICIES
+    from models.caches import CACHE_POLICIES
 
     extra = ["experiment=kv_policies"] if group == "kv" else []
     with pytest.raises(Exception, match=r"Available options") as err:

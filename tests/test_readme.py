@@ -220,8 +220,8 @@ def test_every_readme_train_and_eval_command_validates(tmp_path, monkeypatch):
     import torch
     from conftest import compose_config
 
-    from pipeline.base_model import base_config
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
+    from pipeline.train.base_model import base_config
 
     monkeypatch.setenv("LONGCTX_STUDY_DIR", str(tmp_path / "studies"))
     checked = 0

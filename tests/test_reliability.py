@@ -14,14 +14,14 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose_config
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
-from pipeline.checkpoint import CheckpointError, read_checkpoint
-from pipeline.config import ConfigError, validate
-from pipeline.eval_config import EvalConfig
-from pipeline.evaluate import evaluate_grid, run_cell
-from pipeline.rows import read_rows
+from pipeline.config.eval_config import EvalConfig
+from pipeline.config.resolve import ConfigError, validate
+from pipeline.evaluation.evaluate import evaluate_grid, run_cell
+from pipeline.results.rows import read_rows
 from pipeline.run import train
+from pipeline.train.checkpoint import CheckpointError, read_checkpoint
 from tasks.dataset import materialize, read_arrays
 from tasks.niah import Niah
 from tasks.vocab import Vocab
@@ -161,7 +161,7 @@ def test_oom_at_one_length_is_a_row_and_the_grid_goes_on(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import pipeline.module as module
+    import pipeline.train.module as module
 
     real, calls = module.answer_logits, {"n": 0}
 

@@ -19,16 +19,16 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose_config
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
-from pipeline.checkpoint import AtomicCheckpointIO, CheckpointError, find_resume_checkpoint, read_checkpoint
-from pipeline.config import ConfigError
-from pipeline.eval_config import EvalConfig
-from pipeline.evaluate import evaluate_grid, is_oom, run_cell
+from pipeline.config.eval_config import EvalConfig
+from pipeline.config.resolve import ConfigError
+from pipeline.evaluation.evaluate import evaluate_grid, is_oom, run_cell
 from pipeline.failures import record_failures
-from pipeline.rows import append_row, make_row, read_rows
+from pipeline.results.rows import append_row, make_row, read_rows
 from pipeline.run import train
-from pipeline.run_state import RunInUseError
+from pipeline.train.checkpoint import AtomicCheckpointIO, CheckpointError, find_resume_checkpoint, read_checkpoint
+from pipeline.train.run_state import RunInUseError
 from tasks.niah import Niah
 from tasks.vocab import Vocab
 
@@ -273,7 +273,7 @@ def test_a_resumed_run_still_reports_its_training_costs(tmp_path):
 
 
 def test_a_second_process_on_the_same_run_stops_with_a_clear_message(tmp_path):
-    from pipeline.run_state import LOCK_FILE, OWNER_FILE
+    from pipeline.train.run_state import LOCK_FILE, OWNER_FILE
 
     holder = subprocess.Popen(  # another train.py in this run dir (only its lock, to stay fast)
         [sys.executable, "-c", "import os, sys, time; from filelock import FileLock; "
@@ -309,7 +309,7 @@ def test_stale_dataset_temp_folders_are_cleaned_on_start_but_not_ones_being_writ
 
 
 def test_a_cell_beyond_the_machines_memory_is_an_oom_row_before_allocating(tmp_path, monkeypatch):
-    import pipeline.evaluate as ev
+    import pipeline.evaluation.evaluate as ev
 
     generated = []
     real_generate = ev.generate
@@ -408,7 +408,7 @@ def test_the_sweep_summary_is_printed_at_exit_when_hydra_skips_multirun_end(tmp_
     from omegaconf import OmegaConf
 
     from pipeline.failures import failure_row
-    from pipeline.sweep_summary import SweepSummary
+    from pipeline.results.sweep_summary import SweepSummary
 
     at_exit = []
     monkeypatch.setattr(atexit, "register", at_exit.append)

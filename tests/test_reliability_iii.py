@@ -25,11 +25,11 @@ from safetensors.torch import load_file, save_file
 import models.hf.weights as hf_weights
 from models.hf import HFFormatError, load_model, model_fields_from, save_pretrained
 from models.registry import build_model
-from pipeline.checkpoint import CheckpointError, load_weights
-from pipeline.config import ConfigError, build_model_config, validate
+from pipeline.config.resolve import ConfigError, build_model_config, validate
 from pipeline.failures import record_failures
-from pipeline.rows import read_rows
+from pipeline.results.rows import read_rows
 from pipeline.run import train
+from pipeline.train.checkpoint import CheckpointError, load_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = [o for o in TINY if o.startswith("model.")] + ["vocab_size=64"]
@@ -419,7 +419,7 @@ def test_nonfinite_hf_weights_are_a_config_error_in_eval(hf_dir, tmp_path, monke
 
 
 def test_plugins_are_recorded_in_run_json_checkpoints_and_rows(tmp_path, monkeypatch):
-    from pipeline.checkpoint import read_checkpoint
+    from pipeline.train.checkpoint import read_checkpoint
 
     readme = " ".join(Path(ROOT, "README.md").read_text().split())
     assert "`$LONGCTX_PLUGINS`" in readme and "imported, so its code runs" in readme

@@ -12,9 +12,9 @@ import torch
 from models.families.transformer import Transformer, TransformerConfig
 from models.pos import POS_RULES
 from models.pos.alibi import alibi_slopes
+from models.pos.base import PosConfig, base_inv_freq, rope_frequencies
+from models.pos.positional import Positional
 from models.pos.yarn import yarn_correction_range
-from models.positional import Positional
-from models.rope import PosConfig, base_inv_freq, rope_frequencies
 
 hf_rope = pytest.importorskip("transformers.modeling_rope_utils")
 from transformers import LlamaConfig, logging  # noqa: E402
@@ -37,7 +37,7 @@ HF_TYPE = {"linear": "linear", "dynamic_ntk": "dynamic", "yarn": "yarn", "llama3
 
 
 def ours(cfg: PosConfig, head_dim: int, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
-    """The path models/positional.py takes: rope_frequencies(rule, head_dim, base, **params)."""
+    """The path models/pos/positional.py takes: rope_frequencies(rule, head_dim, base, **params)."""
     params = cfg.params()
     if seq_len is not None:
         params["seq_len"] = seq_len

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models.scan import selective_scan
-from pipeline.memory import measure_peak
+from pipeline.train.memory import measure_peak
 
 F64 = torch.float64
 

@@ -17,7 +17,7 @@ import torch
 from models.families.hybrid import Hybrid, HybridConfig
 from models.families.sliding_window import SlidingWindowConfig, SlidingWindowLM
 from models.families.transformer import Transformer, TransformerConfig
-from models.rope import PosConfig
+from models.pos.base import PosConfig
 
 F64 = torch.float64
 
@@ -59,7 +59,7 @@ def test_layer_equals_naive_masked_softmax_attention(window, T):
     layer = tiny(window).layers[0].token_mixer
     x = torch.randn(2, T, 32, dtype=F64)
     with torch.no_grad():
-        # atol: models/positional.py builds its cos/sin tables in float32 (~6e-8 here), the rest is float64
+        # atol: models/pos/positional.py builds its cos/sin tables in float32 (~6e-8 here), the rest is float64
         torch.testing.assert_close(layer(x), naive_sliding_window(layer, x, window), rtol=0, atol=1e-6)
 
 

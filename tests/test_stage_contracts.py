@@ -1,6 +1,6 @@
 """The contract every registered training stage meets, parametrized over the registry (plugins included).
 
-A new stage (one module in pipeline/stages/, or a plugin module) is tested here with no edit: its
+A new stage (one module in pipeline/train/stages/, or a plugin module) is tested here with no edit: its
 config validates to it, a stage that starts from a checkpoint refuses to run without one, and it fits
 a tiny model for one step, checkpoints it and evaluates it into rows that name the stage.
 """
@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import TINY, compose_config
 
-from pipeline.config import ConfigError, validate
+from pipeline.config.resolve import ConfigError, validate
+from pipeline.config.stage import STAGES
 from pipeline.run import train
-from pipeline.stages import STAGES
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import TINY, compose_config
 
-from pipeline.checkpoint import CheckpointError
 from pipeline.eval_run import evaluate_checkpoint
-from pipeline.rows import read_rows
+from pipeline.results.rows import read_rows
 from pipeline.run import train
+from pipeline.train.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")

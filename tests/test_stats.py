@@ -85,7 +85,7 @@ def test_collect_prints_the_paired_difference_against_a_reference_arm(tmp_path, 
     """collect.py --versus: one line per arm and length with the paired interval of the difference."""
     import collect
 
-    from pipeline.rows import append_rows, make_row
+    from pipeline.results.rows import append_rows, make_row
 
     full = np.array([1] * 30 + [0] * 2)
     window = full.copy()

@@ -3,7 +3,7 @@
 A study (``conf/experiment/<name>.yaml``) compares arms (its sweep's ``kv`` / ``variant`` / model
 options, or the rules its header documents); a number in its table is a difference between arms
 only if every arm is scored on the same held-out task. Each arm is composed as the multirun would
-compose it and resolved (``pipeline.config.validate``); the evaluated tasks are compared in the form
+compose it and resolved (``pipeline.config.resolve.validate``); the evaluated tasks are compared in the form
 the test split generates (``for_split("test")``), so an arm that trains on other data is fine, an
 arm that is scored on another task (issue 26: the kv_policies duo arm set ``eval.tasks=[niah]``,
 the distractor haystack, while the other arms were scored on the passkey task) fails here.
@@ -19,7 +19,7 @@ import pytest
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from pipeline.config import validate
+from pipeline.config.resolve import validate
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 STUDIES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

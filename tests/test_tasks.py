@@ -130,9 +130,9 @@ def test_mqar_model_never_reads_an_answer():
     evaluation; labels sit at the query key; decode feeds the blanks, so it equals teacher forcing."""
     import torch
 
-    from models.cache import CacheConfig
+    from models.caches import CacheConfig
     from models.families.transformer import Transformer, TransformerConfig
-    from pipeline.evaluate import run_cell
+    from pipeline.evaluation.evaluate import run_cell
     from tasks.datamodule import TokenDataset
 
     t = Mqar(train_len=64)

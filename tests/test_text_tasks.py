@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
-from pipeline.config import ConfigError, validate
-from pipeline.eval_config import EvalConfig
-from pipeline.evaluate import evaluate_grid
-from pipeline.rows import ROW_FIELDS
+from pipeline.config.eval_config import EvalConfig
+from pipeline.config.resolve import ConfigError, validate
+from pipeline.evaluation.evaluate import evaluate_grid
+from pipeline.results.rows import ROW_FIELDS
 from tasks.base import hide_answers
 from tasks.passkey import INSTRUCTION, NEEDLE, QUESTION, Passkey
 from tasks.text import NOISE

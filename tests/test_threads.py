@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import TINY, compose_config
 
-import pipeline.threads as threads
-from pipeline.schema import ConfigError
+import pipeline.config.threads as threads
+from pipeline.config.schema import ConfigError
 
 
 @pytest.fixture
@@ -46,14 +46,14 @@ def test_auto_is_one_per_job_in_a_sweep_and_an_explicit_choice_wins(two_cores, m
 
 @pytest.mark.parametrize("bad", [0, -1, "two", 1.5, True])
 def test_a_bad_value_names_the_field(bad, tmp_path):
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
 
     with pytest.raises(ConfigError, match=r"trainer.threads=.*allowed: 'auto'.*integer >= 1"):
         validate(compose_config([f"trainer.threads={bad}"], run_dir=str(tmp_path)))
 
 
 def test_the_run_sets_records_and_does_not_hash_it(tmp_path):
-    from pipeline.config import validate
+    from pipeline.config.resolve import validate
     from pipeline.run import arm_hash, train
 
     before = torch.get_num_threads()

@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, TINY, compose_config
 
 from pipeline.eval_run import evaluate_checkpoint
-from pipeline.rows import ROW_FIELDS, read_rows
+from pipeline.results.rows import ROW_FIELDS, read_rows
 from pipeline.run import train
 
 
@@ -41,7 +41,7 @@ def test_eval_checkpoint_with_overrides(tmp_path):
 
 
 def test_bad_config_stops_before_training(tmp_path):
-    from pipeline.config import ConfigError
+    from pipeline.config.resolve import ConfigError
 
     cfg = compose_config(TINY + ["eval.lengths=[32,100000]"], run_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="eval.lengths"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import target_device
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.families.transformer import Transformer, TransformerConfig
 
 

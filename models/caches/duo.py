@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from models.cache import CACHE_POLICIES, CacheConfig, KVLayerCache
+from models.caches import CACHE_POLICIES, CacheConfig, KVLayerCache
 from models.caches.full import FullKVCache
 from models.caches.sink_window import SinkWindowCache, check_sink_window
 from models.duo import deploy_gates, load_gates

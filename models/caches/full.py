@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.attention import causal_sdpa
-from models.cache import CACHE_POLICIES, CacheConfig, KVLayerCache
+from models.caches import CACHE_POLICIES, CacheConfig, KVLayerCache
+from models.patterns import causal_sdpa
 
 
 class FullKVCache(KVLayerCache):

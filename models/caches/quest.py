@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models.attention import causal_sdpa
-from models.cache import CACHE_POLICIES, CacheConfig, KVLayerCache
+from models.caches import CACHE_POLICIES, CacheConfig, KVLayerCache
 from models.caches.full import FullKVCache
+from models.patterns import causal_sdpa
 
 log = logging.getLogger(__name__)
 SELECTIONS = ("eval", "kernel")

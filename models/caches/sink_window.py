@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.attention import causal_sdpa
-from models.cache import CACHE_POLICIES, CacheConfig, KVLayerCache
+from models.caches import CACHE_POLICIES, CacheConfig, KVLayerCache
+from models.patterns import causal_sdpa
 
 POSITION_SCHEMES = ("cache_relative", "absolute")
 

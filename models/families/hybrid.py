@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from models.attention import AttentionConfig
 from models.families import FAMILIES
 from models.lm import DecoderLM, check_dtype
 from models.mixers import MIXERS, mixer_config, mixer_names
-from models.rope import PosConfig
+from models.patterns import AttentionConfig
+from models.pos.base import PosConfig
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from models.cache import ModelCache
+from models.caches import ModelCache
 from models.families import FAMILIES
 from models.lm import DecoderLM
 from models.mixers.mamba import MambaConfig, require_kernels

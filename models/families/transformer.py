@@ -1,7 +1,7 @@
 """A Llama-style decoder: token embedding, pre-RMSNorm blocks (GQA attention + SwiGLU), head.
 
 The attention pattern (models/patterns/) and positional rule (models/pos/) are config choices;
-decoding goes through a ``ModelCache`` (models/cache.py) whose layer caches own the attention
+decoding goes through a ``ModelCache`` (models/caches/__init__.py) whose layer caches own the attention
 computation, so every cache policy serves every checkpoint.
 """
 

@@ -1,4 +1,4 @@
-"""RoPE settings between a Hugging Face config.json and our ``model.pos`` (models/rope.py ``PosConfig``).
+"""RoPE settings between a Hugging Face config.json and our ``model.pos`` (models/pos/base.py ``PosConfig``).
 
 Both directions are exact: the frequencies our rule computes from the translated fields equal those
 transformers computes from the original (tests/test_hf_io.py checks the logits). Reads both layouts

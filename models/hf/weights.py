@@ -26,7 +26,7 @@ from torch import nn
 
 from models.hf.errors import HFFormatError
 from models.hf.families import hf_name
-from models.positional import Positional
+from models.pos.positional import Positional
 from models.registry import build_model
 from models.strict_load import mismatch_report, nonfinite_report
 

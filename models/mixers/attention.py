@@ -12,13 +12,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from models.attention import AttentionConfig, attend
-from models.cache import CacheConfig, KVLayerCache
+from models.caches import CacheConfig, KVLayerCache
 from models.layers import Block, BlockNames
 from models.lm import check_dtype
 from models.mixers import MIXERS, MixerSpec
-from models.positional import Positional
-from models.rope import PosConfig
+from models.patterns import AttentionConfig, attend
+from models.pos.base import PosConfig
+from models.pos.positional import Positional
 
 LLAMA_NAMES = BlockNames(norm="input_layernorm", mixer="self_attn", mlp_norm="post_attention_layernorm", mlp="mlp")
 

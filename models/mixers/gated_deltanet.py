@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache import CacheConfig, LayerCache
+from models.caches import CacheConfig, LayerCache
 from models.delta_rule import gated_delta_rule
 from models.kernels import FLA_PACKAGE, check_kernel_choice, require_kernel, use_kernel
 from models.layers import FLA_NAMES, Block

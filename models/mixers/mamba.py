@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache import CacheConfig, LayerCache
+from models.caches import CacheConfig, LayerCache
 from models.layers import Block
 from models.lm import check_dtype
 from models.mixers import MIXERS, MixerSpec

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache import CacheConfig
+from models.caches import CacheConfig
 from models.kernels import require_kernel, use_kernel
 from models.layers import Block
 from models.linear_attention import RecurrentStateCache, at_least_fp32

@@ -22,6 +22,7 @@ import torch
 from models.layers import FLA_NAMES, Block
 from models.linear_attention import RecurrentStateCache
 from models.mixers import MIXERS, MixerSpec
+from models.pos.base import apply_rotary, base_inv_freq
 from models.recurrent import (
     GatedLinearMixer,
     RecurrentLMConfig,
@@ -29,7 +30,6 @@ from models.recurrent import (
     default_mlp_hidden,
     init_linears,
 )
-from models.rope import apply_rotary, base_inv_freq
 
 try:  # fla's Triton kernels run only on a GPU (and fla imports only with triton installed)
     from fla.ops.simple_gla import chunk_simple_gla

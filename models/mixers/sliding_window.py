@@ -20,12 +20,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from models.attention import causal_sdpa
-from models.cache import CacheConfig, LayerCache
+from models.caches import CacheConfig, LayerCache
 from models.layers import Block
 from models.mixers import MIXERS, MixerSpec
 from models.mixers.attention import LLAMA_NAMES, Attention, check_attention_knobs, init_block, shared_positional
-from models.rope import PosConfig
+from models.patterns import causal_sdpa
+from models.pos.base import PosConfig
 
 
 @dataclass

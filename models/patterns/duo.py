@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from models.attention import PATTERNS, AttentionConfig, causal_sdpa
+from models.patterns import PATTERNS, AttentionConfig, causal_sdpa
 from models.patterns.sink_window import sink_window
 
 

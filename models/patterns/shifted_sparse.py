@@ -8,7 +8,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from models.attention import PATTERNS, AttentionConfig
+from models.patterns import PATTERNS, AttentionConfig
 
 
 def group_size(T: int, cfg: AttentionConfig) -> int:

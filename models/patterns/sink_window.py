@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.attention import PATTERNS, AttentionConfig, causal_sdpa
+from models.patterns import PATTERNS, AttentionConfig, causal_sdpa
 
 
 def sink_window_mask(T: int, S: int, sink: int, window: int,

@@ -3,7 +3,9 @@
 A rule is a ``PosRule``: a function ``(dim, base, **PosConfig params) -> (inv_freq, attention_factor)``
 plus what the positional module needs to know about it (does it rotate, do its frequencies depend on
 the sequence length, does it add a per-head linear distance bias). ``@pos_rule("name", ...)`` on the
-function registers it; ``POS_RULES.get(name)`` looks one up. Shared math lives in models/rope.py.
+function registers it; ``POS_RULES.get(name)`` looks one up. Two modules here are not rules (discovery
+skips them): ``base.py`` (the rotary math the rules share and ``PosConfig``, the ``model.pos`` node) and
+``positional.py`` (the module a transformer owns, which applies a rule).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class PosRule:
     slopes: Optional[Callable[[int], torch.Tensor]] = None
 
 
-POS_RULES: Registry[PosRule] = Registry("rule", "model.pos.rule", package="models.pos")
+POS_RULES: Registry[PosRule] = Registry("rule", "model.pos.rule", package="models.pos", skip=("base", "positional"))
 
 
 def pos_rule(name: str, **traits: Any) -> Callable[[Frequencies], Frequencies]:

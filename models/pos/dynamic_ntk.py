@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 
 from models.pos import pos_rule
-from models.rope import base_inv_freq, require_field, require_rotary_dim_above_2
+from models.pos.base import base_inv_freq, require_field, require_rotary_dim_above_2
 
 
 def check(cfg: Any) -> None:

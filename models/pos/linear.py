@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from models.pos import pos_rule
-from models.rope import base_inv_freq
+from models.pos.base import base_inv_freq
 
 
 @pos_rule("linear")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 
 from models.pos import pos_rule
-from models.rope import base_inv_freq, require_field
+from models.pos.base import base_inv_freq, require_field
 
 
 def check(cfg: Any) -> None:

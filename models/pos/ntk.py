@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from models.pos import pos_rule
-from models.rope import base_inv_freq, require_rotary_dim_above_2
+from models.pos.base import base_inv_freq, require_rotary_dim_above_2
 
 
 @pos_rule("ntk")

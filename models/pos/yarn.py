@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 from models.pos import pos_rule
-from models.rope import base_inv_freq, require_field
+from models.pos.base import base_inv_freq, require_field
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:

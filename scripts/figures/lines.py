@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
 
-from pipeline.labels import difference
+from pipeline.results.labels import difference
 
 from .base import FIGURES, table_kind
 from .results import FINE_TUNED, ZERO_SHOT, final_phase, legend_names, phase_column

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.identity import STYLED, identity_keys, key_value
+from pipeline.results.identity import STYLED, identity_keys, key_value
 
 from .base import FIGURES, table_kind
 from .style import SINGLE_COL, Palette, legend_below, paper_style, plt, save, slug

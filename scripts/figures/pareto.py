@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from pipeline.identity import key_value
+from pipeline.results.identity import key_value
 
 from .base import FIGURES, table_kind
 from .results import final_phase, legend_names, ok_rows, weighted_mean

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.identity import present
-from pipeline.labels import labels, legacy_identity, short_labels
-from pipeline.rows import ROW_FIELDS, STATUSES
+from pipeline.results.identity import present
+from pipeline.results.labels import labels, legacy_identity, short_labels
+from pipeline.results.rows import ROW_FIELDS, STATUSES
 
 from .style import Palette, label_sort_key
 
@@ -185,8 +185,8 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 def add_labels(df: pd.DataFrame) -> pd.DataFrame:
     """Identity columns for rows written before they existed (the one compatibility reader,
-    ``pipeline.labels.legacy_identity``), then a ``label`` column: one legend entry per identity
-    (pipeline/labels.py), the zero-shot / fine-tuned split aside (a line style, see ``phase_column``)."""
+    ``pipeline.results.labels.legacy_identity``), then a ``label`` column: one legend entry per identity
+    (pipeline/results/labels.py), the zero-shot / fine-tuned split aside (a line style, see ``phase_column``)."""
     df = df.copy()
     if df.empty:
         df["label"] = pd.Series(dtype=str)
@@ -204,7 +204,7 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
 
 def legend_names(df: pd.DataFrame) -> dict[str, str]:
     """label -> its legend text among the series of ``df`` drawn together: only what differs between them
-    (pipeline.labels.short_labels); colours and order stay keyed by the table-wide label."""
+    (pipeline.results.labels.short_labels); colours and order stay keyed by the table-wide label."""
     if df.empty:
         return {}
     return short_labels(_table_rows(df.drop_duplicates("label")))

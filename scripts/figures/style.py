@@ -72,7 +72,7 @@ def _order_key(order: tuple[str, ...], value: object) -> tuple[int, str]:
 
 def pos_order() -> tuple[str, ...]:
     """POS_ORDER, then the registered rules it does not list, in registration order."""
-    from pipeline.identity import rule_functions
+    from pipeline.results.identity import rule_functions
 
     return POS_ORDER + tuple(r for r in rule_functions() if r not in POS_ORDER)
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.attention import PATTERNS, AttentionConfig, causal_sdpa
-from models.cache import CACHE_POLICIES, CacheConfig, KVLayerCache, LayerCache
+from models.caches import CACHE_POLICIES, CacheConfig, KVLayerCache, LayerCache
 from models.layers import Block
 from models.mixers import MIXERS, MixerSpec
+from models.patterns import PATTERNS, AttentionConfig, causal_sdpa
 from models.pos import pos_rule
-from models.rope import base_inv_freq
+from models.pos.base import base_inv_freq
 
 
 @pos_rule("toy_half", uses_factor=False)

@@ -17,10 +17,9 @@ import numpy as np
 from omegaconf import DictConfig
 from torch import nn
 
-from pipeline.module import LitLM
-from pipeline.schema import ConfigError
-from pipeline.stages import STAGES
-from pipeline.stages.base import Stage, run_config_dict
+from pipeline.config.schema import ConfigError
+from pipeline.config.stage import STAGES, Stage, run_config_dict
+from pipeline.train.module import LitLM
 from tasks.base import Task, TaskArrays, register, sample_distinct, uniform_tokens
 from tasks.baselines import Prior
 from tasks.common import place_blocks

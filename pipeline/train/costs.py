@@ -1,0 +1,77 @@
+"""Training cost probe: mean step time and peak memory of one training step (fwd + bwd + optimizer).
+
+Peak memory uses pipeline.train.memory (CUDA allocator stats on GPU, the allocation tracker on CPU) on
+one chosen step; that step is excluded from the timing since the CPU tracker slows every op.
+The measurements live in the checkpoint (callback state), so a resumed run still reports them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from pipeline.train.memory import AllocationTracker, module_bytes
+
+
+class TrainCostProbe(L.Callback):
+    def __init__(self, probe_step: int = 2, skip: int = 1) -> None:
+        self.probe_step, self.skip = probe_step, skip
+        self.time_sum, self.time_count = 0.0, 0  # timed steps (over every session of a resumed run)
+        self.peak_bytes: int | None = None
+        self._t0 = 0.0
+        self._probing = False
+        self._tracker: AllocationTracker | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # >=: a run resumed past the probe step from a checkpoint without a measurement probes now
+        self._probing = trainer.global_step >= self.probe_step and self.peak_bytes is None
+        if self._probing:
+            if pl_module.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(pl_module.device)
+            else:
+                self._tracker = AllocationTracker()
+                self._tracker.__enter__()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        elapsed = time.perf_counter() - self._t0
+        if not self._probing:
+            if trainer.global_step > self.skip:
+                self.time_sum += elapsed
+                self.time_count += 1
+            return
+        self._probing = False
+        if self._tracker is None:
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(pl_module.device))
+            return
+        self._tracker.__exit__(None, None, None)
+        # optimizer state persists across steps, so count it with the module's own tensors
+        self.peak_bytes = module_bytes(pl_module) + optimizer_bytes(trainer) + self._tracker.peak
+        self._tracker = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"time_sum": self.time_sum, "time_count": self.time_count, "peak_bytes": self.peak_bytes}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.time_sum = float(state_dict.get("time_sum", 0.0))
+        self.time_count = int(state_dict.get("time_count", 0))
+        self.peak_bytes = state_dict.get("peak_bytes")
+
+    def summary(self) -> dict[str, Any]:
+        return {"train_step_s": self.time_sum / self.time_count if self.time_count else None,
+                "train_peak_mem_bytes": self.peak_bytes}
+
+
+def optimizer_bytes(trainer: L.Trainer) -> int:
+    total = 0
+    for opt in trainer.optimizers:
+        for state in opt.state.values():
+            total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    return total
