@@ -168,19 +168,35 @@ def plot(pts: pd.DataFrame, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("paths", nargs="+", help="sweep or run directories, results.jsonl files")
+    ap.add_argument("paths", nargs="*", help="sweep or run directories, results.jsonl files")
+    ap.add_argument("--points", type=Path, default=None,
+                    help="draw from a points file (JSONL, one line per point: the printed table's columns plus "
+                         "model, d_model, d_state, eval_len), or a folder holding points.jsonl, instead of runs")
+    ap.add_argument("--save-points", type=Path, default=None,
+                    help="also write the points as JSONL (commit it under docs/results/<study>/ to redraw later)")
     ap.add_argument("--length", type=int, default=None, help="eval length (default: each run's train length)")
     ap.add_argument("--out", type=Path, default=Path("figures/arch_compare.png"))
     ap.add_argument("--fit-threshold", type=float, default=FIT_THRESHOLD,
                     help="training exact match below which a point is drawn hollow as unfitted")
     args = ap.parse_args(argv)
-    pts = points(load_results(args.paths), args.length, args.fit_threshold)
+    if bool(args.paths) == bool(args.points):
+        ap.error("give run directories / results files, or --points FILE, not both and not neither")
+    if args.points:
+        source = args.points / "points.jsonl" if args.points.is_dir() else args.points  # a study's results folder
+        pts = pd.read_json(source, lines=True)
+        pts["series"] = series(pts)
+        pts = pts.sort_values(["task", "model", "state_bytes"])
+    else:
+        pts = points(load_results(args.paths), args.length, args.fit_threshold)
     if pts.empty:
         raise SystemExit(f"no ok rows at the requested length under {args.paths}")
     cols = ["task", "series", "run_id", "n_params", "state_bytes", "accuracy", "steps", "train_loss", "train_em",
             "unfitted"]
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(pts[cols].to_string(index=False))
+    if args.save_points:
+        keep = [c for c in ("task", "model", "d_model", "d_state", "eval_len", *cols[2:]) if c in pts]
+        pts[keep].to_json(args.save_points, orient="records", lines=True)
     plot(pts, args.out)
     print(f"figure written to {args.out}")
     return pts

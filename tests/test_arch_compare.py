@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import arch_compare  # noqa: E402
@@ -89,3 +91,17 @@ def test_series_look_different_and_lines_skip_unfitted_points(tmp_path) -> None:
     assert [list(ln.get_xdata()) for ln in joined] == [[12288, 30720]]  # d_state 64 (unfitted) not joined
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"mamba", "mamba d=64", "mamba d=32"} <= set(legend)
+
+
+def test_the_figure_redraws_from_a_points_file(tmp_path) -> None:
+    """--save-points writes what --points reads back: the committed docs/results/arch_compare/points.jsonl draws the
+    doc's figure without the run directories, and the round trip keeps every point and its unfitted flag."""
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "arch_compare" / "points.jsonl"
+    pts = arch_compare.main(["--points", str(committed), "--out", str(tmp_path / "a.png"),
+                             "--save-points", str(tmp_path / "again.jsonl")])
+    assert (tmp_path / "a.png").exists() and len(pts) == 15 and pts["unfitted"].sum() == 5
+    again = arch_compare.main(["--points", str(tmp_path / "again.jsonl"), "--out", str(tmp_path / "b.png")])
+    cols = ["run_id", "accuracy", "unfitted"]
+    assert again[cols].values.tolist() == pts[cols].values.tolist()
+    with pytest.raises(SystemExit):
+        arch_compare.main(["--out", str(tmp_path / "c.png")])  # neither runs nor points
