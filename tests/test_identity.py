@@ -194,7 +194,7 @@ def test_rows_without_identity_columns_still_load_label_and_plot(tmp_path):
 def test_legend_order_knows_every_positional_rule(monkeypatch):
     from figures.style import label_sort_key
 
-    from pipeline import identity
+    from pipeline.results import identity
 
     arms = [("longropex4", "longrope", 4.0), ("linearx4", "linear", 4.0), ("linearx2", "linear", 2.0),
             ("alibi", "alibi", None), ("llama3x4", "llama3", 4.0), ("zz_plugin", "zz_plugin", None),

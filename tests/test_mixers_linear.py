@@ -202,9 +202,10 @@ def tiny_hybrid(**kw):
                                     n_heads=2, mixer_args=dict(mamba2=dict(headdim=8, d_state=6)), **kw))
 
 
-CONV = dict(use_short_conv=True, conv_size=3)  # fla's short convs on q, k, v (gla, retention)
-CASES = [("gla", {}), ("gla", CONV), ("retention", {}), ("retention", CONV), ("mamba2", {})]
-CASE_IDS = ["gla", "gla_conv", "retention", "retention_conv", "mamba2"]
+CONV = dict(use_short_conv=True, conv_size=3)  # fla's short convs on q, k, v (gla, retention: our default)
+NO_CONV = dict(use_short_conv=False)  # fla's default
+CASES = [("gla", NO_CONV), ("gla", CONV), ("retention", NO_CONV), ("retention", CONV), ("mamba2", {})]
+CASE_IDS = ["gla_noconv", "gla", "retention_noconv", "retention", "mamba2"]
 
 
 @pytest.mark.parametrize("family,kw", [*CASES, ("hybrid", {})], ids=[*CASE_IDS, "hybrid"])
@@ -262,7 +263,8 @@ def test_retention_decays_are_retnets():
 
 def test_parameter_names_follow_the_references():
     """fla's GLA / RetNet layer names, transformers' Mamba2Mixer names (for checkpoint exchange)."""
-    names = {f: {n.split(".", 2)[2] for n, _ in tiny(f).named_parameters() if n.startswith("layers.0.")}
+    kw = {"gla": NO_CONV, "retention": NO_CONV, "mamba2": {}}  # fla's layers as they default (no short convs)
+    names = {f: {n.split(".", 2)[2] for n, _ in tiny(f, **kw[f]).named_parameters() if n.startswith("layers.0.")}
              for f in FAMILIES}
     common = {"attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.g_proj.weight",
               "attn.o_proj.weight", "attn.g_norm_swish_gate.weight", "attn_norm.weight", "mlp_norm.weight",

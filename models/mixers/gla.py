@@ -49,7 +49,8 @@ class GLAConfig(RecurrentLMConfig):
     expand_v: float = 1.0  # value dim = expand_v * d_model
     gate_low_rank_dim: int = 16  # rank of the forget-gate projection
     gate_logit_normalizer: float = 16.0  # log a = logsigmoid(.) / this
-    use_short_conv: bool = False  # fla's option: depthwise causal conv + SiLU on q, k, v (zoology: helps recall)
+    use_short_conv: bool = True  # depthwise causal conv + SiLU on q, k, v; fla's default is off, but without it
+    # this layer stayed at EM 0.000 on MQAR (L=64, 1500 steps), so on here, in the family and in hybrids alike
     conv_size: int = 4
     mlp_hidden: Optional[int] = None  # None: 8/3 d_model rounded up to a multiple of 16 (SwiGLU)
 

@@ -47,7 +47,8 @@ class RetentionConfig(RecurrentLMConfig):
     expand_k: float = 1.0  # key dim = expand_k * d_model (fla's default)
     expand_v: float = 2.0  # value dim = expand_v * d_model
     rope_base: float = 10000.0  # RoPE on q, k (RetNet's xPos without its length-extrapolation scale)
-    use_short_conv: bool = False  # fla's option: depthwise causal conv + SiLU on q, k, v (zoology: helps recall)
+    use_short_conv: bool = True  # depthwise causal conv + SiLU on q, k, v; fla's default is off, but without it
+    # this layer stayed at EM 0.000 on MQAR (L=64, 1500 steps), so on here, in the family and in hybrids alike
     conv_size: int = 4
     mlp_hidden: Optional[int] = None  # None: 8/3 d_model rounded up to a multiple of 16 (SwiGLU)
 
