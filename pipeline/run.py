@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.caches import CacheConfig
 from models.registry import build_model
-from pipeline.config.config_hash import UNHASHED_NESTED, short_hash
+from pipeline.config.config_hash import hashed_config, short_hash
 from pipeline.config.quiet import silence_known_noise
 from pipeline.config.resolve import Resolved, validate
 from pipeline.config.threads import apply_threads
@@ -81,12 +81,7 @@ def arm_hash(cfg: DictConfig) -> str:
     """Hash of the resolved config that made the model, less seed, locations and evaluation: equal for seeds
     of one configuration, and for train.py and eval.py on one checkpoint (eval.py's config is the checkpoint's,
     resolved), so a model is one series in tables and figures whichever script evaluated it."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    for volatile in NOT_ARM:
-        container.pop(volatile, None)
-    for group, keys in UNHASHED_NESTED.items():
-        if isinstance(container.get(group), dict):
-            container[group] = {k: v for k, v in container[group].items() if k not in keys}
+    container = hashed_config(cfg, drop=NOT_ARM)
     try:
         container = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
     except Exception:  # an interpolation into a dropped key: hash the unresolved form (still stable per run)

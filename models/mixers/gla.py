@@ -25,10 +25,8 @@ from models.layers import FLA_NAMES, Block
 from models.linear_attention import RecurrentStateCache, at_least_fp32
 from models.mixers import MIXERS, MixerSpec
 from models.recurrent import (
+    GatedLinearConfig,
     GatedLinearMixer,
-    RecurrentLMConfig,
-    check_gated_layer,
-    default_mlp_hidden,
     init_linears,
 )
 
@@ -42,28 +40,19 @@ except Exception:  # ImportError, or an error from a broken triton install
 
 
 @dataclass
-class GLAConfig(RecurrentLMConfig):
+class GLAConfig(GatedLinearConfig):
     family: str = "gla"
-    n_heads: int = 4
     expand_k: float = 0.5  # key dim = expand_k * d_model (fla's default)
     expand_v: float = 1.0  # value dim = expand_v * d_model
     gate_low_rank_dim: int = 16  # rank of the forget-gate projection
     gate_logit_normalizer: float = 16.0  # log a = logsigmoid(.) / this
-    use_short_conv: bool = True  # depthwise causal conv + SiLU on q, k, v; fla's default is off, but without it
-    # this layer stayed at EM 0.000 on MQAR (L=64, 1500 steps), so on here, in the family and in hybrids alike
-    conv_size: int = 4
-    mlp_hidden: Optional[int] = None  # None: 8/3 d_model rounded up to a multiple of 16 (SwiGLU)
 
     def __post_init__(self) -> None:
-        self.check_lm_fields("gla")
-        if self.mlp_hidden is None:
-            self.mlp_hidden = default_mlp_hidden(self.d_model)
-        for name in ("n_heads", "gate_low_rank_dim", "mlp_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+        self.check_gated_fields("gla")
+        if self.gate_low_rank_dim < 1:
+            raise ValueError(f"model.gate_low_rank_dim={self.gate_low_rank_dim} must be >= 1")
         if not self.gate_logit_normalizer > 0:
             raise ValueError(f"model.gate_logit_normalizer={self.gate_logit_normalizer} must be > 0")
-        check_gated_layer(self)
 
 
 class GatedLinearAttention(GatedLinearMixer):

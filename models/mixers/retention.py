@@ -24,10 +24,8 @@ from models.linear_attention import RecurrentStateCache
 from models.mixers import MIXERS, MixerSpec
 from models.pos.base import apply_rotary, base_inv_freq
 from models.recurrent import (
+    GatedLinearConfig,
     GatedLinearMixer,
-    RecurrentLMConfig,
-    check_gated_layer,
-    default_mlp_hidden,
     init_linears,
 )
 
@@ -41,27 +39,16 @@ except Exception:  # ImportError, or an error from a broken triton install
 
 
 @dataclass
-class RetentionConfig(RecurrentLMConfig):
+class RetentionConfig(GatedLinearConfig):
     family: str = "retention"
-    n_heads: int = 4
     expand_k: float = 1.0  # key dim = expand_k * d_model (fla's default)
     expand_v: float = 2.0  # value dim = expand_v * d_model
     rope_base: float = 10000.0  # RoPE on q, k (RetNet's xPos without its length-extrapolation scale)
-    use_short_conv: bool = True  # depthwise causal conv + SiLU on q, k, v; fla's default is off, but without it
-    # this layer stayed at EM 0.000 on MQAR (L=64, 1500 steps), so on here, in the family and in hybrids alike
-    conv_size: int = 4
-    mlp_hidden: Optional[int] = None  # None: 8/3 d_model rounded up to a multiple of 16 (SwiGLU)
 
     def __post_init__(self) -> None:
-        self.check_lm_fields("retention")
-        if self.mlp_hidden is None:
-            self.mlp_hidden = default_mlp_hidden(self.d_model)
-        for name in ("n_heads", "mlp_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+        self.check_gated_fields("retention")
         if not self.rope_base > 1:
             raise ValueError(f"model.rope_base={self.rope_base} must be > 1")
-        check_gated_layer(self)
         if int(self.expand_k * self.d_model) // self.n_heads % 2:
             raise ValueError(f"model.expand_k={self.expand_k}: the key head dim expand_k * d_model / n_heads must "
                              "be even for RoPE")

@@ -14,10 +14,11 @@ UNHASHED_NESTED = {"data": ("num_workers", "cache_dir"),
                    "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "threads")}
 
 
-def hashed_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config a run's identity is made of: unresolved, minus run-location and display keys."""
+def hashed_config(cfg: DictConfig, drop: tuple[str, ...] = UNHASHED) -> dict[str, Any]:
+    """The config a run's identity is made of: unresolved, minus the top-level ``drop`` keys (run-location and
+    display keys by default) and the nested display / thread knobs."""
     container = OmegaConf.to_container(cfg, resolve=False)
-    for volatile in UNHASHED:
+    for volatile in drop:
         container.pop(volatile, None)
     for group, keys in UNHASHED_NESTED.items():
         if isinstance(container.get(group), dict):
