@@ -58,35 +58,49 @@ FIT_THRESHOLD = 0.5  # training exact match below which a point did not fit its 
 LAST_LOGS = 4  # training rows averaged for the end-of-training loss / exact match
 
 
+FIT_COLUMNS = ("train_steps", "train_loss", "train_em")  # rows carry them (pipeline/train/costs.py TrainFitProbe)
+
+
 def training_fit(run_dir: str | Path) -> dict:
-    """Steps trained, and the mean training loss / exact match over the last logged steps (NaN if no log)."""
-    logs = sorted(Path(run_dir).glob("logs/*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    """Steps trained, and the mean training loss / exact match over the last logged steps (NaN if no log):
+    for rows written before the rows carried ``train_em`` themselves."""
+    logs = sorted(Path(run_dir).glob("logs/*/metrics.csv"), key=lambda p: p.stat().st_mtime) if run_dir else []
     nan = float("nan")
     if not logs:
-        return dict(steps=nan, train_loss=nan, train_em=nan)
+        return dict(train_steps=nan, train_loss=nan, train_em=nan)
     log = pd.read_csv(logs[-1])
     train = log.dropna(subset=["train/loss"]).tail(LAST_LOGS) if "train/loss" in log else log.iloc[:0]
     if train.empty:
-        return dict(steps=nan, train_loss=nan, train_em=nan)
+        return dict(train_steps=nan, train_loss=nan, train_em=nan)
     em = train["train/exact_match"].mean() if "train/exact_match" in train else nan
     steps = int(log.dropna(subset=["train/loss"])["step"].max()) + 1  # validation rows may log one step later
-    return dict(steps=steps, train_loss=float(train["train/loss"].mean()), train_em=float(em))
+    return dict(train_steps=steps, train_loss=float(train["train/loss"].mean()), train_em=float(em))
 
 
 def points(df: pd.DataFrame, length: int | None, fit_threshold: float = FIT_THRESHOLD) -> pd.DataFrame:
-    """One point per (run, task): accuracy at ``length`` (default: the run's training length), with its training fit."""
+    """One point per (run, task): accuracy at ``length`` (default: the run's training length), with its training fit
+    (from the rows' own columns, else from the run directory's training log)."""
     ok = df[(df["status"] == "ok") & df["accuracy"].notna()].copy()
     ok = ok[ok["eval_len"] == (ok["train_len"] if length is None else length)]
     ok["weighted"] = ok["accuracy"] * ok["n_examples"]
+    if "run_dir" not in ok:
+        ok["run_dir"] = None
     g = ok.groupby(["run_id", "model", "task", "eval_len"], as_index=False).agg(
         weighted=("weighted", "sum"), n=("n_examples", "sum"), state_bytes=("cache_bytes", "max"),
         n_params=("n_params", "max"), run_dir=("run_dir", "first"),
-        **{k: (f"model_{k}", "first") for k in ("d_model", "d_state") if f"model_{k}" in ok})
+        **{k: (f"model_{k}", "first") for k in ("d_model", "d_state") if f"model_{k}" in ok},
+        **{k: (k, "first") for k in ("seed", "train_len", *FIT_COLUMNS) if k in ok})
     g["accuracy"] = g["weighted"] / g["n"]
-    fit = pd.DataFrame([training_fit(d) for d in g["run_dir"]], index=g.index)
-    g = pd.concat([g, fit], axis=1)
+    for k in FIT_COLUMNS:
+        if k not in g:
+            g[k] = float("nan")
+    missing = g["train_em"].isna()
+    if missing.any():
+        logged = pd.DataFrame([training_fit(d) for d in g.loc[missing, "run_dir"]], index=g.index[missing])
+        g.loc[missing, list(FIT_COLUMNS)] = logged[list(FIT_COLUMNS)]
     g["unfitted"] = g["train_em"] < fit_threshold  # NaN (no training log) compares False: drawn as fitted
     g["series"] = series(g)
+    g = g.rename(columns={"train_steps": "steps"})  # the printed table's and points files' name
     return g.drop(columns=["weighted"]).sort_values(["task", "model", "state_bytes"])
 
 

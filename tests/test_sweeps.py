@@ -1,4 +1,5 @@
-"""Multirun as users run it: basic launcher with a failing job, submitit_local, wandb offline."""
+"""Multirun as users run it: basic launcher with a failing job, the parallel launcher, submitit_local, wandb
+offline."""
 
 import json
 import os
@@ -78,3 +79,34 @@ def test_slurm_launcher_ties_tasks_and_gpus_to_trainer_devices():
     assert OmegaConf.select(cfg, "hydra.launcher.tasks_per_node") == 4
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 4
     assert launcher["signal_delay_s"] > 0 and launcher["max_num_timeout"] > 0
+
+
+VOLATILE = ("_s", "_per_s", "time", "date", "dir", "path", "host", "pid", "run_id")  # how fast, where, a random id
+
+
+def outcomes(rows: list[dict]) -> dict:
+    """Rows keyed by what they measure, without the columns that say how fast or where a job ran."""
+    return {(r["seed"], r.get("task"), r.get("eval_len"), r.get("depth")):
+            {k: v for k, v in r.items() if not any(mark in k for mark in VOLATILE)} for r in rows}
+
+
+def test_parallel_launcher_writes_the_sequential_sweeps_rows(tmp_path):
+    args = [*SWEEP_TINY, "seed=0,1", "trainer.threads=auto"]
+    seq = run_train(["-m", *args, f"hydra.sweep.dir={tmp_path / 'seq'}"], tmp_path)
+    par = run_train(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *args,
+                     f"hydra.sweep.dir={tmp_path / 'par'}"], tmp_path)
+    assert seq.returncode == 0 and par.returncode == 0, (seq.stderr + par.stderr)[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in par.stdout + par.stderr  # two jobs side by side, one process each
+    a, b = outcomes(rows_under(tmp_path / "seq")), outcomes(rows_under(tmp_path / "par"))
+    assert len(a) >= 4 and a.keys() == b.keys()
+    for key in a:
+        assert a[key] == b[key], key
+    assert {r["threads"] for r in rows_under(tmp_path / "par")} == {1}  # jobs x threads = the cores
+
+
+def test_parallel_launcher_fills_the_cores():
+    from pipeline.config.resolvers import sweep_jobs
+    from pipeline.config.threads import usable_cores
+
+    assert sweep_jobs("auto") == max(1, int(usable_cores()))
+    assert sweep_jobs(2) == max(1, int(usable_cores() // 2))

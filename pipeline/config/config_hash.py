@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that say where or how visibly a run goes, not what it computes: outside the config hash.
 UNHASHED = ("hydra", "paths", "run_dir", "resume", "logger", "evaluate")
 UNHASHED_NESTED = {"data": ("num_workers", "cache_dir"),
-                   "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "threads")}
+                   "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "threads",
+                               "compile", "compile_backend")}
 
 
 def hashed_config(cfg: DictConfig, drop: tuple[str, ...] = UNHASHED) -> dict[str, Any]:

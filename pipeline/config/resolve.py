@@ -34,7 +34,7 @@ from pipeline.config.schema import ConfigError, check_finite, reraise_as_config_
 from pipeline.config.sections import DataConfig, OptimConfig, RunConfig, run_config
 from pipeline.config.stage import STAGES, Stage
 from pipeline.config.task_config import bind_and_check_vocab, build_task, eval_tasks
-from pipeline.config.trainer_config import activation_checkpointing, check_accelerator, trainer_kwargs
+from pipeline.config.trainer_config import activation_checkpointing, check_accelerator, compile_settings, trainer_kwargs
 from tasks.base import Task
 from tasks.curriculum import curriculum_task
 from tasks.vocab import Vocab
@@ -122,6 +122,9 @@ def check_combinations(cfg: DictConfig, run: RunConfig, res: Resolved) -> None:
     check_prefix_cache(res.eval, res.task)
     if "trainer" in cfg:
         trainer_kwargs(cfg.trainer)
+        if compile_settings(cfg.trainer)[0] and not res.stage.compiles:
+            raise ConfigError(f"trainer.compile=true is not supported with stage={res.stage.name!r} (its module "
+                              "has no compiled forward); allowed: trainer.compile=false")
 
 
 def check_prefix_cache(ev: EvalConfig, task: Task) -> None:

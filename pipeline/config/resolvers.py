@@ -36,3 +36,21 @@ def task_suite() -> ListConfig:
 
 if not OmegaConf.has_resolver("task_suite"):
     OmegaConf.register_new_resolver("task_suite", task_suite)
+
+
+def sweep_jobs(threads: int | str) -> int:
+    """``${sweep_jobs:${trainer.threads}}``: parallel sweep jobs so that jobs x threads per job = the usable
+    cores (conf/hydra/launcher/parallel.yaml). ``auto`` threads are one per job in a sweep, unless
+    ``OMP_NUM_THREADS`` says otherwise (pipeline/config/threads.py)."""
+    import os
+
+    from pipeline.config.threads import AUTO, check_threads, usable_cores
+
+    check_threads(threads)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    per_job = threads if threads != AUTO else (int(env) if env.isdigit() and int(env) >= 1 else 1)
+    return max(1, int(usable_cores() // per_job))
+
+
+if not OmegaConf.has_resolver("sweep_jobs"):
+    OmegaConf.register_new_resolver("sweep_jobs", sweep_jobs)

@@ -32,7 +32,8 @@ class Stage:
     """Base of every stage. Subclasses set ``name`` and override what differs.
 
     ``needs_init``: the stage starts from ``init_from`` (a checkpoint); ``learns_gates``: its run writes
-    the gates ``cache.gates_path=learned`` serves; ``section``/``section_class``: the stage's own config
+    the gates ``cache.gates_path=learned`` serves; ``compiles``: its module trains under ``trainer.compile``;
+    ``section``/``section_class``: the stage's own config
     node (``cfg.<section>``) and the dataclass it becomes (``res.stage_config``).
     """
 
@@ -41,6 +42,7 @@ class Stage:
     learns_gates: ClassVar[bool] = False
     section: ClassVar[Optional[str]] = None
     section_class: ClassVar[Optional[type]] = None
+    compiles: ClassVar[bool] = True  # its module has compile_forward (trainer.compile)
 
     def settings(self, cfg: DictConfig) -> Any:
         """The stage's own section as its dataclass (None when it has none)."""

@@ -30,6 +30,28 @@ def activation_checkpointing(node: Any) -> bool:
     return value
 
 
+COMPILE_BACKENDS_HINT = "inductor (the default: generated C++/OpenMP on CPU, Triton on GPU), aot_eager (tracing only)"
+
+
+def compile_settings(node: Any) -> tuple[bool, str]:
+    """``trainer.compile`` (true/false) and ``trainer.compile_backend`` (a torch.compile backend name)."""
+    node = node or {}
+    enabled, backend = node.get("compile", False), node.get("compile_backend", "inductor")
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"trainer.compile={enabled!r} must be true or false")
+    if not isinstance(backend, str) or not backend:
+        raise ConfigError(f"trainer.compile_backend={backend!r} must be a torch.compile backend name: "
+                          f"{COMPILE_BACKENDS_HINT}")
+    if enabled:
+        from torch._dynamo import list_backends
+
+        allowed = list_backends(exclude_tags=())
+        if backend not in allowed:
+            raise ConfigError(f"trainer.compile_backend={backend!r} is not a torch.compile backend here; "
+                              f"allowed: {allowed}")
+    return enabled, backend
+
+
 def available_accelerators() -> list[str]:
     """Accelerator names Lightning can use on this machine ('auto' always)."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
@@ -82,8 +104,9 @@ def check_accelerator(node: Any) -> None:
 def trainer_kwargs(node: Any) -> dict[str, Any]:
     """Lightning Trainer arguments, each name checked against the Trainer's signature.
 
-    ``activation_checkpointing`` and ``threads`` are validated and left out: the model and the process
-    (pipeline/config/threads.py) apply them, the Trainer never sees them.
+    ``activation_checkpointing``, ``threads`` and ``compile``/``compile_backend`` are validated and left
+    out: the model, the process (pipeline/config/threads.py) and the module (pipeline/train/compile.py)
+    apply them, the Trainer never sees them.
     """
     import lightning as L
 
@@ -91,6 +114,9 @@ def trainer_kwargs(node: Any) -> dict[str, Any]:
     activation_checkpointing(kwargs)
     kwargs.pop("activation_checkpointing", None)
     check_threads(kwargs.pop("threads", AUTO))
+    compile_settings(kwargs)
+    kwargs.pop("compile", None)
+    kwargs.pop("compile_backend", None)
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in kwargs:
         if key not in allowed:

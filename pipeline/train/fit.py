@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from models.lora import trainable_parameters
-from pipeline.config.trainer_config import trainer_kwargs
+from pipeline.config.trainer_config import compile_settings, trainer_kwargs
 from pipeline.train.checkpoint import AtomicCheckpointIO, find_resume_checkpoint
-from pipeline.train.costs import TrainCostProbe
+from pipeline.train.costs import TrainCostProbe, TrainFitProbe
 from pipeline.train.interrupt import CheckpointOnInterrupt
 from tasks.curriculum import curriculum_task
 from tasks.datamodule import TaskDataModule
@@ -52,8 +52,11 @@ def fit_module(cfg: DictConfig, res: Resolved, module: L.LightningModule, model:
                           res.stage.train_batch_size(res), int(cfg.seed), res.data.cache_dir, res.data.num_workers,
                           res.data.shuffle, *curriculum_of(res))
     ckpt_dir = run_dir / "checkpoints"
-    costs = TrainCostProbe()
-    trainer = build_trainer(cfg, run_dir, ckpt_dir, costs)
+    compile_on, backend = compile_settings(cfg.get("trainer"))
+    if compile_on:  # the stage's check (check_combinations) refused modules without compile_forward
+        module.compile_forward(backend)
+    costs, fit = TrainCostProbe(compiled=compile_on), TrainFitProbe()
+    trainer = build_trainer(cfg, run_dir, ckpt_dir, costs, fit)
     for lg in trainer.loggers:
         lg.log_hyperparams({"config_hash": res.config_hash, "trainable_params": trainable, **flat_config(cfg)})
     # a killed or requeued run continues from its newest loadable checkpoint (a corrupt one is skipped)
@@ -68,17 +71,19 @@ def fit_module(cfg: DictConfig, res: Resolved, module: L.LightningModule, model:
         return None
     if not trainer.fast_dev_run:
         trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # a full checkpoint: the resume point
-    return dict(trainable_params=trainable, finetuned=bool(cfg.get("init_from")), **costs.summary())
+    return dict(trainable_params=trainable, finetuned=bool(cfg.get("init_from")),
+                compiled=backend if compile_on else None, train_steps=trainer.global_step, **costs.summary(),
+                **fit.summary())
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, costs: TrainCostProbe) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, ckpt_dir: Path, *probes: L.Callback) -> L.Trainer:
     """The Trainer of ``cfg.trainer``: checkpoints every ``checkpoint_every`` steps, atomically written."""
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.get("checkpoint_every", 200)))
     kwargs = trainer_kwargs(cfg.trainer)
     plugins = kwargs.pop("plugins", None) or []
     plugins = [plugins] if isinstance(plugins, (str, dict)) else list(plugins)
-    callbacks = [checkpoint, costs, CheckpointOnInterrupt(ckpt_dir / "last.ckpt")]
+    callbacks = [checkpoint, *probes, CheckpointOnInterrupt(ckpt_dir / "last.ckpt")]
     if kwargs.get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
     return L.Trainer(**kwargs, default_root_dir=str(run_dir), use_distributed_sampler=False,

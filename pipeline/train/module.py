@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -16,18 +17,27 @@ from tasks.base import IGNORE
 from tasks.curriculum import curriculum_steps
 
 
-def answer_logits(model: nn.Module, input_ids: torch.Tensor,
-                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def head_split(model: nn.Module) -> bool:
+    """The model exposes its stack (``hidden_states``) and head (``lm_head``) apart."""
+    return hasattr(model, "hidden_states") and hasattr(model, "lm_head")
+
+
+HiddenFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def answer_logits(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                  hidden_fn: Optional[HiddenFn] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, V) and targets (N,) at the answer positions only.
 
     The head runs only where a label exists: with a few answer tokens per sequence this skips
-    almost all of the (B, T, V) projection.
+    almost all of the (B, T, V) projection. ``hidden_fn``: what computes the hidden states in place of
+    ``model.hidden_states`` (its ``torch.compile``d form under ``trainer.compile``).
     """
     keep = labels != IGNORE  # (B, T)
-    if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
-        hidden = model.hidden_states(input_ids)  # (B, T, d)
+    if head_split(model):
+        hidden = (hidden_fn or model.hidden_states)(input_ids)  # (B, T, d)
         return model.lm_head(hidden[keep]), labels[keep]
-    return model(input_ids)[keep], labels[keep]
+    return (hidden_fn or model)(input_ids)[keep], labels[keep]
 
 
 def answer_metrics(logits: torch.Tensor, targets: torch.Tensor,
@@ -65,12 +75,29 @@ class LitLM(RecordsProvenance, L.LightningModule):
         self.restart_share = restart_share
         self.restart_step = 0  # that step, set with the schedule in configure_optimizers (0: no restart)
         self.config = config or {}  # resolved run config, saved in every checkpoint
+        self.compile_backend: Optional[str] = None  # set by compile_forward (trainer.compile)
+        self.hidden_fn: Optional[HiddenFn] = None  # compiled in on_fit_start
+
+    def compile_forward(self, backend: str) -> None:
+        """Train and validate through ``torch.compile`` (pipeline/train/compile.py); the weights stay ``self.model``'s.
+
+        The compiled function is made in ``on_fit_start``, in the process that trains: a spawned DDP worker
+        receives the module pickled, and a compiled function does not pickle.
+        """
+        self.compile_backend = backend
+
+    def on_fit_start(self) -> None:
+        if self.compile_backend and self.hidden_fn is None:
+            from pipeline.train.compile import compiled
+
+            target = self.model.hidden_states if head_split(self.model) else self.model
+            self.hidden_fn = compiled(target, self.compile_backend)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits, targets = answer_logits(self.model, batch["input_ids"], batch["labels"])
+        logits, targets = answer_logits(self.model, batch["input_ids"], batch["labels"], self.hidden_fn)
         loss = F.cross_entropy(logits.float(), targets)
         token_acc, exact = answer_metrics(logits, targets, batch["labels"])
         bs = batch["input_ids"].shape[0]

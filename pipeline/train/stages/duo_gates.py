@@ -119,6 +119,7 @@ def save_gates(gates: torch.Tensor, run_dir: Path) -> Path:
 @STAGES.register()
 class DuoGates(Stage):
     name = "duo_gates"
+    compiles = False  # the gate-distillation forward (two passes per step) is not compiled
     needs_init = True
     learns_gates = True
     section = "duo"
