@@ -1,0 +1,65 @@
+"""scripts/study.py: a study's arms, the missing ones with their cost, run and committed rows, resumable."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+sys.path.insert(0, str(Path(ROOT) / "scripts"))
+
+import study  # noqa: E402
+
+L64 = ["model=transformer", "point=mqar_L64"]
+
+
+def test_arms_are_the_product_of_the_sweep_with_their_run_ids():
+    arms = study.arms("recall_frontier", L64, [])
+    assert sorted(a.run_id for a in arms) == sorted(
+        f"frontier-transformer-d{d}-n0-mqar_L64-s{s}" for d in (64, 128) for s in (0, 1))
+    assert all(a.train_len == 64 and a.family == "transformer" for a in arms)
+    long = study.arms("recall_frontier", ["model=mamba", "point=mqar_L256", "model.d_model=64", "seed=0"], [])
+    assert len(long) == 1 and long[0].train_len == 256 and long[0].run_id.endswith("mqar_L256-s0")
+
+
+def test_missing_lists_uncommitted_arms_with_commands_and_cost(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    done = "frontier-transformer-d64-n0-mqar_L64-s0"
+    (results / f"{done}.jsonl").write_text(json.dumps({"run_id": done, "status": "ok", "train_step_s": 0.05,
+                                                       "train_steps": 2000, "threads": 1}) + "\n")
+    assert study.main(["recall_frontier", "--missing", "--where", *L64, "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 4 arms committed" in out and done not in out
+    assert "python train.py experiment=recall_frontier model=transformer model.d_model=128 point=mqar_L64" in out
+    # the committed arm's step time (0.05 s for 64 x 64 tokens) prices its family: 2000 steps -> 1.7 min at d=64
+    assert "1.7 CPU min (measured" in out and "(measured, scaled)" in out
+
+
+def test_bad_study_names_the_allowed_ones():
+    import pytest
+
+    with pytest.raises(SystemExit, match="allowed: .*recall_frontier"):
+        study.arms("recal_frontier", [], [])
+
+
+def test_run_commits_each_finished_arm_and_a_later_sitting_skips_it(tmp_path, capsys):
+    from conftest import TINY
+
+    tiny = [o for o in TINY if o.startswith(("data.", "eval.n_examples", "eval.batch_size"))]
+    args = ["recall_frontier", "--where", *L64, "model.d_model=64", "seed=0", "--results", str(tmp_path / "res"),
+            "--outputs", str(tmp_path / "out"), "--set", "scale=smoke", "logger=none", *tiny]
+    assert study.main([*args, "--run", "1", "--jobs", "1"]) == 0
+    committed = list((tmp_path / "res").glob("*.jsonl"))
+    assert [p.name for p in committed] == ["frontier-transformer-d64-n0-mqar_L64-s0.jsonl"]
+    rows = [json.loads(line) for line in committed[0].read_text().splitlines()]
+    assert rows and all(r["status"] == "ok" and r["train_em"] is not None for r in rows)
+    commands = (tmp_path / "res" / "COMMANDS.md").read_text()
+    assert "frontier-transformer-d64-n0-mqar_L64-s0" in commands and "scale=smoke" in commands
+    capsys.readouterr()
+    assert study.main([*args, "--missing"]) == 0
+    assert "1 of 1 arms committed" in capsys.readouterr().out
+    assert study.main([*args, "--commit"]) == 0  # recommitting the same finished run is harmless
+    assert Path(tmp_path / "res" / "COMMANDS.md").read_text().count("mqar_L64-s0 |") == 1
