@@ -3,6 +3,10 @@
     python scripts/bench_train.py [--quick] [--json PATH]
     python scripts/bench_train.py --device cuda --dtype bfloat16 --d-model 1024 2048 --lengths 4096 32768 \
         --modes eager compiled --baseline eager            # the GPU check: tokens/s and MFU
+    python scripts/bench_train.py --families [--quick]     # every family vs the transformer, eager + compiled, CPU MFU
+
+``--families``: scripts/bench_families.py (every family at its preset depth, d_model 64 / 128, L 64 / 512, eager and
+compiled, tokens/s vs the same-width transformer and MFU against this machine's measured fp32 matmul peak).
 
 fwd + bwd + AdamW step tokens/s at T=512 and T=2048 (CPU unless --device cuda). The ratio is
 ours / HF; both models get identical shapes, weights layout and SDPA attention. ``--baseline eager``
@@ -162,7 +166,12 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager"])
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: tracing only)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: looked up)")
+    ap.add_argument("--families", nargs="*", default=None,
+                    help="every family (or these) vs the transformer on CPU, eager + compiled (bench_families.py)")
+    ap.add_argument("--threads", type=int, default=1, help="--families: torch threads (1 on a shared machine)")
     args = ap.parse_args()
+    if args.families is not None:
+        return run_families(ap, args)
     device, dtype = resolve(ap, args)
     if args.baseline == "hf" and args.modes != ["eager"]:
         ap.error("--modes compiled needs --baseline eager (the HF comparison is eager against eager)")
@@ -191,6 +200,31 @@ def main() -> None:
             records += run_modes(cfg, T, args.batch_tokens, args.modes, n, device, amp, peak, args.compile_backend)
             save()
     save()
+
+
+def run_families(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    import bench_families
+
+    families = args.families or bench_families.family_names()
+    unknown = sorted(set(families) - set(bench_families.family_names()))
+    if unknown:
+        ap.error(f"--families {unknown}: not families; allowed: {bench_families.family_names()}")
+    families = ["transformer", *[f for f in families if f != "transformer"]]  # the baseline of every record
+    widths = [64] if args.quick else (args.d_model if args.d_model != [128] else [64, 128])
+    lengths = [64] if args.quick else (args.lengths if args.lengths != [512, 2048] else [64, 512])
+    modes = ["eager", "compiled"] if args.modes == ["eager"] else args.modes
+    if args.quick:
+        families = families[:1] + [f for f in families[1:] if f in ("mamba", "gla")][:2]
+
+    def save(records: list[dict]) -> None:
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=2)
+
+    records = bench_families.run(families, widths, lengths, modes, args.batch_tokens, args.steps or (2 if args.quick
+                                 else 10), args.vocab, args.threads, args.compile_backend, save)
+    save(records)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ alike), ``--quick`` for the benchmarks. Placeholders take what an earlier comman
 produced: ``ckpt=...`` / ``outputs/<run>/...`` the first trained checkpoint, ``multirun/<date>/<time>``
 the last study's sweep. Commands that cannot run on a CPU test machine are listed in NOT_RUN (each
 with the reason) or, for GPU/cluster configs, are composed and resolved (``--cfg``) instead of run.
+``scripts/study.py`` runs its arms at ``scale=smoke`` into the scratch directory (never into docs/results/);
+``docs/...`` paths read the committed files in place.
 Commands run as subprocesses from a scratch directory, in four independent chains, two at a time.
 """
 
@@ -117,6 +119,10 @@ class Chain:
             if "multirun/<date>/<time>" in a:
                 a = str(self.latest("multirun/*/*"))
             out.append(a)
+        out = [str(ROOT / a) if a.startswith("docs/") else a for a in out]  # committed rows, read in place
+        if script == "scripts/study.py":  # its runs at smoke scale, their rows here, never into docs/results
+            out += ["--results", str(self.cwd / "results"), "--outputs", str(self.cwd / "outputs"),
+                    "--set", "scale=smoke"]
         if script in SCRIPTS:
             out.append("scale=smoke")
             for key, what in COMPOSE_ONLY.items():
