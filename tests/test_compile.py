@@ -99,6 +99,22 @@ def test_compiled_lora_with_shifted_sparse_attention_gives_the_eager_losses():
     torch.testing.assert_close(torch.tensor(comp), torch.tensor(eager), rtol=1e-5, atol=1e-5)
 
 
+def test_a_fixed_training_shape_compiles_once_not_per_step():
+    from pipeline.train.compile import compile_count
+
+    torch._dynamo.reset()
+    model = tiny("transformer")
+    fn = compiled(model.hidden_states, "aot_eager")
+    opt = torch.optim.AdamW(model.parameters())
+    counts = []
+    for step in range(6):
+        ids = torch.randint(0, 64, (4, 24), generator=torch.Generator().manual_seed(step))  # new rows, same shape
+        fn(ids).square().mean().backward()
+        opt.step()
+        counts.append(compile_count())
+    assert counts[0] > 0 and counts[-1] == counts[0], counts  # forward + lazy backward at step 0, then none
+
+
 RUN = [o for o in TINY if o != "trainer=smoke"] + [
     "trainer=cpu", "trainer.max_steps=20", "trainer.val_check_interval=10", "checkpoint_every=5",
     "+trainer.enable_progress_bar=false", "evaluate=false", "trainer.compile=true",

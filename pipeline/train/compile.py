@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 _lock = threading.Lock()
-_state = {"seconds": 0.0, "started": None}
+_state = {"seconds": 0.0, "started": None, "count": 0}
 
 
 def _on_start(*_args: Any) -> None:
@@ -36,12 +36,19 @@ def _on_end(*_args: Any) -> None:
         if _state["started"] is not None:
             _state["seconds"] += time.perf_counter() - _state["started"]
             _state["started"] = None
+            _state["count"] += 1
 
 
 def compile_seconds() -> float:
     """Seconds this process has spent compiling with ``torch.compile`` since the clock was started."""
     with _lock:
         return _state["seconds"]
+
+
+def compile_count() -> int:
+    """Compilations (frames, lazy backwards, recompiles) this process has done since the clock was started."""
+    with _lock:
+        return _state["count"]
 
 
 def start_compile_clock() -> None:
