@@ -63,7 +63,7 @@ class ShiftedSparseViews(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, G: int, segment: bool) -> torch.Tensor:
         B, H, T, D = q.shape
         r = H // k.shape[1]
-        out = q.new_empty(B, H, T, D)
+        out = torch.empty_like(q)  # q's memory layout: (B, T, H, D) from the projections stays free to reshape
         lses = []
         for h in range(H):
             for piece in _pieces(h >= H // 2, T, G, segment):
@@ -82,10 +82,10 @@ class ShiftedSparseViews(torch.autograd.Function):
         G, segment = ctx.G, ctx.segment
         B, H, T, D = q.shape
         r = H // k.shape[1]
-        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+        dq = torch.empty_like(q)  # gradients in their inputs' layouts, as autograd expects
         # With GQA several q heads add into one kv head's gradient; without, each slot is written once.
         new = torch.zeros_like if r > 1 else torch.empty_like
-        dk, dv = (new(x, memory_format=torch.contiguous_format) for x in (k, v))
+        dk, dv = new(k), new(v)
         lse = iter(lses)
         for h in range(H):
             for piece in _pieces(h >= H // 2, T, G, segment):
