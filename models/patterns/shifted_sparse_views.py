@@ -47,9 +47,11 @@ def _take(x: torch.Tensor, h: int, piece: Piece, G: int) -> torch.Tensor:
 
 def _put(dst: torch.Tensor, h: int, piece: Piece, G: int, val: torch.Tensor, accumulate: bool) -> None:
     """Write (or add) ``val`` (B, m, L, D), laid out as ``piece``, into head ``h`` of dst (B, Hx, T, D)."""
+    T, s = dst.shape[2], G // 2
     if piece[0] == "wrap":
-        T, s = dst.shape[2], G // 2
         targets = [(dst[:, h, T - s :], val[:, 0, :s]), (dst[:, h, :s], val[:, 0, s:])]
+    elif piece[0] == "edges":  # two slices: torch.compile mistranslates a write into the unfold view
+        targets = [(dst[:, h, :s], val[:, 0]), (dst[:, h, T - s :], val[:, 1])]
     else:
         targets = [(_take(dst, h, piece, G), val)]
     for target, part in targets:
