@@ -146,7 +146,8 @@ def test_gradients_match_naive_block_mask(path, variant, H, Hkv, ratio, monkeypa
 @pytest.mark.parametrize("variant", ["segment", "roll"])
 def test_compiled_matches_naive_block_mask(variant):
     """Under torch.compile (AOT autograd's functionalization of the writes into views) output and
-    gradients still equal the naive reference; a write into an ``unfold`` view once came out wrong."""
+    gradients still equal the naive reference (writes into a gapped ``unfold`` view come out wrong
+    there, pytorch/pytorch#198102)."""
     B, H, Hkv, T, D = 2, 4, 2, 32, 8
     cfg = AttentionConfig(shift_variant=variant)
     q, k, v = (torch.randn(B, T, h, D, dtype=torch.float64).transpose(1, 2).requires_grad_()

@@ -50,7 +50,8 @@ def _put(dst: torch.Tensor, h: int, piece: Piece, G: int, val: torch.Tensor, acc
     T, s = dst.shape[2], G // 2
     if piece[0] == "wrap":
         targets = [(dst[:, h, T - s :], val[:, 0, :s]), (dst[:, h, :s], val[:, 0, s:])]
-    elif piece[0] == "edges":  # two slices: torch.compile mistranslates a write into the unfold view
+    elif piece[0] == "edges":  # two slices: under torch.compile a write into a gapped unfold view zeroes
+        # the gaps (pytorch/pytorch#198102)
         targets = [(dst[:, h, :s], val[:, 0]), (dst[:, h, T - s :], val[:, 1])]
     else:
         targets = [(_take(dst, h, piece, G), val)]
