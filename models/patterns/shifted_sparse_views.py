@@ -22,41 +22,47 @@ from torch.autograd.function import once_differentiable
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 
-Piece = tuple[str, int, int]  # (kind, first token, number of groups); kinds: blocks, edges, wrap
+class _Pieces:
+    """Every causal block of every head of x (B, Hx, T, D), as views built once per tensor.
+
+    Kinds: ``groups`` [0, G), [G, 2G), ... (B, n, G, D); ``inner`` the shifted groups [G/2, 3G/2), ...
+    (B, n-1, G, D); ``edges`` the half-groups [0, G/2) and [T-G/2, T) (B, 2, G/2, D); ``wrap`` the
+    roll variant's last group [T-G/2, T) ++ [0, G/2) (B, 1, G, D), a small copy.
+    """
+
+    def __init__(self, x: torch.Tensor, G: int) -> None:
+        T = x.shape[2]
+        self.x, self.s, n = x, G // 2, T // G
+        self.views = {"groups": x.unflatten(2, (n, G)),  # (B, Hx, n, G, D)
+                      "inner": x[:, :, self.s : T - self.s].unflatten(2, (n - 1, G)),  # (B, Hx, n-1, G, D)
+                      "edges": x.unfold(2, self.s, T - self.s).transpose(-1, -2)}  # (B, Hx, 2, s, D)
+
+    def take(self, h: int, kind: str) -> torch.Tensor:
+        """Head ``h`` laid out as ``kind``: (B, m, L, D)."""
+        if kind == "wrap":
+            edges = self.views["edges"][:, h]
+            return torch.cat([edges[:, 1], edges[:, 0]], 1).unsqueeze(1)
+        return self.views[kind][:, h]
+
+    def put(self, h: int, kind: str, val: torch.Tensor, accumulate: bool) -> None:
+        """Write (or add) ``val`` (B, m, L, D), laid out as ``kind``, into head ``h`` of x."""
+        s = self.s
+        if kind == "wrap":
+            targets = [(self.x[:, h, -s:], val[:, 0, :s]), (self.x[:, h, :s], val[:, 0, s:])]
+        elif kind == "edges":  # two slices: under torch.compile a write into a gapped unfold view zeroes
+            # the gaps (pytorch/pytorch#198102)
+            targets = [(self.x[:, h, :s], val[:, 0]), (self.x[:, h, -s:], val[:, 1])]
+        else:
+            targets = [(self.views[kind][:, h], val)]
+        for target, part in targets:
+            target.add_(part) if accumulate else target.copy_(part)
 
 
-def _pieces(shifted: bool, T: int, G: int, segment: bool) -> list[Piece]:
-    """The causal blocks one head attends within, each a (B, m, L, D) view (or, ``wrap``, a small copy)."""
-    n, s = T // G, G // 2
+def _kinds(shifted: bool, n: int, segment: bool) -> list[str]:
+    """The causal blocks one head attends within (n = T/G groups)."""
     if not shifted:
-        return [("blocks", 0, n)]
-    inner = [("blocks", s, n - 1)] if n > 1 else []
-    return inner + [("edges" if segment else "wrap", 0, 0)]
-
-
-def _take(x: torch.Tensor, h: int, piece: Piece, G: int) -> torch.Tensor:
-    """Head ``h`` of x (B, Hx, T, D) laid out as ``piece``: (B, m, L, D)."""
-    kind, start, count = piece
-    T, s = x.shape[2], G // 2
-    if kind == "blocks":
-        return x[:, h, start : start + count * G].unflatten(1, (count, G))  # (B, count, G, D) view
-    if kind == "edges":
-        return x[:, h].unfold(1, s, T - s).transpose(-1, -2)  # (B, 2, s, D) view: [0, s) and [T-s, T)
-    return torch.cat([x[:, h, T - s :], x[:, h, :s]], 1).unsqueeze(1)  # (B, 1, G, D): the wrapped group
-
-
-def _put(dst: torch.Tensor, h: int, piece: Piece, G: int, val: torch.Tensor, accumulate: bool) -> None:
-    """Write (or add) ``val`` (B, m, L, D), laid out as ``piece``, into head ``h`` of dst (B, Hx, T, D)."""
-    T, s = dst.shape[2], G // 2
-    if piece[0] == "wrap":
-        targets = [(dst[:, h, T - s :], val[:, 0, :s]), (dst[:, h, :s], val[:, 0, s:])]
-    elif piece[0] == "edges":  # two slices: under torch.compile a write into a gapped unfold view zeroes
-        # the gaps (pytorch/pytorch#198102)
-        targets = [(dst[:, h, :s], val[:, 0]), (dst[:, h, T - s :], val[:, 1])]
-    else:
-        targets = [(_take(dst, h, piece, G), val)]
-    for target, part in targets:
-        target.add_(part) if accumulate else target.copy_(part)
+        return ["groups"]
+    return ["inner"] * (n > 1) + ["edges" if segment else "wrap"]
 
 
 class ShiftedSparseViews(torch.autograd.Function):
@@ -64,15 +70,15 @@ class ShiftedSparseViews(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, G: int, segment: bool) -> torch.Tensor:
-        B, H, T, D = q.shape
+        H, T = q.shape[1], q.shape[2]
         r = H // k.shape[1]
         out = torch.empty_like(q)  # q's memory layout: (B, T, H, D) from the projections stays free to reshape
+        qs, ks, vs, outs = (_Pieces(x, G) for x in (q, k, v, out))
         lses = []
         for h in range(H):
-            for piece in _pieces(h >= H // 2, T, G, segment):
-                qp, kp, vp = (_take(x, i, piece, G) for x, i in ((q, h), (k, h // r), (v, h // r)))
-                y, lse = _flash(qp, kp, vp, 0.0, True)
-                _put(out, h, piece, G, y, accumulate=False)
+            for kind in _kinds(h >= H // 2, T // G, segment):
+                y, lse = _flash(qs.take(h, kind), ks.take(h // r, kind), vs.take(h // r, kind), 0.0, True)
+                outs.put(h, kind, y, accumulate=False)
                 lses.append(lse)
         ctx.save_for_backward(q, k, v, out, *lses)
         ctx.G, ctx.segment = G, segment
@@ -83,19 +89,19 @@ class ShiftedSparseViews(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         q, k, v, out, *lses = ctx.saved_tensors
         G, segment = ctx.G, ctx.segment
-        B, H, T, D = q.shape
+        H, T = q.shape[1], q.shape[2]
         r = H // k.shape[1]
         dq = torch.empty_like(q)  # gradients in their inputs' layouts, as autograd expects
         # With GQA several q heads add into one kv head's gradient; without, each slot is written once.
         new = torch.zeros_like if r > 1 else torch.empty_like
         dk, dv = new(k), new(v)
+        qs, ks, vs, outs, grads, dqs, dks, dvs = (_Pieces(x, G) for x in (q, k, v, out, grad, dq, dk, dv))
         lse = iter(lses)
         for h in range(H):
-            for piece in _pieces(h >= H // 2, T, G, segment):
-                qp, kp, vp = (_take(x, i, piece, G) for x, i in ((q, h), (k, h // r), (v, h // r)))
-                op, gp = _take(out, h, piece, G), _take(grad, h, piece, G)
-                gq, gk, gv = _flash_backward(gp, qp, kp, vp, op, next(lse), 0.0, True)
-                _put(dq, h, piece, G, gq, accumulate=False)
-                _put(dk, h // r, piece, G, gk, accumulate=r > 1)
-                _put(dv, h // r, piece, G, gv, accumulate=r > 1)
+            for kind in _kinds(h >= H // 2, T // G, segment):
+                gq, gk, gv = _flash_backward(grads.take(h, kind), qs.take(h, kind), ks.take(h // r, kind),
+                                             vs.take(h // r, kind), outs.take(h, kind), next(lse), 0.0, True)
+                dqs.put(h, kind, gq, accumulate=False)
+                dks.put(h // r, kind, gk, accumulate=r > 1)
+                dvs.put(h // r, kind, gv, accumulate=r > 1)
         return dq, dk, dv, None, None
