@@ -163,6 +163,19 @@ def test_compiled_matches_naive_block_mask(variant):
         torch.testing.assert_close(g, e)
 
 
+def test_cpu_autocast_runs_in_the_autocast_dtype():
+    """Under bf16 autocast (rotated q, k in fp32 beside a bf16 v, as RoPE leaves them) S2-Attn computes in
+    bf16 like SDPA does, and matches the reference on the bf16-rounded inputs."""
+    H, T = 4, 32
+    q, k, v = qkv(B=2, H=H, Hkv=H, T=T, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = s2(q, k, v.bfloat16(), AttentionConfig())
+    assert y.dtype == torch.bfloat16
+    q, k, v = (x.bfloat16().double() for x in (q, k, v))
+    expected = naive(q, k, v, s2_masks(H, T, T // 4, "segment"))
+    torch.testing.assert_close(y.double(), expected, atol=2e-2, rtol=2e-2)
+
+
 def test_group_of_whole_sequence():
     """Ratio 1: the unshifted half is full causal attention; the shifted half sees [0, T/2), [T/2, T)."""
     T = 16

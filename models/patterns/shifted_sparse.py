@@ -117,6 +117,8 @@ def shifted_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Atten
     if not segment:
         _warn_roll_once()
     if views_path(q, bias):
+        if torch.is_autocast_enabled("cpu"):  # as SDPA under autocast: all three in the autocast dtype
+            q, k, v = (x.to(torch.get_autocast_dtype("cpu")) for x in (q, k, v))
         return ShiftedSparseViews.apply(q, k, v, G, segment)
 
     def regroup(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

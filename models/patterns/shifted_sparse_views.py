@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 
+
 class _Pieces:
     """Every causal block of every head of x (B, Hx, T, D), as views built once per tensor.
 
