@@ -2,8 +2,10 @@
 
 For each sequence length T, random q, k, v (B, H, T, D) with requires_grad go through the pattern
 function and ``backward`` of a random output gradient; we report the median wall time and the peak
-bytes allocated by the op (CPU: ``pipeline.train.memory``'s tensor-allocation tracker; CUDA: the
-allocator's peak), both patterns in the same run. Runs on CPU, and on CUDA when available.
+bytes allocated by the op (CPU: ``pipeline.train.memory``'s tensor-allocation tracker, minus outputs
+that alias an input -- a view of q allocates nothing, though that tracker counts a view of a tensor made
+before the region as new bytes; CUDA: the allocator's peak), both patterns in the same run. Runs on CPU,
+and on CUDA when available.
 
     python scripts/bench_attention.py [--quick] [--json PATH] [--device cpu|cuda|all]
 
@@ -23,13 +25,14 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from models.patterns import PATTERNS, AttentionConfig  # noqa: E402
-from pipeline.train.memory import measure_peak  # noqa: E402
+from pipeline.train.memory import AllocationTracker, measure_peak  # noqa: E402
 
 LENGTHS = [2048, 4096, 8192, 16384]
 QUICK_LENGTHS = [1024, 2048]
@@ -46,6 +49,31 @@ def _inputs(B: int, H: int, Hkv: int, T: int, D: int, device: torch.device, dtyp
     v = torch.randn(B, Hkv, T, D, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(B, H, T, D, device=device, dtype=dtype)
     return q, k, v, grad
+
+
+class NewStorageTracker(AllocationTracker):
+    """Counts only storages an op creates: an output that aliases an input (a view, an in-place or
+    out= result) is no new memory, even when that input was made before the measured region."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
+                self._track(t)
+        return out
+
+
+def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated while ``fn`` runs (CPU: new storages only; CUDA: the allocator's peak)."""
+    if device.type == "cuda":
+        with measure_peak(None, device) as reading:
+            fn()
+        return reading.region_peak_bytes
+    with NewStorageTracker() as tracker:
+        fn()
+    return tracker.peak
 
 
 def fwd_bwd(fn: Callable[..., torch.Tensor], cfg: AttentionConfig, q, k, v, grad) -> None:
@@ -70,9 +98,7 @@ def bench_one(pattern: str, cfg: AttentionConfig, shape: tuple[int, int, int, in
     q.grad = k.grad = v.grad = None
     gc.collect()
     # Memory in a separate, untimed run: the CPU tracker intercepts every op.
-    with measure_peak(None, device) as reading:
-        fwd_bwd(fn, cfg, q, k, v, grad)
-    return statistics.median(times), reading.region_peak_bytes
+    return statistics.median(times), peak_bytes(lambda: fwd_bwd(fn, cfg, q, k, v, grad), device)
 
 
 def run(devices: list[torch.device], lengths: list[int], B: int, H: int, Hkv: int, D: int,

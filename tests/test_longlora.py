@@ -119,6 +119,63 @@ def test_matches_naive_block_mask(variant, H, Hkv, bias_heads):
     torch.testing.assert_close(s2(q, k, v, cfg, bias=bias), expected)
 
 
+@pytest.mark.parametrize("path", ["views", "gather"])
+@pytest.mark.parametrize("variant", ["segment", "roll"])
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (4, 1), (6, 3)], ids=lambda x: str(x))
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0])
+def test_gradients_match_naive_block_mask(path, variant, H, Hkv, ratio, monkeypatch):
+    """dq, dk, dv of both code paths (CPU views; the gather path CUDA and ALiBi take) equal the naive
+    reference's, on inputs laid out (B, T, H, D) as the transformer makes them, for a random and for an
+    expanded (stride-0, as from ``.sum()``) output gradient."""
+    if path == "gather":
+        monkeypatch.setattr(attention, "views_path", lambda q, bias: False)
+    B, T, D = 2, 16, 8
+    cfg = AttentionConfig(group_ratio=ratio, shift_variant=variant)
+    masks = s2_masks(H, T, int(ratio * T), variant)
+    for grad in (torch.randn(B, H, T, D, dtype=torch.float64), torch.ones(()).expand(B, H, T, D)):
+        q, k, v = (torch.randn(B, T, h, D, dtype=torch.float64).transpose(1, 2).requires_grad_()
+                   for h in (H, Hkv, Hkv))
+        y = s2(q, k, v, cfg)
+        got = torch.autograd.grad(y, (q, k, v), grad.to(y.dtype))
+        expected = torch.autograd.grad(naive(q, k, v, masks), (q, k, v), grad.to(y.dtype))
+        torch.testing.assert_close(y, naive(q, k, v, masks))
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("variant", ["segment", "roll"])
+def test_compiled_matches_naive_block_mask(variant):
+    """Under torch.compile (AOT autograd's functionalization of the writes into views) output and
+    gradients still equal the naive reference (writes into a gapped ``unfold`` view come out wrong
+    there, pytorch/pytorch#198102)."""
+    B, H, Hkv, T, D = 2, 4, 2, 32, 8
+    cfg = AttentionConfig(shift_variant=variant)
+    q, k, v = (torch.randn(B, T, h, D, dtype=torch.float64).transpose(1, 2).requires_grad_()
+               for h in (H, Hkv, Hkv))
+    torch._dynamo.reset()
+    y = torch.compile(lambda q, k, v: s2(q, k, v, cfg), backend="aot_eager")(q, k, v)
+    masks = s2_masks(H, T, int(cfg.group_ratio * T), variant)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, (q, k, v), grad)
+    expected = torch.autograd.grad(naive(q, k, v, masks), (q, k, v), grad)
+    torch.testing.assert_close(y, naive(q, k, v, masks))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
+def test_cpu_autocast_runs_in_the_autocast_dtype():
+    """Under bf16 autocast (rotated q, k in fp32 beside a bf16 v, as RoPE leaves them) S2-Attn computes in
+    bf16 like SDPA does, and matches the reference on the bf16-rounded inputs."""
+    H, T = 4, 32
+    q, k, v = qkv(B=2, H=H, Hkv=H, T=T, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = s2(q, k, v.bfloat16(), AttentionConfig())
+    assert y.dtype == torch.bfloat16
+    q, k, v = (x.bfloat16().double() for x in (q, k, v))
+    expected = naive(q, k, v, s2_masks(H, T, T // 4, "segment"))
+    torch.testing.assert_close(y.double(), expected, atol=2e-2, rtol=2e-2)
+
+
 def test_group_of_whole_sequence():
     """Ratio 1: the unshifted half is full causal attention; the shifted half sees [0, T/2), [T/2, T)."""
     T = 16

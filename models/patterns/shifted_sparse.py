@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.patterns import PATTERNS, AttentionConfig
+from models.patterns.shifted_sparse_views import ShiftedSparseViews
 
 
 def group_size(T: int, cfg: AttentionConfig) -> int:
@@ -69,6 +70,11 @@ def _causal_in_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
+def views_path(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Strided views (CPU flash kernels, no bias) rather than the gather path (CUDA, ALiBi)."""
+    return bias is None and q.device.type == "cpu"
+
+
 _roll_warned = False
 
 
@@ -98,6 +104,9 @@ def shifted_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Atten
     Each of q, k, v is regrouped by one gather (no roll/cat/transpose copies, no (T, T) mask).
     With GQA, q heads [0, H/2) read kv heads [0, Hkv/2); one kv head serves both halves; an odd
     Hkv > 1 gets one copy per q head.
+
+    On CPU without a bias the groups are strided views instead (models/patterns/shifted_sparse_views.py):
+    no gathered copies, fwd+bwd memory of full attention. The gather path serves CUDA and ALiBi.
     """
     B, H, T, D = q.shape
     if H % 2:
@@ -107,6 +116,10 @@ def shifted_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Atten
     segment = cfg.shift_variant == "segment"
     if not segment:
         _warn_roll_once()
+    if views_path(q, bias):
+        if torch.is_autocast_enabled("cpu"):  # as SDPA under autocast: all three in the autocast dtype
+            q, k, v = (x.to(torch.get_autocast_dtype("cpu")) for x in (q, k, v))
+        return ShiftedSparseViews.apply(q, k, v, G, segment)
 
     def regroup(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, h, t, Hg = _s2_rows(B, x.shape[1], H, T, G, segment, x.device)
