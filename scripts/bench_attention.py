@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils._pytree import tree_flatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -51,27 +50,13 @@ def _inputs(B: int, H: int, Hkv: int, T: int, D: int, device: torch.device, dtyp
     return q, k, v, grad
 
 
-class NewStorageTracker(AllocationTracker):
-    """Counts only storages an op creates: an output that aliases an input (a view, an in-place or
-    out= result) is no new memory, even when that input was made before the measured region."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
-                self._track(t)
-        return out
-
-
 def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
     """Peak bytes allocated while ``fn`` runs (CPU: new storages only; CUDA: the allocator's peak)."""
     if device.type == "cuda":
         with measure_peak(None, device) as reading:
             fn()
         return reading.region_peak_bytes
-    with NewStorageTracker() as tracker:
+    with AllocationTracker() as tracker:
         fn()
     return tracker.peak
 

@@ -44,9 +44,13 @@ class AllocationTracker(TorchDispatchMode):
         weakref.finalize(storage, self._free, key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # An output sharing an input's storage (a view, an in-place or out= result) allocates nothing,
+        # even when that input was made before the region (a parameter's .t(), a slice of q).
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
                 self._track(t)
         return out
 
