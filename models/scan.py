@@ -182,10 +182,18 @@ class _SelectiveScan(torch.autograd.Function):
             grad_u[:, s:e], grad_delta[:, s:e] = g_u, gdelta
             grad_B[:, s:e], grad_C[:, s:e] = _time_major_rows(gB, Q), _time_major_rows(gC, Q)
         cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
-        cols = lambda g: None if g is None else g.transpose(1, 2)  # noqa: E731
         grad_h0 = carry.transpose(1, 2).to(entering.dtype) if ctx.has_h0 and ctx.needs_input_grad[8] else None
-        return (cols(grad_u), cols(grad_delta), cast(acc_A.sum(0).t(), A), cols(grad_B), cols(grad_C),
-                cast(grad_D, D), cols(grad_z), cast(grad_bias, bias), grad_h0, None, None)
+        return (_like(grad_u, u), _like(grad_delta, delta), cast(acc_A.sum(0).t(), A), _like(grad_B, Bm),
+                _like(grad_C, Cm), cast(grad_D, D), _like(grad_z, z), cast(grad_bias, bias), grad_h0, None, None)
+
+
+def _like(grad: Optional[torch.Tensor], x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A gradient built (B, L, X) as (B, X, L) in x's memory layout: the ops upstream of the scan run
+    their backward several times slower on gradients whose strides differ from their inputs'."""
+    if grad is None:
+        return None
+    grad = grad.transpose(1, 2)
+    return grad.contiguous() if x.is_contiguous() else grad
 
 
 def selective_scan(

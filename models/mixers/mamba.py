@@ -202,8 +202,12 @@ class MambaMixer(nn.Module):
             x = F.silu(self.conv1d(x)[..., :T])  # padding d_conv-1 on both sides: keep the causal T
         dt, Bm, Cm = self.x_proj(x.transpose(1, 2)).split(
             [self.cfg.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)  # (B, T, R), (B, T, N) x2
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2).contiguous()  # (B, d_inner, T); bias in the scan
-        Bm, Cm = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()  # (B, N, T)
+        # (B, d_inner, T) and (B, N, T): transposed views for the torch scan, which reads them (B, T, X)
+        # without copies; contiguous for the CUDA kernel
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias in the scan
+        Bm, Cm = Bm.transpose(1, 2), Cm.transpose(1, 2)
+        if use_kernels:
+            dt, Bm, Cm = dt.contiguous(), Bm.contiguous(), Cm.contiguous()
         args = (x, dt, A, Bm, Cm, _at_least_fp32(self.D), z.contiguous() if use_kernels else z)
         kw = dict(delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True,
                   return_last_state=layer_cache is not None)
