@@ -128,10 +128,13 @@ class _SelectiveScan(torch.autograd.Function):
         Bsz, Dn, L = u.shape
         N, chunk, dt = A.shape[1], ctx.chunk, entering.dtype
         new = lambda *shape, dtype=dt: u.new_empty(*shape, dtype=dtype)  # noqa: E731
-        # gradients of the (B, X, L) inputs, built (B, L, X) and returned transposed (X contiguous)
-        grad_u, grad_delta = new(Bsz, L, Dn, dtype=u.dtype), new(Bsz, L, Dn, dtype=delta.dtype)
-        grad_B, grad_C = new(Bsz, L, N, dtype=Bm.dtype), new(Bsz, L, N, dtype=Cm.dtype)
-        grad_z = None if z is None else new(Bsz, L, Dn, dtype=z.dtype)
+        # gradients of the (B, X, L) inputs in each input's memory layout (the ops upstream of the scan run
+        # their backward several times slower on gradients whose strides differ from their inputs');
+        # rows(g) is the (B, L, X) view that the chunks write
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_B, grad_C = torch.empty_like(Bm), torch.empty_like(Cm)
+        grad_z = None if z is None else torch.empty_like(z)
+        rows = lambda g: g.transpose(1, 2)  # noqa: E731
         grad_D = None if D is None else D.new_zeros(D.shape, dtype=dt)
         grad_bias = None if bias is None else bias.new_zeros(bias.shape, dtype=dt)
         acc_A = u.new_zeros(Bsz, N, Dn, dtype=dt)  # d/dA, summed over the batch at the end
@@ -157,7 +160,7 @@ class _SelectiveScan(torch.autograd.Function):
                 if c.D is not None:
                     ungated.addcmul_(c.u, c.D)
                 sig = torch.sigmoid(c.z)
-                grad_z[:, s:e] = gy * ungated * sig * (1 + c.z * (1 - sig))
+                rows(grad_z)[:, s:e] = gy * ungated * sig * (1 + c.z * (1 - sig))
                 gy = gy * c.z * sig
             for t in range(Q - 1, -1, -1):
                 c.decay(t, a)
@@ -179,21 +182,12 @@ class _SelectiveScan(torch.autograd.Function):
                 gdelta.mul_(torch.where(c.pre > SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(c.pre)))
             if grad_bias is not None:
                 grad_bias += gdelta.sum((0, 1))
-            grad_u[:, s:e], grad_delta[:, s:e] = g_u, gdelta
-            grad_B[:, s:e], grad_C[:, s:e] = _time_major_rows(gB, Q), _time_major_rows(gC, Q)
+            rows(grad_u)[:, s:e], rows(grad_delta)[:, s:e] = g_u, gdelta
+            rows(grad_B)[:, s:e], rows(grad_C)[:, s:e] = _time_major_rows(gB, Q), _time_major_rows(gC, Q)
         cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
         grad_h0 = carry.transpose(1, 2).to(entering.dtype) if ctx.has_h0 and ctx.needs_input_grad[8] else None
-        return (_like(grad_u, u), _like(grad_delta, delta), cast(acc_A.sum(0).t(), A), _like(grad_B, Bm),
-                _like(grad_C, Cm), cast(grad_D, D), _like(grad_z, z), cast(grad_bias, bias), grad_h0, None, None)
-
-
-def _like(grad: Optional[torch.Tensor], x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """A gradient built (B, L, X) as (B, X, L) in x's memory layout: the ops upstream of the scan run
-    their backward several times slower on gradients whose strides differ from their inputs'."""
-    if grad is None:
-        return None
-    grad = grad.transpose(1, 2)
-    return grad.contiguous() if x.is_contiguous() else grad
+        return (grad_u, grad_delta, cast(acc_A.sum(0).t(), A), grad_B, grad_C, cast(grad_D, D), grad_z,
+                cast(grad_bias, bias), grad_h0, None, None)
 
 
 def selective_scan(
