@@ -62,7 +62,7 @@ class MambaConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02  # embedding (and untied head) init
     kernel: str = "auto"  # auto: CUDA kernels if importable and on GPU | torch | cuda (required)
-    chunk_size: Optional[int] = None  # torch scan: tokens per memory chunk; None: models.scan.DEFAULT_CHUNK
+    chunk_size: Optional[int] = None  # torch scan: tokens per memory chunk; None: models/scan.py picks
     prefill_block: int = 128  # no-grad prefill through a cache runs in blocks of this many tokens
 
     def __post_init__(self) -> None:
