@@ -23,9 +23,10 @@ tested against the token-by-token recurrence):
   fit in the L2 cache while a chunk's (B, Q, N, D) ones do not, and a scan vectorised over the chunk
   is bound by memory traffic (about twenty passes over tensors that size); work buffers are reused,
   since a fresh state-sized tensor per step costs more than its arithmetic (the allocator maps and
-  zeroes new pages for tensors this large). Inputs are read (B, L, X) with X contiguous, so a caller
-  holding (B, L, X) tensors (the Mamba mixer) passes transposed views without copies; gradients come
-  back in each input's layout.
+  zeroes new pages for tensors this large); a batch whose states exceed ``STEP_MAX_TILE`` runs in
+  tiles of batch rows, one scan each, so the states stay in cache. Inputs are read (B, L, X) with X
+  contiguous, so a caller holding (B, L, X) tensors (the Mamba mixer) passes transposed views
+  without copies; gradients come back in each input's layout.
 - vectorised (small states, e.g. batch 1): a whole chunk at a time, where per-op overhead of the step
   loop would dominate and the chunk's tensors fit in cache. Inside a chunk h_t = a_t h_{t-1} + x_t is
   solved by ``_chunked_scan``, a two-level scan: split the Q steps into ~sqrt(Q) blocks, scan all
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 STEP_MIN_STATE = 16384  # B * D * N at or above which the scan runs step by step (below: vectorised chunks)
+STEP_MAX_TILE = 131072  # B * D * N per stepped scan (512 KiB of float32 per state): larger batches run in tiles
 STEPPED_CHUNK = 16  # step by step: tokens per backward chunk, a (16, B, N, D) buffer of recomputed states
 VECTOR_CHUNK = 128  # vectorised: (B, 128, D, N) temporaries, a few (B, D, N) states per 128 tokens
 SOFTPLUS_THRESHOLD = 20.0  # F.softplus's default: above it softplus(x) = x, and its slope is 1
@@ -405,7 +407,17 @@ def selective_scan(
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1 or None")
-    stepped = u.shape[0] * u.shape[1] * A.shape[1] >= STEP_MIN_STATE
-    scan, chunk = (_SteppedScan, chunk_size or STEPPED_CHUNK) if stepped else (_ChunkedScan, chunk_size or VECTOR_CHUNK)
-    y, last = scan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk)
+    Bsz, state = u.shape[0], u.shape[1] * A.shape[1]
+    if Bsz * state < STEP_MIN_STATE:
+        y, last = _ChunkedScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                     chunk_size or VECTOR_CHUNK)
+    else:  # batch tiles whose states stay in cache, one scan each
+        rows = max(1, STEP_MAX_TILE // state)
+        n = -(-Bsz // rows)
+        # split (not slicing): its backward concatenates the tiles' gradients once
+        tiles = lambda t: [None] * n if t is None else t.split(rows)  # noqa: E731
+        parts = [_SteppedScan.apply(u_, dl_, A, B_, C_, D, z_, delta_bias, h0_, delta_softplus,
+                                    chunk_size or STEPPED_CHUNK)
+                 for u_, dl_, B_, C_, z_, h0_ in zip(*(tiles(t) for t in (u, delta, B, C, z, initial_state)))]
+        y, last = parts[0] if n == 1 else (torch.cat(p, dim=0) for p in zip(*parts))
     return (y, last) if return_last_state else y

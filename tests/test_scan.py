@@ -54,10 +54,13 @@ CASES = {
 }
 
 
-@pytest.fixture(params=["stepped", "vectorised"])
+@pytest.fixture(params=["stepped", "stepped_tiles", "vectorised"])
 def method(request, monkeypatch):
-    """Both implementations, whatever the size: the state-size threshold that picks one moved to 0 or infinity."""
-    monkeypatch.setattr(models.scan, "STEP_MIN_STATE", 0 if request.param == "stepped" else float("inf"))
+    """Both implementations, whatever the size: the state-size threshold that picks one moved to 0 or
+    infinity; "stepped_tiles": the stepped scan one batch row per tile (tiles of large batches)."""
+    monkeypatch.setattr(models.scan, "STEP_MIN_STATE", float("inf") if request.param == "vectorised" else 0)
+    if request.param == "stepped_tiles":
+        monkeypatch.setattr(models.scan, "STEP_MAX_TILE", 1)
     return request.param
 
 
