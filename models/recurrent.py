@@ -19,6 +19,7 @@ from models.kernels import FLA_PACKAGE, check_kernel_choice, require_kernel, use
 from models.layers import RMSNorm
 from models.linear_attention import RecurrentStateCache, chunked_decayed_attention, decayed_attention_step
 from models.lm import check_dtype
+from models.short_conv import causal_conv_silu
 
 
 @dataclass
@@ -77,15 +78,11 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
                           cache: Optional[RecurrentStateCache], resume: bool) -> torch.Tensor:
     """SiLU(depthwise causal conv) over x (B, D, T), weight (D, 1, W). With a cache, its ``conv_state``
     (B, D, W), the last W inputs, is the left context when ``resume`` (zeros otherwise) and is updated."""
-    B, D, _ = x.shape
-    W = weight.shape[-1]
-    if cache is None:
-        ctx = F.pad(x, (W - 1, 0))
-    else:
-        left = cache.conv_state[..., 1:].to(x.dtype) if resume else x.new_zeros(B, D, W - 1)
-        ctx = torch.cat((left, x), dim=2)
-        cache.conv_state = ctx[..., -W:].detach().to(cache.conv_state.dtype)
-    return F.silu(F.conv1d(ctx, weight, bias, groups=D))
+    left = cache.conv_state[..., 1:].transpose(1, 2) if cache is not None and resume else None
+    y, ctx = causal_conv_silu(x.transpose(1, 2), weight, bias, left)  # in (B, T, D): see models/short_conv.py
+    if cache is not None:  # the last W inputs (ctx holds W-1 earlier ones or zeros, then x)
+        cache.conv_state = ctx[:, -weight.shape[-1]:].transpose(1, 2).detach().to(cache.conv_state.dtype)
+    return y.transpose(1, 2)
 
 
 def new_state(batch_size: int, heads: int, d_k: int, d_v: int, like: torch.Tensor) -> torch.Tensor:

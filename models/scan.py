@@ -1,4 +1,4 @@
-"""The selective scan (Mamba's SSM) in pure PyTorch, memory-lean: the kernel's strategy in chunks.
+"""The selective scan (Mamba's SSM) in pure PyTorch, memory-lean and cache-friendly on CPU.
 
 ``selective_scan`` takes the argument layout of ``mamba_ssm``'s ``selective_scan_fn`` so the CUDA
 kernel and this reference are interchangeable (models/mixers/mamba.py picks one):
@@ -9,18 +9,32 @@ kernel and this reference are interchangeable (models/mixers/mamba.py picks one)
 
 Memory. The discretised exp(delta A), delta B u and the states h are (B, L, D, N): N = 16 times
 the block's activations. Like the CUDA kernel (which keeps them in SRAM and recomputes them in its
-backward), we never hold them for the whole sequence: the sequence is cut into chunks of
-``chunk_size`` tokens, processed one after another; the forward keeps only the state entering each
-chunk (B, L / chunk, D, N), and the backward walks the chunks in reverse, recomputes one chunk's
-discretised tensors and states from its entering state, and back-propagates through it by hand
-(the gradient of the state crosses chunk boundaries like the state does). Softplus, D and the
-silu(z) gate are fused in as well, so nothing of size (B, D, L) is saved beyond the inputs.
+backward), we never build them for the whole sequence: the sequence is cut into chunks of
+``chunk_size`` tokens; the forward keeps only the state entering each chunk, and the backward walks
+the chunks in reverse, recomputes one chunk's states from its entering state and back-propagates
+through it by hand (the gradient of the state crosses chunk boundaries like the state does).
+Softplus, D and the silu(z) gate are fused in, so nothing of size (B, D, L) is saved beyond the inputs.
 
-Inside a chunk, h_t = a_t h_{t-1} + x_t is solved by ``_chunked_scan``, a two-level scan: split the
-Q steps into ~sqrt(Q) blocks, scan all blocks at once (one vectorised step per position within a
-block), carry the block-final states across blocks, then add each carry times the decay inside its
-block. It only multiplies by decays a <= 1 (no exp of positive cumulative sums), so nothing can
-overflow however large delta * |A| gets.
+Two implementations of that plan, picked by the state size B * D * N (``STEP_MIN_STATE``; both are
+tested against the token-by-token recurrence):
+
+- stepped (large states, e.g. training batches): the recurrence one token at a time on (B, N, D)
+  tensors, exp(delta_t A), the drive and y_t = C_t . h_t computed inside the step. A step's tensors
+  fit in the L2 cache while a chunk's (B, Q, N, D) ones do not, and a scan vectorised over the chunk
+  is bound by memory traffic (about twenty passes over tensors that size); work buffers are reused,
+  since a fresh state-sized tensor per step costs more than its arithmetic (the allocator maps and
+  zeroes new pages for tensors this large); a batch whose states exceed ``STEP_MAX_TILE`` runs in
+  tiles of batch rows, one scan each, so the states stay in cache. Inputs are read (B, L, X) with X
+  contiguous, so a caller holding (B, L, X) tensors (the Mamba mixer) passes transposed views
+  without copies; gradients come back in each input's layout.
+- vectorised (small states, e.g. batch 1): a whole chunk at a time, where per-op overhead of the step
+  loop would dominate and the chunk's tensors fit in cache. Inside a chunk h_t = a_t h_{t-1} + x_t is
+  solved by ``_chunked_scan``, a two-level scan: split the Q steps into ~sqrt(Q) blocks, scan all
+  blocks at once, carry the block-final states across blocks, then add each carry times the decay
+  inside its block.
+
+Both only multiply by decays exp(delta A) <= 1 (A < 0; no exp of positive cumulative sums), so
+nothing can overflow however large delta * |A| gets.
 """
 
 from __future__ import annotations
@@ -31,7 +45,10 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK = 128  # tokens per chunk: (B, 128, D, N) temporaries, a few (B, D, N) states per 128 tokens
+STEP_MIN_STATE = 16384  # B * D * N at or above which the scan runs step by step (below: vectorised chunks)
+STEP_MAX_TILE = 131072  # B * D * N per stepped scan (512 KiB of float32 per state): larger batches run in tiles
+STEPPED_CHUNK = 16  # step by step: tokens per backward chunk, a (16, B, N, D) buffer of recomputed states
+VECTOR_CHUNK = 128  # vectorised: (B, 128, D, N) temporaries, a few (B, D, N) states per 128 tokens
 SOFTPLUS_THRESHOLD = 20.0  # F.softplus's default: above it softplus(x) = x, and its slope is 1
 
 
@@ -88,7 +105,7 @@ def _chunked_scan(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor],
     return h.reshape(Bsz, nc * Q, M)[:, :L]
 
 
-class _Chunk:
+class _VectorChunk:
     """One chunk's inputs in the working dtype, laid out (B, Q, ...) for the state math."""
 
     def __init__(self, inputs: tuple, s: int, e: int, dt: torch.dtype, softplus: bool) -> None:
@@ -119,13 +136,14 @@ class _Chunk:
         return y if self.D is None else y + self.D * self.u
 
 
-class _SelectiveScan(torch.autograd.Function):
-    """Chunk by chunk forward; backward recomputes each chunk from its saved entering state."""
+class _ChunkedScan(torch.autograd.Function):
+    """Chunk by chunk, each chunk vectorised over its tokens; backward recomputes each chunk from its saved
+    entering state. For small states (B D N), where a whole chunk's (B, Q, D, N) tensors stay in cache."""
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk):
         with torch.autocast(u.device.type, enabled=False):  # the state math stays in >= float32
-            return _SelectiveScan._forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk)
+            return _ChunkedScan._forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk)
 
     @staticmethod
     def _forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk):
@@ -136,7 +154,7 @@ class _SelectiveScan(torch.autograd.Function):
         y = torch.empty_like(u)
         entering = []
         for s in range(0, L, chunk):
-            c = _Chunk(inputs, s, min(s + chunk, L), dt, softplus)
+            c = _VectorChunk(inputs, s, min(s + chunk, L), dt, softplus)
             entering.append(h)
             _, hs = c.states(h)
             yc = c.ungated(hs)
@@ -151,7 +169,7 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_last):
         with torch.autocast(grad_y.device.type, enabled=False):
-            return _SelectiveScan._backward(ctx, grad_y, grad_last)
+            return _ChunkedScan._backward(ctx, grad_y, grad_last)
 
     @staticmethod
     def _backward(ctx, grad_y, grad_last):
@@ -169,7 +187,7 @@ class _SelectiveScan(torch.autograd.Function):
         g_next = grad_last.to(dt)  # dLoss/d(state leaving the chunk), carried backwards
         for i, s in reversed(list(enumerate(range(0, L, chunk)))):
             e = min(s + chunk, L)
-            c = _Chunk(inputs, s, e, dt, ctx.softplus)
+            c = _VectorChunk(inputs, s, e, dt, ctx.softplus)
             h0 = entering[:, i]
             decay, h = c.states(h0)
             gy = grad_y[..., s:e].transpose(1, 2).to(dt).contiguous()  # (B, Q, D)
@@ -213,6 +231,158 @@ class _SelectiveScan(torch.autograd.Function):
                 cast(grad_bias, bias), g_next.to(entering.dtype) if ctx.has_h0 and need[8] else None, None, None)
 
 
+def _rows(t: torch.Tensor, s: int, e: int, dt: torch.dtype) -> torch.Tensor:
+    """Tokens s..e-1 of a (B, X, L) input as (B, Q, X) with X contiguous (a view when it already is)."""
+    x = t[..., s:e].transpose(1, 2).to(dt)
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class _StepChunk:
+    """One chunk's per-token inputs, (B, Q, ...) with the channel dim contiguous.
+
+    These are (B, Q, D)-sized (N times smaller than the states), so they are computed vectorised
+    over the chunk; only the state update runs step by step, on rows [:, t].
+    """
+
+    def __init__(self, inputs: tuple, s: int, e: int, dt: torch.dtype, softplus: bool) -> None:
+        u, delta, A, Bm, Cm, D, z, bias = inputs
+        self.u = _rows(u, s, e, dt)  # (B, Q, D)
+        self.pre = _rows(delta, s, e, dt)  # delta before softplus
+        if bias is not None:
+            self.pre = self.pre + bias.to(dt)
+        self.delta = F.softplus(self.pre) if softplus else self.pre
+        self.du = self.delta * self.u
+        self.A = A.to(dt).t().contiguous()  # (N, D): states are kept (B, N, D), D contiguous
+        self.B = _rows(Bm, s, e, dt)  # (B, Q, N)
+        self.C = _rows(Cm, s, e, dt)
+        self.D = None if D is None else D.to(dt)
+        self.z = None if z is None else _rows(z, s, e, dt)
+
+    def decay(self, t: int, out: torch.Tensor) -> torch.Tensor:
+        """exp(delta_t A): (B, N, D), in ``out``."""
+        return torch.mul(self.delta[:, t, None, :], self.A, out=out).exp_()
+
+    def step(self, t: int, h: torch.Tensor, out: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        """h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t: (B, N, D), in ``out`` (``work``: scratch)."""
+        x = torch.mul(self.B[:, t, :, None], self.du[:, t, None, :], out=out)
+        return x.addcmul_(self.decay(t, work), h)
+
+    def gate(self, y: torch.Tensor) -> torch.Tensor:
+        """(C . h + D u) * silu(z) from the ungated C . h, (B, Q, D); y is overwritten."""
+        if self.D is not None:
+            y.addcmul_(self.u, self.D)
+        return y if self.z is None else y.mul_(F.silu(self.z))
+
+
+def _time_major_rows(buf: torch.Tensor, Q: int) -> torch.Tensor:
+    """A per-step buffer (chunk, B, 1|X, X|1) -> its first Q steps as (B, Q, X)."""
+    return buf[:Q].flatten(2).transpose(0, 1)
+
+
+class _SteppedScan(torch.autograd.Function):
+    """Step-by-step forward keeping one state per chunk; backward recomputes a chunk's states, then walks it back."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk):
+        with torch.autocast(u.device.type, enabled=False):  # the state math stays in >= float32
+            return _SteppedScan._forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, Bm, Cm, D, z, bias, h0, softplus, chunk):
+        Bsz, Dn, L = u.shape
+        dt = torch.promote_types(u.dtype, torch.float32)
+        inputs = (u, delta, A, Bm, Cm, D, z, bias)
+        h = h0.to(dt).transpose(1, 2) if h0 is not None else u.new_zeros(Bsz, A.shape[1], Dn, dtype=dt)
+        y = u.new_empty(Bsz, L, Dn)  # returned transposed: (B, D, L) with D contiguous
+        ys = u.new_empty(min(chunk, L), Bsz, 1, Dn, dtype=dt)  # one chunk's C_t . h_t
+        pair, work = h.new_empty(2, *h.shape), h.new_empty(h.shape).contiguous()  # reused by every step
+        entering = []
+        for s in range(0, L, chunk):
+            e = min(s + chunk, L)
+            c = _StepChunk(inputs, s, e, dt, softplus)
+            entering.append(h.clone())
+            for t in range(e - s):
+                h = c.step(t, h, pair[(s + t) % 2], work)
+                torch.bmm(c.C[:, t, None, :], h, out=ys[t])
+            y[:, s:e] = c.gate(_time_major_rows(ys, e - s).clone())
+        ctx.save_for_backward(*inputs, torch.stack(entering))
+        ctx.has_h0, ctx.softplus, ctx.chunk = h0 is not None, softplus, chunk
+        return y.transpose(1, 2), h.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last):
+        with torch.autocast(grad_y.device.type, enabled=False):
+            return _SteppedScan._backward(ctx, grad_y, grad_last)
+
+    @staticmethod
+    def _backward(ctx, grad_y, grad_last):
+        *inputs, entering = ctx.saved_tensors
+        u, delta, A, Bm, Cm, D, z, bias = inputs
+        Bsz, Dn, L = u.shape
+        N, chunk, dt = A.shape[1], ctx.chunk, entering.dtype
+        new = lambda *shape, dtype=dt: u.new_empty(*shape, dtype=dtype)  # noqa: E731
+        # gradients of the (B, X, L) inputs in each input's memory layout (the ops upstream of the scan run
+        # their backward several times slower on gradients whose strides differ from their inputs');
+        # rows(g) is the (B, L, X) view that the chunks write
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_B, grad_C = torch.empty_like(Bm), torch.empty_like(Cm)
+        grad_z = None if z is None else torch.empty_like(z)
+        rows = lambda g: g.transpose(1, 2)  # noqa: E731
+        grad_D = None if D is None else D.new_zeros(D.shape, dtype=dt)
+        grad_bias = None if bias is None else bias.new_zeros(bias.shape, dtype=dt)
+        acc_A = u.new_zeros(Bsz, N, Dn, dtype=dt)  # d/dA, summed over the batch at the end
+        states = new(min(chunk, L), Bsz, N, Dn)  # one chunk's states, recomputed
+        # per-step results of one chunk: d/dC, d/dB, d/d(delta u), d/d(delta A) summed over n
+        gC, gB = new(chunk, Bsz, N, 1), new(chunk, Bsz, N, 1)
+        gdu, gdA = new(chunk, Bsz, 1, Dn), new(chunk, Bsz, Dn)
+        # carry = dLoss/dh through the next step (times its decay); at first, the last state's gradient
+        carry = grad_last.to(dt).transpose(1, 2).contiguous().clone()  # updated in place below
+        a = torch.empty_like(carry)
+        for i, s in reversed(list(enumerate(range(0, L, chunk)))):
+            e = min(s + chunk, L)
+            Q = e - s
+            c = _StepChunk(inputs, s, e, dt, ctx.softplus)
+            h0 = entering[i]
+            for t in range(Q):  # the chunk's states again, from the state that entered it
+                c.step(t, states[t - 1] if t else h0, states[t], a)
+            gy = _rows(grad_y, s, e, dt)  # (B, Q, D)
+            if c.z is not None:  # y = ungated * silu(z); ungated = C . h + D u again
+                torch.bmm(c.C.transpose(0, 1)[:, :, None, :].flatten(0, 1), states[:Q].flatten(0, 1),
+                          out=gdu[:Q].flatten(0, 1))
+                ungated = _time_major_rows(gdu, Q).clone()
+                if c.D is not None:
+                    ungated.addcmul_(c.u, c.D)
+                sig = torch.sigmoid(c.z)
+                rows(grad_z)[:, s:e] = gy * ungated * sig * (1 + c.z * (1 - sig))
+                gy = gy * c.z * sig
+            for t in range(Q - 1, -1, -1):
+                c.decay(t, a)
+                g = carry.addcmul_(c.C[:, t, :, None], gy[:, t, None, :])  # dLoss/dh_t in total
+                torch.bmm(states[t], gy[:, t, :, None], out=gC[t])
+                torch.bmm(c.B[:, t, None, :], g, out=gdu[t])
+                torch.bmm(g, c.du[:, t, :, None], out=gB[t])
+                carry = g.mul_(a)
+                ga = torch.mul(carry, states[t - 1] if t else h0, out=a)  # d/d(delta_t A), in a's storage
+                acc_A.addcmul_(ga, c.delta[:, t, None, :])
+                torch.sum(ga.mul_(c.A), 1, out=gdA[t])
+            g_du = _time_major_rows(gdu, Q)
+            gdelta = _time_major_rows(gdA, Q).addcmul(g_du, c.u)
+            g_u = g_du * c.delta
+            if c.D is not None:
+                g_u.addcmul_(gy, c.D)
+                grad_D += (gy * c.u).sum((0, 1))
+            if ctx.softplus:  # softplus' slope: sigmoid, exactly 1 above the threshold (as autograd)
+                gdelta.mul_(torch.where(c.pre > SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(c.pre)))
+            if grad_bias is not None:
+                grad_bias += gdelta.sum((0, 1))
+            rows(grad_u)[:, s:e], rows(grad_delta)[:, s:e] = g_u, gdelta
+            rows(grad_B)[:, s:e], rows(grad_C)[:, s:e] = _time_major_rows(gB, Q), _time_major_rows(gC, Q)
+        cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
+        grad_h0 = carry.transpose(1, 2).to(entering.dtype) if ctx.has_h0 and ctx.needs_input_grad[8] else None
+        return (grad_u, grad_delta, cast(acc_A.sum(0).t(), A), grad_B, grad_C, cast(grad_D, D), grad_z,
+                cast(grad_bias, bias), grad_h0, None, None)
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -231,11 +401,23 @@ def selective_scan(
 
     u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,);
     initial_state: (B, D, N). Computes in at least float32 (float64 stays float64), ``chunk_size``
-    tokens at a time (None: ``DEFAULT_CHUNK``). Returns y (B, D, L) in u's dtype, and the last
-    state (B, D, N) if ``return_last_state``.
+    tokens at a time (None: ``STEPPED_CHUNK`` or ``VECTOR_CHUNK``, by method). Returns y (B, D, L) in
+    u's dtype, and the last state (B, D, N) if ``return_last_state``. Inputs may be any strided views;
+    (B, L, X)-contiguous ones (transposed views) are read without copies.
     """
-    chunk = chunk_size or DEFAULT_CHUNK
-    if chunk < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1 or None")
-    y, last = _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk)
+    Bsz, state = u.shape[0], u.shape[1] * A.shape[1]
+    if Bsz * state < STEP_MIN_STATE:
+        y, last = _ChunkedScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                     chunk_size or VECTOR_CHUNK)
+    else:  # batch tiles whose states stay in cache, one scan each
+        rows = max(1, STEP_MAX_TILE // state)
+        n = -(-Bsz // rows)
+        # split (not slicing): its backward concatenates the tiles' gradients once
+        tiles = lambda t: [None] * n if t is None else t.split(rows)  # noqa: E731
+        parts = [_SteppedScan.apply(u_, dl_, A, B_, C_, D, z_, delta_bias, h0_, delta_softplus,
+                                    chunk_size or STEPPED_CHUNK)
+                 for u_, dl_, B_, C_, z_, h0_ in zip(*(tiles(t) for t in (u, delta, B, C, z, initial_state)))]
+        y, last = parts[0] if n == 1 else (torch.cat(p, dim=0) for p in zip(*parts))
     return (y, last) if return_last_state else y

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import target_device
 
+import models.scan
 from models.caches.full import FullKVCache
 from models.families.hybrid import Hybrid, HybridConfig
 from models.families.mamba import MambaConfig, MambaLM
@@ -92,8 +93,11 @@ def tiny(family: str, **kw):
     return Hybrid(HybridConfig(d_model=32, layers="MAMA", n_heads=4, n_kv_heads=2, **kw))
 
 
+@pytest.mark.parametrize("scan", ["auto", "stepped"])
 @pytest.mark.parametrize("family", ["mamba", "hybrid"])
-def test_forward_equals_step_decode_and_prefill_then_step(family):
+def test_forward_equals_step_decode_and_prefill_then_step(family, scan, monkeypatch):
+    if scan == "stepped":  # the scan method large batches use, whatever the size here (models/scan.py)
+        monkeypatch.setattr(models.scan, "STEP_MIN_STATE", 0)
     model = tiny(family).to(target_device(), F64).eval()
     ids = torch.randint(0, 256, (2, 21), device=target_device())
     with torch.no_grad():

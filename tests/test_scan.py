@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import models.scan
 from models.scan import selective_scan
 from pipeline.train.memory import measure_peak
 
@@ -53,9 +54,19 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["stepped", "stepped_tiles", "vectorised"])
+def method(request, monkeypatch):
+    """Both implementations, whatever the size: the state-size threshold that picks one moved to 0 or
+    infinity; "stepped_tiles": the stepped scan one batch row per tile (tiles of large batches)."""
+    monkeypatch.setattr(models.scan, "STEP_MIN_STATE", float("inf") if request.param == "vectorised" else 0)
+    if request.param == "stepped_tiles":
+        monkeypatch.setattr(models.scan, "STEP_MAX_TILE", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("chunk", [None, 1, 5, 8, 23, 64], ids=lambda c: f"chunk{c}")
 @pytest.mark.parametrize("case", list(CASES))
-def test_values_and_gradients_equal_the_recurrence(case, chunk):
+def test_values_and_gradients_equal_the_recurrence(case, chunk, method):
     optional, softplus = CASES[case]
     xs = inputs(optional)
     y, last = selective_scan(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], xs.get("D"), xs.get("z"),
@@ -72,7 +83,7 @@ def test_values_and_gradients_equal_the_recurrence(case, chunk):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12, msg=f"{case}: grad of {name}")
 
 
-def test_float32_inputs_give_float32_outputs_and_gradients():
+def test_float32_inputs_give_float32_outputs_and_gradients(method):
     xs = {k: v.detach().float().requires_grad_(True) for k, v in inputs({"D", "z", "delta_bias"}).items()}
     y = selective_scan(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], xs["D"], xs["z"],
                        delta_bias=xs["delta_bias"], delta_softplus=True, chunk_size=4)
@@ -80,7 +91,7 @@ def test_float32_inputs_give_float32_outputs_and_gradients():
     assert y.dtype == torch.float32 and all(v.grad.dtype == torch.float32 for v in xs.values())
 
 
-def test_training_memory_grows_like_the_activations_not_like_the_states():
+def test_training_memory_grows_like_the_activations_not_like_the_states(method):
     """fwd + bwd: each extra token costs well under one (D, N) state; the naive scan holds three per token
     (exp(delta A), delta B u and h). Ours: a few (D,)-sized values per token plus fixed chunk temporaries."""
     b, d, n = 1, 32, 32
@@ -103,3 +114,22 @@ def test_bad_chunk_size_is_refused():
     xs = inputs(set())
     with pytest.raises(ValueError, match="chunk_size=-2"):
         selective_scan(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], chunk_size=-2)
+
+
+def test_transposed_view_inputs_give_the_same_values_and_gradients(method):
+    """The Mamba mixer passes (B, X, L) inputs as transposed views of (B, L, X) tensors (no copies):
+    values and gradients do not depend on the inputs' memory layout."""
+    xs = inputs({"D", "z", "delta_bias", "h0"})
+    views = {k: (v.detach().transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 and k != "h0"
+                 else v.detach().clone()).requires_grad_(True) for k, v in xs.items()}
+
+    def run(t):
+        y, last = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                                 delta_bias=t["delta_bias"], delta_softplus=True, return_last_state=True,
+                                 initial_state=t["h0"], chunk_size=8)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=F64).view_as(y)).sum().backward()
+        return y
+
+    torch.testing.assert_close(run(views), run(xs), rtol=1e-12, atol=1e-12)
+    for name in xs:
+        torch.testing.assert_close(views[name].grad, xs[name].grad, rtol=1e-12, atol=1e-12, msg=name)

@@ -26,6 +26,7 @@ from models.layers import Block
 from models.lm import check_dtype
 from models.mixers import MIXERS, MixerSpec
 from models.scan import selective_scan
+from models.short_conv import causal_conv_silu
 
 try:  # the kernels import only where their CUDA extensions were built
     from causal_conv1d import causal_conv1d_fn
@@ -62,7 +63,7 @@ class MambaConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02  # embedding (and untied head) init
     kernel: str = "auto"  # auto: CUDA kernels if importable and on GPU | torch | cuda (required)
-    chunk_size: Optional[int] = None  # torch scan: tokens per memory chunk; None: models.scan.DEFAULT_CHUNK
+    chunk_size: Optional[int] = None  # torch scan: tokens per memory chunk; None: models/scan.py picks
     prefill_block: int = 128  # no-grad prefill through a cache runs in blocks of this many tokens
 
     def __post_init__(self) -> None:
@@ -196,14 +197,17 @@ class MambaMixer(nn.Module):
             layer_cache.conv_state = x_ctx[..., -self.cfg.d_conv:].detach().to(layer_cache.conv_state.dtype)
         if use_kernels:
             x = causal_conv1d_fn(x.contiguous(), w, self.conv1d.bias, activation="silu")
-        elif layer_cache is not None:
-            x = F.silu(F.conv1d(x_ctx, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
-        else:
-            x = F.silu(self.conv1d(x)[..., :T])  # padding d_conv-1 on both sides: keep the causal T
+        else:  # in (B, T, d_inner), x's layout from in_proj (models/short_conv.py); the scan reads it as is
+            left = x_ctx[..., :self.cfg.d_conv - 1].transpose(1, 2) if layer_cache is not None else None
+            x = causal_conv_silu(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, left)[0].transpose(1, 2)
         dt, Bm, Cm = self.x_proj(x.transpose(1, 2)).split(
             [self.cfg.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)  # (B, T, R), (B, T, N) x2
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2).contiguous()  # (B, d_inner, T); bias in the scan
-        Bm, Cm = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()  # (B, N, T)
+        # (B, d_inner, T) and (B, N, T): transposed views for the torch scan, which reads them (B, T, X)
+        # without copies; contiguous for the CUDA kernel
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias in the scan
+        Bm, Cm = Bm.transpose(1, 2), Cm.transpose(1, 2)
+        if use_kernels:
+            dt, Bm, Cm = dt.contiguous(), Bm.contiguous(), Cm.contiguous()
         args = (x, dt, A, Bm, Cm, _at_least_fp32(self.D), z.contiguous() if use_kernels else z)
         kw = dict(delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True,
                   return_last_state=layer_cache is not None)
