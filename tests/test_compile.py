@@ -181,6 +181,16 @@ def test_bad_compile_settings_are_config_errors(overrides, message):
         validate(compose_config(TINY + overrides))
 
 
+def test_inductor_on_cpu_without_a_cxx_compiler_is_a_config_error(monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
+        validate(compose_config(TINY + ["trainer.compile=true"]))
+    validate(compose_config(TINY + ["trainer.compile=true", "trainer.compile_backend=aot_eager"]))
+
+
 def test_compile_stays_out_of_the_run_identity():
     from pipeline.config.config_hash import config_hash
 

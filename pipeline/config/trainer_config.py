@@ -49,7 +49,19 @@ def compile_settings(node: Any) -> tuple[bool, str]:
         if backend not in allowed:
             raise ConfigError(f"trainer.compile_backend={backend!r} is not a torch.compile backend here; "
                               f"allowed: {allowed}")
+        if backend == "inductor" and str(node.get("accelerator", "cpu")) == "cpu" and not cxx_compiler():
+            raise ConfigError("trainer.compile=true with inductor on CPU needs a C++ compiler (none of $CXX, g++, "
+                              "clang++ found); allowed: install one, trainer.compile_backend=aot_eager (no code "
+                              "generation), or trainer.compile=false")
     return enabled, backend
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would call on CPU (its own lookup order: $CXX, then g++ / clang++)."""
+    import os
+    import shutil
+
+    return next((shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++") if c and shutil.which(c)), None)
 
 
 def available_accelerators() -> list[str]:
