@@ -118,6 +118,10 @@ def timed(step) -> float:
 def run(families: list[str], widths: list[int], lengths: list[int], modes: list[str], batch_tokens: int,
         steps: int, vocab: int, threads: int, backend: str, save=lambda records: None) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
+    # every family's model compiles the same forward code (models/lm.py): one graph per model object, so the
+    # default limit of 8 would silently leave the later families eager
+    torch._dynamo.config.recompile_limit = 1024
+    torch._dynamo.config.accumulated_recompile_limit = 1 << 16
     peak = matmul_peak(threads)
     print(f"fp32 matmul peak, {threads} thread(s): {peak / 1e9:.1f} GFLOP/s (measured)")
     print(f"{'family':<16}{'d':>5}{'L':>6}{'mode':>10}{'tokens/s':>11}{'vs attn':>9}{'MFU':>8}{'compile s':>11}")

@@ -15,6 +15,16 @@ sys.path.insert(0, str(Path(ROOT) / "scripts"))
 import bench_families  # noqa: E402
 
 
+def test_records_name_family_width_length_and_mode_in_process():
+    records = {r["name"]: r for r in bench_families.run(["transformer", "gla"], [32], [16], ["eager"], 64, 1, 64, 1,
+                                                          "inductor")}
+    assert records["train/transformer/d32/L16/eager"]["ratio"] == 1.0
+    gla = records["train/gla/d32/L16/eager"]
+    assert gla["value"] > 0 and gla["ratio"] == pytest.approx(gla["value"] / gla["baseline"])
+    assert 0 < records["train_mfu/gla/d32/L16/eager"]["ratio"] < 1
+
+
+@pytest.mark.slow
 def test_records_name_family_width_length_and_mode(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "scripts/bench_train.py", "--families", "gla", "--quick", "--steps", "1",
