@@ -165,8 +165,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     real, calls = module.answer_logits, {"n": 0}
 
-    def poisoned(model, input_ids, labels):
-        logits, targets = real(model, input_ids, labels)
+    def poisoned(model, input_ids, labels, hidden_fn=None):
+        logits, targets = real(model, input_ids, labels, hidden_fn)
         calls["n"] += 1
         return (logits * float("nan"), targets) if calls["n"] == 4 else (logits, targets)
 
