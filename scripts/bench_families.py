@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,8 +32,6 @@ from models.families import FAMILIES
 from models.registry import build_model
 from pipeline.config.model_checks import build_model_config
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
-
 
 def family_names() -> list[str]:
     return ["transformer", *sorted(f for f in FAMILIES.names() if f != "transformer" and not f.startswith("toy"))]
@@ -42,16 +39,9 @@ def family_names() -> list[str]:
 
 def build(family: str, d_model: int, vocab: int, max_len: int) -> torch.nn.Module:
     """The family at its preset (conf/model/<family>.yaml: depth, state, heads) and width ``d_model``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from study import compose  # the same Hydra composition a run gets
 
-    import pipeline.config.resolvers  # noqa: F401
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        node = compose(config_name="config", overrides=[f"model={family}", f"model.d_model={d_model}",
-                                                        f"vocab_size={vocab}"]).model
-    GlobalHydra.instance().clear()
+    node = compose([f"model={family}", f"model.d_model={d_model}", f"vocab_size={vocab}"]).model
     node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
     if "max_seq_len" in node:
         node.max_seq_len = max(int(node.max_seq_len), max_len)

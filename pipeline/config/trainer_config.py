@@ -61,7 +61,8 @@ def cxx_compiler() -> str | None:
     import os
     import shutil
 
-    return next((shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++") if c and shutil.which(c)), None)
+    found = (shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++") if c)
+    return next((path for path in found if path), None)
 
 
 def available_accelerators() -> list[str]:
