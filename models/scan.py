@@ -45,6 +45,8 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from models import native_scan
+
 STEP_MIN_STATE = 16384  # B * D * N at or above which the scan runs step by step (below: vectorised chunks)
 STEP_MAX_TILE = 131072  # B * D * N per stepped scan (512 KiB of float32 per state): larger batches run in tiles
 STEPPED_CHUNK = 16  # step by step: tokens per backward chunk, a (16, B, N, D) buffer of recomputed states
@@ -399,6 +401,7 @@ def selective_scan(
     return_last_state: bool = False,
     initial_state: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
+    fused: bool = True,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Selective scan in ``selective_scan_fn``'s layout (plus ``initial_state``, which it lacks).
 
@@ -406,10 +409,15 @@ def selective_scan(
     initial_state: (B, D, N). Computes in at least float32 (float64 stays float64), ``chunk_size``
     tokens at a time (None: ``STEPPED_CHUNK`` or ``VECTOR_CHUNK``, by method). Returns y (B, D, L) in
     u's dtype, and the last state (B, D, N) if ``return_last_state``. Inputs may be any strided views;
-    (B, L, X)-contiguous ones (transposed views) are read without copies.
+    (B, L, X)-contiguous ones (transposed views) are read without copies. ``fused``: float32 CPU inputs run
+    the fused C scan (models/native_scan.py) where it built; False (model.kernel=torch) keeps this file's
+    PyTorch scans, the reference it is tested against.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1 or None")
+    if fused and native_scan.supports(u, delta, A, B, C, D, z, delta_bias, initial_state) and native_scan.available():
+        y, last = native_scan.NativeScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+        return (y, last) if return_last_state else y
     Bsz, state = u.shape[0], u.shape[1] * A.shape[1]
     if Bsz * state < STEP_MIN_STATE:
         y, last = _ChunkedScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,

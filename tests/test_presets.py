@@ -70,6 +70,24 @@ def test_every_preset_composes_and_validates_at_every_scale(preset, scale, tmp_p
             assert res.task.train_len >= 256 and max(res.eval.lengths) >= 4 * 256
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gpu_scale_never_trains_an_arm_fewer_steps_than_the_cpu_scale(preset, tmp_path):
+    """scale=gpu keeps a recipe's steps: an architecture recipe (Mamba's 6000 steps of batch 16 on MQAR)
+    cut to a flat count would leave that arm under-trained beside the others on a GPU."""
+    steps = {scale: int(compose_config([f"experiment={preset}", f"scale={scale}"],
+                                       run_dir=str(tmp_path / scale)).trainer.max_steps)
+             for scale in ("cpu", "gpu")}
+    assert steps["gpu"] >= steps["cpu"], steps
+
+
+def test_gpu_scale_keeps_each_architectures_recipe_steps(tmp_path):
+    def steps(model):
+        cfg = compose_config(["experiment=recall_frontier", f"model={model}", "scale=gpu"], run_dir=str(tmp_path))
+        return int(cfg.trainer.max_steps), int(cfg.data.batch_size)
+
+    assert steps("mamba") == (6000, 16) and steps("transformer") == (2000, 64)
+
+
 def _swept_rules() -> list[str]:
     """The rules the rope_extension preset's own command sweeps (its first comment lines)."""
     text = open(os.path.join(CONF_DIR, "experiment", "rope_extension.yaml")).read()

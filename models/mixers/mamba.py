@@ -4,9 +4,10 @@
 conv + SiLU -> x_proj (dt, B, C) -> dt_proj -> selective scan -> y * SiLU(z) -> out_proj.
 ``MambaConfig`` is the config its layers read (and the mamba family's, models/families/mamba.py).
 
-Two paths compute the same function: the pure-PyTorch chunked scan (models/scan.py), the CPU
-default and the reference, and the CUDA kernels of ``mamba_ssm`` / ``causal_conv1d`` when they
-import and the input is on a GPU. The decode "cache" is a ``MambaLayerCache`` per layer: the last
+Three paths compute the same function: the pure-PyTorch scan (models/scan.py, the reference;
+``kernel=torch``), the fused C scan on CPU (models/native_scan.py; ``kernel=auto`` where a C compiler
+built it) and the CUDA kernels of ``mamba_ssm`` / ``causal_conv1d`` when they import and the input is
+on a GPU. The decode "cache" is a ``MambaLayerCache`` per layer: the last
 d_conv conv inputs and the SSM state, whose size does not depend on the length.
 """
 
@@ -62,7 +63,7 @@ class MambaConfig:
     dtype: Optional[str] = None  # parameter dtype (models/lm.py DTYPES); None: float32 / stored on import
     norm_eps: float = 1e-5
     init_std: float = 0.02  # embedding (and untied head) init
-    kernel: str = "auto"  # auto: CUDA kernels if importable and on GPU | torch | cuda (required)
+    kernel: str = "auto"  # auto: CUDA kernels on GPU, the fused C scan on CPU | torch (PyTorch scan) | cuda (required)
     chunk_size: Optional[int] = None  # torch scan: tokens per memory chunk; None: models/scan.py picks
     prefill_block: int = 128  # no-grad prefill through a cache runs in blocks of this many tokens
 
@@ -214,7 +215,7 @@ class MambaMixer(nn.Module):
         if use_kernels:
             out = selective_scan_fn(*args, **kw)
         else:
-            out = selective_scan(*args, **kw, chunk_size=self.cfg.chunk_size,
+            out = selective_scan(*args, **kw, chunk_size=self.cfg.chunk_size, fused=self.cfg.kernel != "torch",
                                  initial_state=layer_cache.ssm_state if resume else None)
         if layer_cache is not None:
             y, last = out
