@@ -50,7 +50,8 @@ def _build(compiler: str) -> str:
     path = os.path.join(cache, f"selective_scan-{key}.so")
     if not os.path.exists(path):
         os.makedirs(cache, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # built aside, renamed: concurrent jobs never load half a file
+        # built aside, then renamed: concurrent jobs never load half a file
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)
         try:
             subprocess.run([compiler, *FLAGS, SOURCE, "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
@@ -135,7 +136,8 @@ class NativeScan(torch.autograd.Function):
         Bsz, L, Dn = rows[0].shape
         N = A.shape[1]
         dims = (ctypes.c_int64 * 7)(Bsz, L, Dn, N, D is not None, z is not None, h0 is not None)
-        strides = (ctypes.c_int64 * 10)(*[s for t in rows for s in ((t.stride(0), t.stride(1)) if t is not None else (0, 0))])
+        pairs = [(t.stride(0), t.stride(1)) if t is not None else (0, 0) for t in rows]
+        strides = (ctypes.c_int64 * 10)(*[s for pair in pairs for s in pair])
         ins = [rows[0], rows[1], At, rows[2], rows[3], D, rows[4], h0]
         y = u.new_empty(Bsz, L, Dn)
         last = u.new_empty(Bsz, N, Dn)

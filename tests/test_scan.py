@@ -59,7 +59,8 @@ CASES = {
 def method(request, monkeypatch):
     """Both implementations, whatever the size: the state-size threshold that picks one moved to 0 or
     infinity; "stepped_tiles": the stepped scan one batch row per tile (tiles of large batches)."""
-    monkeypatch.setattr(models.native_scan, "available", lambda: False)  # float32 cases: the fused scan has its own tests
+    # float32 cases run these scans, not the fused one (tests/test_native_scan.py)
+    monkeypatch.setattr(models.native_scan, "available", lambda: False)
     monkeypatch.setattr(models.scan, "STEP_MIN_STATE", float("inf") if request.param == "vectorised" else 0)
     if request.param == "stepped_tiles":
         monkeypatch.setattr(models.scan, "STEP_MAX_TILE", 1)
