@@ -1,123 +1,39 @@
-"""The fused CPU selective scan (models/native/selective_scan.c), built on first use and called through ctypes.
+"""The fused CPU selective scan (models/native/selective_scan.c, built by models/native_build.py).
 
-Why our own C and not a library: mamba-ssm's fused scan is CUDA-only, and the PyTorch scan (models/scan.py)
-is bound by memory passes over state-sized tensors (the scan is ~2/3 of a Mamba training step on CPU). The C
-file needs no PyTorch headers, so it builds with the system C compiler in about a second (a torch C++
-extension takes a minute); the library is cached under ``$LONGCTX_NATIVE_CACHE`` (default
-``~/.cache/longctx/native``), keyed by the source, the flags and this CPU's feature flags, so a home directory
-shared by machines with different CPUs never loads a library built for another instruction set.
-
-Where no C compiler exists (or the build fails) ``available()`` is False and models/scan.py keeps the PyTorch
-scan: the fused scan is a fast path, never a requirement. It computes in float32 only.
+The PyTorch scan (models/scan.py) is bound by memory passes over (B, N, D) states, about 2/3 of a Mamba training
+step on CPU; the C loop keeps one batch row's state in cache for the whole sequence. Float32 only; where it did
+not build, models/scan.py runs its own scans.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-SOURCE = os.path.join(os.path.dirname(__file__), "native", "selective_scan.c")
+from models.native_build import declare, load, pointers, run_rows, supports  # noqa: F401  (supports: re-export)
+
 SOFTPLUS_THRESHOLD = 20.0  # F.softplus's: above it softplus(x) = x
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 
 
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
-
-
-def _build(compiler: str) -> str:
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
-                                     platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
-    cache = os.environ.get("LONGCTX_NATIVE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "longctx", "native"))
-    path = os.path.join(cache, f"selective_scan-{key}.so")
-    if not os.path.exists(path):
-        os.makedirs(cache, exist_ok=True)
-        # built aside, then renamed: concurrent jobs never load half a file
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        try:
-            subprocess.run([compiler, *FLAGS, SOURCE, "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return path
-
-
-@functools.lru_cache(maxsize=1)
 def _library() -> Optional[ctypes.CDLL]:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None or os.environ.get("LONGCTX_NATIVE_SCAN", "1") == "0":
-        return None
-    try:
-        lib = ctypes.CDLL(_build(compiler))
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", "") or err
-        warnings.warn(f"the fused CPU selective scan did not build ({compiler}): {detail}; "
-                      "Mamba keeps the PyTorch scan (models/scan.py)", stacklevel=3)
-        return None
+    lib = load("selective_scan")
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.ss_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64]
-    lib.ss_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64]
-    for fn in (lib.ss_forward, lib.ss_backward):
-        fn.restype = ctypes.c_int
-    return lib
+    return lib and declare(lib, ss_forward=[ptr, ptr, ptr, ptr, i64, i64],
+                           ss_backward=[ptr, ptr, ptr, ptr, ptr, ptr, i64, i64])
 
 
 def available() -> bool:
-    """True where the fused scan built (or was cached) on this machine; LONGCTX_NATIVE_SCAN=0 turns it off."""
+    """True where the fused scan built (or was cached) on this machine; LONGCTX_NATIVE=0 turns it off."""
     return _library() is not None
-
-
-def supports(*tensors: Optional[torch.Tensor]) -> bool:
-    """The fused scan takes float32 CPU tensors only."""
-    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
-
-
-_pool: Optional[ThreadPoolExecutor] = None
-
-
-def _run(fn, B: int, *args) -> None:
-    """fn(*args, b0, b1) over the batch rows, split across torch's intra-op threads (ctypes drops the GIL)."""
-    global _pool
-    threads = min(torch.get_num_threads(), B)
-    if threads <= 1:
-        status = [fn(*args, 0, B)]
-    else:
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(threads)
-        bounds = [B * i // threads for i in range(threads + 1)]
-        status = list(_pool.map(lambda i: fn(*args, bounds[i], bounds[i + 1]), range(threads)))
-    if any(status):
-        raise MemoryError("the fused CPU selective scan could not allocate its work buffers")
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(B, X, L) -> a (B, L, X) view with unit stride on X (a copy only where the input lacks it)."""
     rows = t.transpose(1, 2)
     return rows if rows.stride(2) == 1 else rows.contiguous()
-
-
-def _pointers(tensors) -> ctypes.Array:
-    return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
 
 
 class NativeScan(torch.autograd.Function):
@@ -141,7 +57,7 @@ class NativeScan(torch.autograd.Function):
         ins = [rows[0], rows[1], At, rows[2], rows[3], D, rows[4], h0]
         y = u.new_empty(Bsz, L, Dn)
         last = u.new_empty(Bsz, N, Dn)
-        _run(_library().ss_forward, Bsz, dims, strides, _pointers(ins), _pointers([y, last]))
+        run_rows(_library().ss_forward, Bsz, dims, strides, pointers(ins), pointers([y, last]))
         # raw (delta + bias, before the softplus) is kept, not the step sizes: the backward recomputes them
         ctx.save_for_backward(ins[0], raw, *ins[2:])
         ctx.shape, ctx.strides, ctx.softplus, ctx.has_bias = tuple(dims), tuple(strides), softplus, bias is not None
@@ -163,9 +79,9 @@ class NativeScan(torch.autograd.Function):
         dz = u.new_empty(Bsz, L, Dn) if z is not None else du  # never written without z
         dB, dC = u.new_empty(Bsz, L, N), u.new_empty(Bsz, L, N)
         dA, dD, dh0 = u.new_empty(Bsz, N, Dn), u.new_empty(Bsz, Dn), u.new_empty(Bsz, N, Dn)
-        _run(_library().ss_backward, Bsz, (ctypes.c_int64 * 7)(*ctx.shape), (ctypes.c_int64 * 10)(*strides),
-             _pointers(ins), gy.data_ptr(), None if glast is None else glast.data_ptr(),
-             _pointers([du, ddl, dz, dB, dC, dA, dD, dh0]))
+        run_rows(_library().ss_backward, Bsz, (ctypes.c_int64 * 7)(*ctx.shape), (ctypes.c_int64 * 10)(*strides),
+             pointers(ins), gy.data_ptr(), None if glast is None else glast.data_ptr(),
+             pointers([du, ddl, dz, dB, dC, dA, dD, dh0]))
         if ctx.softplus:  # d softplus(x) / dx = sigmoid(x), and 1 above F.softplus's threshold, where it is x
             ddl = ddl * torch.where(raw > SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(raw))
         t = lambda g: g.transpose(1, 2)  # noqa: E731  (B, L, X) -> (B, X, L), the inputs' shapes

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import native_linear_attention
 from models.caches import CacheConfig
 from models.kernels import FLA_PACKAGE, check_kernel_choice, require_kernel, use_kernel
 from models.layers import RMSNorm
@@ -59,16 +60,20 @@ def default_mlp_hidden(d_model: int) -> int:
 
 def torch_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float,
                            cache: Optional[RecurrentStateCache], resume: bool,
-                           chunk_size: Optional[int]) -> torch.Tensor:
-    """(B, H, T, .) inputs -> o (B, H, T, V) on the torch path; with a cache, continue and update its state.
+                           chunk_size: Optional[int], fused: bool = False) -> torch.Tensor:
+    """(B, H, T, .) inputs -> o (B, H, T, V) off the CUDA kernels; with a cache, continue and update its state.
 
     One token continuing a cache is the recurrent step; anything else the chunked form (from the
-    cached state when ``resume``)."""
+    cached state when ``resume``), or with ``fused`` (model.kernel=auto) on float32 CPU inputs the fused C
+    recurrence (models/native_linear_attention.py) where it built."""
+    initial = cache.state if resume else None
     if resume and q.shape[2] == 1:
         o, state = decayed_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], g[:, :, 0], cache.state, scale)
         o = o[:, :, None]
+    elif fused and native_linear_attention.usable(q, k, v, g, initial):
+        o, state = native_linear_attention.fused_decayed_attention(q, k, v, g, scale, initial)
     else:
-        o, state = chunked_decayed_attention(q, k, v, g, scale, cache.state if resume else None, chunk_size)
+        o, state = chunked_decayed_attention(q, k, v, g, scale, initial, chunk_size)
     if cache is not None:
         cache.state = state.detach().to(cache.state.dtype)
     return o.to(v.dtype)
@@ -189,7 +194,8 @@ class GatedLinearMixer(nn.Module):
             if layer_cache is not None:
                 layer_cache.state = last.detach().to(layer_cache.state.dtype)
         else:
-            o = torch_linear_attention(q, k, v, g, scale, layer_cache, resume, self.cfg.chunk_size)
+            o = torch_linear_attention(q, k, v, g, scale, layer_cache, resume, self.cfg.chunk_size,
+                                       fused=self.cfg.kernel != "torch")
         o = self.g_norm_swish_gate(o.transpose(1, 2))  # (B, T, H, dv)
         gate = F.silu(self.g_proj(x)).unflatten(-1, (self.cfg.n_heads, self.dv))
         return self.o_proj((o.to(x.dtype) * gate).flatten(2))

@@ -171,10 +171,13 @@ class Mamba2Mixer(nn.Module):
                 y = out
         else:
             dt = F.softplus(at_least_fp32(dt) + at_least_fp32(self.dt_bias))  # (B, T, H)
-            per_head = lambda t: t.unflatten(-1, (G, N)).repeat_interleave(H // G, dim=2).transpose(1, 2)  # noqa: E731
+            # one group: B and C are every head's, a stride-0 view (the fused kernel reads it without copies)
+            per_head = (lambda t: t[:, :, None].expand(Bsz, T, H, N).transpose(1, 2)) if G == 1 else (  # noqa: E731
+                lambda t: t.unflatten(-1, (G, N)).repeat_interleave(H // G, dim=2).transpose(1, 2))
             v = (at_least_fp32(x) * dt[..., None]).transpose(1, 2)  # (B, H, T, P)
             y = torch_linear_attention(per_head(Cm), per_head(Bm), v, (dt * A).transpose(1, 2), 1.0, layer_cache,
-                                       resume, cfg.chunk_size).transpose(1, 2)  # (B, T, H, P)
+                                       resume, cfg.chunk_size, fused=cfg.kernel != "torch")
+            y = y.transpose(1, 2)  # (B, T, H, P)
             y = y + at_least_fp32(self.D)[:, None] * x
         return self.out_proj(self.norm(y.flatten(2), z).to(hidden.dtype))
 
