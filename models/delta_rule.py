@@ -27,6 +27,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from models import native_delta_rule
+
 # Measured on CPU, one thread, fwd+bwd, B=16, H=4, K=16, V=32 (ms): token loop / chunks of 16, 32, 64 tokens
 # (python scripts/bench_mixers.py --delta-rule --batch 16 --lengths 1,4,64,256,512):
 #   T=1: 0.8 / 1.2 / 1.2 / 1.2;  T=4: 2.2 / 1.8 / 1.7 / 1.7;  T=64: 45 / 8.1 / 6.8 / 8.4;
@@ -109,9 +111,13 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
 
 def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                      scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
-                     chunk_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The faster pure-PyTorch form for this length: the token loop up to ``RECURRENT_MAX_T`` tokens,
-    else the chunked form; ``chunk_size`` set: always chunked, with that many tokens per chunk."""
+                     chunk_size: Optional[int] = None, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The faster form for this length: with ``fused`` (model.kernel=auto) on float32 CPU inputs the fused C
+    recurrence (models/native_delta_rule.py) where it built; else the token loop up to ``RECURRENT_MAX_T``
+    tokens and the chunked form beyond; ``chunk_size`` set: always chunked, with that many tokens per chunk."""
+    if fused and chunk_size is None and native_delta_rule.usable(q, k, v, g, beta, initial_state):
+        return native_delta_rule.fused_gated_delta_rule(q, k, v, g, beta, k.shape[-1] ** -0.5 if scale is None
+                                                        else scale, initial_state)
     if chunk_size is None and q.shape[1] <= RECURRENT_MAX_T:
         return recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state)
     return chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size or DEFAULT_CHUNK)

@@ -201,7 +201,7 @@ class GatedDeltaNet(nn.Module):
         else:
             o, S = gated_delta_rule(q, k, v, g, beta, scale=K**-0.5,
                                     initial_state=layer_cache.state if resume else None,
-                                    chunk_size=self.cfg.chunk_size)  # (B, T, H, V), (B, H, K, V)
+                                    chunk_size=self.cfg.chunk_size, fused=self.cfg.kernel != "torch")
             if layer_cache is not None:
                 layer_cache.state = S.detach().to(layer_cache.state.dtype)
         gate = self.g_proj(x).view(B, T, H, V) if self.cfg.use_gate else None
