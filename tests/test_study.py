@@ -63,3 +63,17 @@ def test_run_commits_each_finished_arm_and_a_later_sitting_skips_it(tmp_path, ca
     assert "1 of 1 arms committed" in capsys.readouterr().out
     assert study.main([*args, "--commit"]) == 0  # recommitting the same finished run is harmless
     assert Path(tmp_path / "res" / "COMMANDS.md").read_text().count("mqar_L64-s0 |") == 1
+
+
+def test_only_attention_warms_up_and_only_past_l64(tmp_path):
+    """The recall frontier's MQAR warm-up (4 pairs for 30% of the steps) is the attention families' recipe at
+    the points with more than 4 pairs; the recurrent arms and every L=64 arm train on the point's task alone."""
+    from conftest import compose_config
+
+    for model in ("transformer", "sliding_window", "mamba", "mamba2", "gla", "gated_deltanet", "retention", "hybrid"):
+        for point in ("mqar_L64", "mqar_L128", "mqar_L256", "mqar_L512"):
+            data = compose_config(["experiment=recall_frontier", f"model={model}", f"point={point}"],
+                                  run_dir=str(tmp_path)).data
+            warm = model in ("transformer", "sliding_window") and point != "mqar_L64"
+            assert (data.curriculum_task, data.curriculum_share) == (("mqar", 0.3) if warm else (None, 0.0)), \
+                (model, point)
