@@ -78,12 +78,17 @@ def load(name: str) -> Optional[ctypes.CDLL]:
         return None
 
 
-def declare(lib: ctypes.CDLL, **signatures: list) -> ctypes.CDLL:
-    """Argument types of the library's functions (ctypes would pass Python ints as 32-bit); each returns an int."""
-    for name, argtypes in signatures.items():
-        fn = getattr(lib, name)
+def library(name: str, **signatures: list) -> Optional[ctypes.CDLL]:
+    """``load(name)`` with its functions' argument types declared (ctypes would pass Python ints as 32-bit);
+    each function returns an int status."""
+    lib = load(name)
+    for fn_name, argtypes in signatures.items() if lib is not None else ():
+        fn = getattr(lib, fn_name)
         fn.argtypes, fn.restype = argtypes, ctypes.c_int
     return lib
+
+
+P, I64, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float  # the argument types the kernels use
 
 
 def supports(*tensors: Optional[torch.Tensor]) -> bool:

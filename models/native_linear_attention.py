@@ -13,14 +13,12 @@ from typing import Optional
 
 import torch
 
-from models.native_build import declare, load, pointers, run_rows, supports
+from models.native_build import F32, I64, P, library, pointers, run_rows, supports
 
 
 def _library() -> Optional[ctypes.CDLL]:
-    lib = load("decayed_attention")
-    ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    return lib and declare(lib, da_forward=[ptr, f32, ptr, ptr, ptr, i64, i64],
-                           da_backward=[ptr, f32, ptr, ptr, ptr, ptr, ptr, i64, i64])
+    return library("decayed_attention", da_forward=[P, F32, P, P, P, I64, I64],
+                   da_backward=[P, F32, P, P, P, P, P, I64, I64])
 
 
 def usable(*tensors: Optional[torch.Tensor]) -> bool:

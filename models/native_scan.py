@@ -13,16 +13,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from models.native_build import declare, load, pointers, run_rows, supports  # noqa: F401  (supports: re-export)
+from models.native_build import I64, P, library, pointers, run_rows, supports  # noqa: F401  (supports: re-export)
 
 SOFTPLUS_THRESHOLD = 20.0  # F.softplus's: above it softplus(x) = x
 
 
 def _library() -> Optional[ctypes.CDLL]:
-    lib = load("selective_scan")
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    return lib and declare(lib, ss_forward=[ptr, ptr, ptr, ptr, i64, i64],
-                           ss_backward=[ptr, ptr, ptr, ptr, ptr, ptr, i64, i64])
+    return library("selective_scan", ss_forward=[P, P, P, P, I64, I64], ss_backward=[P, P, P, P, P, P, I64, I64])
 
 
 def available() -> bool:

@@ -13,6 +13,7 @@ import torch
 
 from models import native_delta_rule as native
 from models.delta_rule import gated_delta_rule
+from tests.fused_paths import assert_trains_the_same
 from tests.test_gated_deltanet import fla_naive_recurrent_gated_delta_rule, rule_inputs
 
 pytestmark = pytest.mark.skipif(not native.usable(), reason="no C compiler: the fused kernel did not build")
@@ -56,35 +57,8 @@ def test_the_fused_path_runs_for_float32_and_kernel_auto_only(monkeypatch):
 
 
 def test_gated_deltanet_trains_the_same_on_the_fused_and_the_pytorch_path(monkeypatch):
-    """Five AdamW steps of a 2-layer Gated DeltaNet (batch 4, L 40): losses and weights with kernel=auto equal
-    kernel=torch."""
+    """Five AdamW steps of a 2-layer Gated DeltaNet (batch 4, L 40): kernel=auto equals kernel=torch."""
     from models.registry import build_model, config_class
 
-    calls = {"auto": 0, "torch": 0}
-    real = native.FusedGatedDeltaRule.apply
-
-    def train(kernel: str):
-        def counted(*a):
-            calls[kernel] += 1
-            return real(*a)
-
-        monkeypatch.setattr(native.FusedGatedDeltaRule, "apply", counted)
-        torch.manual_seed(0)
-        model = build_model(config_class("gated_deltanet")(vocab_size=64, d_model=32, n_layers=2, n_heads=2,
-                                                           kernel=kernel))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        x = torch.randint(0, 64, (4, 40), generator=torch.Generator().manual_seed(1))
-        losses = []
-        for _ in range(5):
-            loss = torch.nn.functional.cross_entropy(model(x)[:, :-1].reshape(-1, 64), x[:, 1:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses, model.state_dict()
-
-    (fused, w_fused), (ref, w_ref) = train("auto"), train("torch")
-    assert calls["auto"] > 0 and calls["torch"] == 0, calls
-    assert fused == pytest.approx(ref, rel=1e-5)
-    for name in w_ref:
-        torch.testing.assert_close(w_fused[name], w_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert_trains_the_same(lambda kernel: build_model(config_class("gated_deltanet")(
+        vocab_size=64, d_model=32, n_layers=2, n_heads=2, kernel=kernel)), native.FusedGatedDeltaRule, monkeypatch)

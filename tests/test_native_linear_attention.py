@@ -14,6 +14,7 @@ import torch
 
 from models import native_linear_attention as native
 from models.recurrent import torch_linear_attention
+from tests.fused_paths import assert_trains_the_same
 from tests.test_mixers_linear import core_inputs, recurrence, tiny, tiny_hybrid
 
 pytestmark = pytest.mark.skipif(not native.usable(), reason="no C compiler: the fused kernel did not build")
@@ -81,37 +82,13 @@ def test_the_fused_path_runs_for_float32_and_kernel_auto_only(monkeypatch):
 
 @pytest.mark.parametrize("family", ["gla", "retention", "mamba2", "mamba2_one_group", "hybrid"])
 def test_each_family_trains_the_same_on_the_fused_and_the_pytorch_path(family, monkeypatch):
-    """Five AdamW steps (batch 4, L 40): losses and weights with kernel=auto (which runs the fused kernel)
-    equal kernel=torch (which does not)."""
-    calls = {"auto": 0, "torch": 0}
-    real = native.FusedDecayedAttention.apply
+    """Five AdamW steps (batch 4, L 40): kernel=auto (which runs the fused kernel) equals kernel=torch."""
 
-    def train(kernel: str):
-        def counted(*a):
-            calls[kernel] += 1
-            return real(*a)
-
-        monkeypatch.setattr(native.FusedDecayedAttention, "apply", counted)
-        torch.manual_seed(0)
+    def build(kernel: str):
         if family == "hybrid":
-            model = tiny_hybrid(kernel=kernel)
-        elif family == "mamba2_one_group":  # B and C shared by every head: stride-0 views, no copies
-            model = tiny("mamba2", kernel=kernel, ngroups=1)
-        else:
-            model = tiny(family, kernel=kernel)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        x = torch.randint(0, 64, (4, 40), generator=torch.Generator().manual_seed(1))
-        losses = []
-        for _ in range(5):
-            loss = torch.nn.functional.cross_entropy(model(x)[:, :-1].reshape(-1, 64), x[:, 1:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses, model.state_dict()
+            return tiny_hybrid(kernel=kernel)
+        if family == "mamba2_one_group":  # B and C shared by every head: stride-0 views, no copies
+            return tiny("mamba2", kernel=kernel, ngroups=1)
+        return tiny(family, kernel=kernel)
 
-    (fused, w_fused), (ref, w_ref) = train("auto"), train("torch")
-    assert calls["auto"] > 0 and calls["torch"] == 0, calls
-    assert fused == pytest.approx(ref, rel=1e-5)
-    for name in w_ref:
-        torch.testing.assert_close(w_fused[name], w_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert_trains_the_same(build, native.FusedDecayedAttention, monkeypatch)

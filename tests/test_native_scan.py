@@ -15,6 +15,7 @@ import torch
 
 import models.native_scan as native_scan
 from models.scan import selective_scan
+from tests.fused_paths import assert_trains_the_same
 from tests.test_scan import CASES, inputs, recurrence
 
 pytestmark = pytest.mark.skipif(not native_scan.available(), reason="no C compiler: the fused scan did not build")
@@ -85,29 +86,13 @@ def test_transposed_views_and_threads_give_the_same_values_and_gradients():
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_a_mamba_model_trains_the_same_on_the_fused_and_the_pytorch_scan():
-    """Five AdamW steps of a 2-layer Mamba LM (batch 8, L 48): losses and weights of kernel=auto (fused) equal
-    kernel=torch to float32 tolerance."""
+def test_a_mamba_model_trains_the_same_on_the_fused_and_the_pytorch_scan(monkeypatch):
+    """Five AdamW steps of a 2-layer Mamba LM (batch 8, L 48): kernel=auto (fused) equals kernel=torch."""
     from models.registry import build_model, config_class
 
-    def train(kernel: str):
-        torch.manual_seed(0)
-        model = build_model(config_class("mamba")(family="mamba", d_model=32, n_layers=2, vocab_size=64, kernel=kernel))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        x = torch.randint(0, 64, (8, 48), generator=torch.Generator().manual_seed(1))
-        losses = []
-        for _ in range(5):
-            loss = torch.nn.functional.cross_entropy(model(x)[:, :-1].reshape(-1, 64), x[:, 1:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses, model.state_dict()
-
-    (fused, w_fused), (ref, w_ref) = train("auto"), train("torch")
-    assert fused == pytest.approx(ref, rel=1e-5)
-    for name in w_ref:
-        torch.testing.assert_close(w_fused[name], w_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert_trains_the_same(lambda kernel: build_model(config_class("mamba")(
+        family="mamba", d_model=32, n_layers=2, vocab_size=64, kernel=kernel)), native_scan.NativeScan, monkeypatch,
+        batch=8, length=48)
 
 
 def test_without_a_compiler_the_pytorch_scan_runs(monkeypatch):

@@ -1,0 +1,42 @@
+"""Shared check of the fused CPU kernels (tests/test_native_*.py): a model trains the same on either path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+
+def assert_trains_the_same(build: Callable[[str], nn.Module], fused_apply, monkeypatch, batch: int = 4,
+                           length: int = 40, vocab: int = 64) -> None:
+    """Five AdamW steps of ``build(kernel)``: losses and weights with kernel=auto, which must call ``fused_apply``
+    (the kernel's autograd Function), equal kernel=torch, which must not."""
+    calls = {"auto": 0, "torch": 0}
+    real = fused_apply.apply
+
+    def train(kernel: str):
+        def counted(*args):
+            calls[kernel] += 1
+            return real(*args)
+
+        monkeypatch.setattr(fused_apply, "apply", counted)
+        torch.manual_seed(0)
+        model = build(kernel)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        x = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
+        losses = []
+        for _ in range(5):
+            loss = nn.functional.cross_entropy(model(x)[:, :-1].reshape(-1, vocab), x[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses, model.state_dict()
+
+    (fused, w_fused), (ref, w_ref) = train("auto"), train("torch")
+    assert calls["auto"] > 0 and calls["torch"] == 0, calls
+    assert fused == pytest.approx(ref, rel=1e-5)
+    for name in w_ref:
+        torch.testing.assert_close(w_fused[name], w_ref[name], rtol=1e-4, atol=1e-5, msg=name)
