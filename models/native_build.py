@@ -80,11 +80,13 @@ def load(name: str) -> Optional[ctypes.CDLL]:
 
 def library(name: str, **signatures: list) -> Optional[ctypes.CDLL]:
     """``load(name)`` with its functions' argument types declared (ctypes would pass Python ints as 32-bit);
-    each function returns an int status."""
+    each function returns an int status. Declared once per loaded library: callers ask on every forward."""
     lib = load(name)
-    for fn_name, argtypes in signatures.items() if lib is not None else ():
-        fn = getattr(lib, fn_name)
-        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    if lib is not None and not getattr(lib, "declared", False):
+        for fn_name, argtypes in signatures.items():
+            fn = getattr(lib, fn_name)
+            fn.argtypes, fn.restype = argtypes, ctypes.c_int
+        lib.declared = True
     return lib
 
 

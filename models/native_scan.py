@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from models.native_build import I64, P, library, pointers, run_rows, supports  # noqa: F401  (supports: re-export)
+from models.native_build import I64, P, library, pointers, run_rows, supports
 
 SOFTPLUS_THRESHOLD = 20.0  # F.softplus's: above it softplus(x) = x
 
@@ -25,6 +25,11 @@ def _library() -> Optional[ctypes.CDLL]:
 def available() -> bool:
     """True where the fused scan built (or was cached) on this machine; LONGCTX_NATIVE=0 turns it off."""
     return _library() is not None
+
+
+def usable(*tensors: Optional[torch.Tensor]) -> bool:
+    """float32 CPU inputs and a built library."""
+    return supports(*tensors) and available()
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -415,7 +415,7 @@ def selective_scan(
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1 or None")
-    if fused and native_scan.supports(u, delta, A, B, C, D, z, delta_bias, initial_state) and native_scan.available():
+    if fused and native_scan.usable(u, delta, A, B, C, D, z, delta_bias, initial_state):
         y, last = native_scan.NativeScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
         return (y, last) if return_last_state else y
     Bsz, state = u.shape[0], u.shape[1] * A.shape[1]

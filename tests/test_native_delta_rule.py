@@ -13,7 +13,7 @@ import torch
 
 from models import native_delta_rule as native
 from models.delta_rule import gated_delta_rule
-from tests.fused_paths import assert_trains_the_same
+from tests.fused_paths import assert_matches_float64, assert_trains_the_same
 from tests.test_gated_deltanet import fla_naive_recurrent_gated_delta_rule, rule_inputs
 
 pytestmark = pytest.mark.skipif(not native.usable(), reason="no C compiler: the fused kernel did not build")
@@ -33,11 +33,7 @@ def test_values_and_gradients_equal_fla_naive_recurrence(T, K, V, with_state):
     w_o, w_s = torch.randn_like(o_ref), torch.randn_like(S_ref)
     g_ref = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), list(ref.values()))
     g = torch.autograd.grad((o * w_o.float()).sum() + (S * w_s.float()).sum(), list(xs.values()))
-    scale = lambda t: 1e-5 * max(1.0, t.abs().max().item())  # noqa: E731
-    torch.testing.assert_close(o.double(), o_ref, rtol=1e-5, atol=scale(o_ref))
-    torch.testing.assert_close(S.double(), S_ref, rtol=1e-5, atol=scale(S_ref))
-    for name, a, b in zip(ref, g, g_ref):
-        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=scale(b), msg=f"grad of {name}")
+    assert_matches_float64((o, S), (o_ref, S_ref), g, g_ref, list(ref))
 
 
 def test_the_fused_path_runs_for_float32_and_kernel_auto_only(monkeypatch):

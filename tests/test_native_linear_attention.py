@@ -14,7 +14,7 @@ import torch
 
 from models import native_linear_attention as native
 from models.recurrent import torch_linear_attention
-from tests.fused_paths import assert_trains_the_same
+from tests.fused_paths import assert_matches_float64, assert_trains_the_same
 from tests.test_mixers_linear import core_inputs, recurrence, tiny, tiny_hybrid
 
 pytestmark = pytest.mark.skipif(not native.usable(), reason="no C compiler: the fused kernel did not build")
@@ -38,11 +38,7 @@ def test_values_and_gradients_equal_the_float64_recurrence(T, K, V, per_channel,
     names = [n for n in ref if with_state or n != "S0"]
     g_ref = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), [ref[n] for n in names])
     g = torch.autograd.grad((o * w_o.float()).sum() + (S * w_s.float()).sum(), [xs[n] for n in names])
-    scale = lambda t: 1e-5 * max(1.0, t.abs().max().item())  # noqa: E731
-    torch.testing.assert_close(o.double(), o_ref, rtol=1e-5, atol=scale(o_ref))
-    torch.testing.assert_close(S.double(), S_ref, rtol=1e-5, atol=scale(S_ref))
-    for name, a, b in zip(names, g, g_ref):
-        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=scale(b), msg=f"grad of {name}")
+    assert_matches_float64((o, S), (o_ref, S_ref), g, g_ref, names)
 
 
 def test_broadcast_and_transposed_inputs_equal_contiguous_ones():

@@ -15,7 +15,7 @@ import torch
 
 import models.native_scan as native_scan
 from models.scan import selective_scan
-from tests.fused_paths import assert_trains_the_same
+from tests.fused_paths import assert_matches_float64, assert_trains_the_same
 from tests.test_scan import CASES, inputs, recurrence
 
 pytestmark = pytest.mark.skipif(not native_scan.available(), reason="no C compiler: the fused scan did not build")
@@ -45,11 +45,7 @@ def test_values_and_gradients_equal_the_float64_recurrence(case, shape):
                                  ref.get("delta_bias"), softplus, ref.get("h0"))
     grads_ref = torch.autograd.grad((y_ref * w_y.double()).sum() + (last_ref * w_h.double()).sum(), list(ref.values()))
     assert y.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads)
-    scale = lambda t: 1e-5 * max(1.0, t.abs().max().item())  # noqa: E731  float32 sums of up to 70 terms
-    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=scale(y_ref))
-    torch.testing.assert_close(last.double(), last_ref, rtol=1e-5, atol=scale(last_ref))
-    for name, g, g_ref in zip(xs, grads, grads_ref):
-        torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=scale(g_ref), msg=f"{case}: grad of {name}")
+    assert_matches_float64((y, last), (y_ref, last_ref), grads, grads_ref, list(xs), f"{case}: ")
 
 
 def test_the_fused_scan_runs_for_float32_and_not_for_float64(monkeypatch):
