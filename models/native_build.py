@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
 import hashlib
 import os
 import platform
@@ -45,6 +46,9 @@ def _build(compiler: str, name: str) -> str:
     source = os.path.join(SOURCES, f"{name}.c")
     with open(source, "rb") as f:
         text = f.read()
+    for header in sorted(glob.glob(os.path.join(SOURCES, "*.h"))):  # what the sources include
+        with open(header, "rb") as f:
+            text += f.read()
     key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), compiler.encode(),
                                      platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
     cache = os.environ.get("LONGCTX_NATIVE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "longctx", "native"))

@@ -80,13 +80,14 @@ def torch_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                          cache: Optional[RecurrentStateCache], resume: bool) -> torch.Tensor:
+                          cache: Optional[RecurrentStateCache], resume: bool, fused: bool = False) -> torch.Tensor:
     """SiLU(depthwise causal conv) over x (B, D, T), weight (D, 1, W). With a cache, its ``conv_state``
-    (B, D, W), the last W inputs, is the left context when ``resume`` (zeros otherwise) and is updated."""
+    (B, D, W), the last W inputs, is the left context when ``resume`` (zeros otherwise) and is updated.
+    ``fused``: the fused C pass on float32 CPU tensors (models/short_conv.py)."""
     left = cache.conv_state[..., 1:].transpose(1, 2) if cache is not None and resume else None
-    y, ctx = causal_conv_silu(x.transpose(1, 2), weight, bias, left)  # in (B, T, D): see models/short_conv.py
-    if cache is not None:  # the last W inputs (ctx holds W-1 earlier ones or zeros, then x)
-        cache.conv_state = ctx[:, -weight.shape[-1]:].transpose(1, 2).detach().to(cache.conv_state.dtype)
+    y, last = causal_conv_silu(x.transpose(1, 2), weight, bias, left, fused)  # in (B, T, D): models/short_conv.py
+    if cache is not None:  # the last W inputs (W-1 earlier ones or zeros, then x)
+        cache.conv_state = last.transpose(1, 2).detach().to(cache.conv_state.dtype)
     return y.transpose(1, 2)
 
 
@@ -170,7 +171,7 @@ class GatedLinearMixer(nn.Module):
         if self.cfg.use_short_conv:
             w = torch.cat((self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight))
             qkv = causal_depthwise_conv(torch.cat((q, k, v), dim=-1).transpose(1, 2), w, None, layer_cache,
-                                        layer_cache is not None and start > 0)
+                                        layer_cache is not None and start > 0, fused=self.cfg.kernel != "torch")
             q, k, v = qkv.transpose(1, 2).split(self.qkv_dims, dim=-1)
         return self.heads(q), self.heads(k), self.heads(v)
 

@@ -175,7 +175,8 @@ class GatedDeltaNet(nn.Module):
             if not self.cfg.use_short_conv:
                 out.append(F.silu(h))
                 continue
-            h, last = getattr(self, f"{name}_conv1d")(h, cache.conv[name] if resume else None)
+            h, last = getattr(self, f"{name}_conv1d")(h, cache.conv[name] if resume else None,
+                                                      fused=self.cfg.kernel != "torch")
             if cache is not None:
                 cache.conv[name] = last.detach().to(cache.conv[name].dtype)
             out.append(h)

@@ -200,7 +200,8 @@ class MambaMixer(nn.Module):
             x = causal_conv1d_fn(x.contiguous(), w, self.conv1d.bias, activation="silu")
         else:  # in (B, T, d_inner), x's layout from in_proj (models/short_conv.py); the scan reads it as is
             left = x_ctx[..., :self.cfg.d_conv - 1].transpose(1, 2) if layer_cache is not None else None
-            x = causal_conv_silu(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, left)[0].transpose(1, 2)
+            x = causal_conv_silu(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, left,
+                                 fused=self.cfg.kernel != "torch")[0].transpose(1, 2)
         dt, Bm, Cm = self.x_proj(x.transpose(1, 2)).split(
             [self.cfg.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)  # (B, T, R), (B, T, N) x2
         # (B, d_inner, T) and (B, N, T): transposed views for the torch scan, which reads them (B, T, X)

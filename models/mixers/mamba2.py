@@ -140,7 +140,8 @@ class Mamba2Mixer(nn.Module):
               kernels: bool) -> torch.Tensor:
         """Depthwise causal conv + SiLU over xBC (B, conv_dim, T), continuing and updating a cache's inputs."""
         if not kernels:
-            return causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, cache, resume)
+            return causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, cache, resume,
+                                         fused=self.cfg.kernel != "torch")
         if cache is not None:  # kernels never resume: the state is the last d_conv inputs after zeros
             K = self.cfg.d_conv
             cache.conv_state = F.pad(xBC, (K, 0))[..., -K:].detach().to(cache.conv_state.dtype)
