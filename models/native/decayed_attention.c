@@ -21,7 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_fast.h"
+
 #define Q 16 /* tokens per backward chunk: a (Q, K, V) buffer of states */
+#define LANES 16 /* the key block of the V x K backward (vk_blocks) */
 
 /* dims: B, H, T, K, V, per_channel, has_s0, vk; scale as a float; st: (b, h, t) strides of q, k, v, g;
  * in: q, k, v, g, S0 */
@@ -48,9 +51,10 @@ static void advance(const Args *a, int64_t b, int64_t h, int64_t t, const float 
     const float *restrict kt = ROW(1, b, h, t), *restrict vt = ROW(2, b, h, t), *restrict gt = ROW(3, b, h, t);
     float *restrict ad = dec ? dec : decay;  /* K decays of this token */
     if (a->per_channel) {
-        for (int64_t i = 0; i < K; i++) ad[i] = expf(gt[i]);
+#pragma omp simd
+        for (int64_t i = 0; i < K; i++) ad[i] = exp_fast(gt[i]);
     } else {
-        const float scalar = expf(gt[0]);
+        const float scalar = exp_fast(gt[0]);
         for (int64_t i = 0; i < K; i++) ad[i] = scalar;
     }
     if (a->vk) {  /* S[j, i], i over K */
@@ -70,25 +74,41 @@ static void advance(const Args *a, int64_t b, int64_t h, int64_t t, const float 
     }
 }
 
-static void read_out(const Args *a, int64_t b, int64_t h, int64_t t, const float *restrict S, float *restrict o) {
+/* The forward's token: advance (decays into ``decay``) and o_t = scale * q_t S_t in the same pass over the state. */
+static void advance_read(const Args *a, int64_t b, int64_t h, int64_t t, float *restrict S, float *restrict decay,
+                         float *restrict o) {
     const int64_t K = a->K, V = a->V;
-    const float *restrict qt = ROW(0, b, h, t);
-    if (a->vk) {
+    const float *restrict qt = ROW(0, b, h, t), *restrict kt = ROW(1, b, h, t), *restrict vt = ROW(2, b, h, t);
+    const float *restrict gt = ROW(3, b, h, t);
+    if (a->per_channel) {
+#pragma omp simd
+        for (int64_t i = 0; i < K; i++) decay[i] = exp_fast(gt[i]);
+    } else {
+        const float scalar = exp_fast(gt[0]);
+        for (int64_t i = 0; i < K; i++) decay[i] = scalar;
+    }
+    if (a->vk) {  /* S[j, i]: one dot product over K per value row */
         for (int64_t j = 0; j < V; j++) {
-            const float *restrict s = S + j * K;
-            float acc = 0.0f;
+            const float vj = vt[j];
+            float *restrict s = S + j * K, acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-            for (int64_t i = 0; i < K; i++) acc += qt[i] * s[i];
+            for (int64_t i = 0; i < K; i++) {
+                s[i] = decay[i] * s[i] + kt[i] * vj;
+                acc += qt[i] * s[i];
+            }
             o[j] = a->scale * acc;
         }
         return;
     }
     memset(o, 0, V * sizeof(float));
     for (int64_t i = 0; i < K; i++) {
-        const float qi = a->scale * qt[i];
-        const float *restrict s = S + i * V;
+        const float ai = decay[i], ki = kt[i], qi = a->scale * qt[i];
+        float *restrict s = S + i * V;
 #pragma omp simd
-        for (int64_t j = 0; j < V; j++) o[j] += qi * s[j];
+        for (int64_t j = 0; j < V; j++) {
+            s[j] = ai * s[j] + ki * vt[j];
+            o[j] += qi * s[j];
+        }
     }
 }
 
@@ -110,13 +130,49 @@ int da_forward(const int64_t *dims, float scale, const int64_t *st, const float 
         const int64_t b = r / a->H, h = r % a->H;
         load_s0(a, b, h, S);
         for (int64_t t = 0; t < T; t++) {
-            advance(a, b, h, t, S, S, NULL, decay);
-            read_out(a, b, h, t, S, out[0] + (r * T + t) * V);
+            advance_read(a, b, h, t, S, decay, out[0] + (r * T + t) * V);
         }
         memcpy(out[1] + r * KV, S, KV * sizeof(float));
     }
     free(S); free(decay);
     return 0;
+}
+
+/* One token of the V x K backward, K a multiple of LANES: the same sums as the plain loop in da_backward, with
+ * the key axis cut into blocks of LANES so that the q, k and decay gradients of a block stay in registers over
+ * the value rows (the plain loop loads and stores three K-vectors per row) and dv's dot products are summed
+ * across lanes once per token (gvp: V x LANES partial sums). acc: gq, gk, gg (K each). */
+static void vk_blocks(const Args *a, const float *restrict Scur, const float *restrict Sprev, const float *restrict at,
+                      const float *restrict qt, const float *restrict kt, const float *restrict vt,
+                      const float *restrict gout, float *restrict dS, float *restrict gvp, float *restrict acc,
+                      float *restrict dv) {
+    const int64_t K = a->K, V = a->V;
+    memset(gvp, 0, V * LANES * sizeof(float));
+    for (int64_t i0 = 0; i0 < K; i0 += LANES) {
+        float gq[LANES] = {0}, gk[LANES] = {0}, gg[LANES] = {0};
+        for (int64_t j = 0; j < V; j++) {
+            const float oj = gout[j], sj = a->scale * gout[j], vj = vt[j];
+            const float *restrict s = Scur + j * K + i0, *restrict sp = Sprev + j * K + i0;
+            float *restrict ds = dS + j * K + i0, *restrict gv = gvp + j * LANES;
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) {
+                gq[l] += s[l] * oj;
+                const float d = ds[l] + sj * qt[i0 + l];  /* dLoss / dS_t */
+                gk[l] += d * vj;
+                gv[l] += d * kt[i0 + l];
+                gg[l] += d * sp[l];
+                ds[l] = d * at[i0 + l];  /* dLoss / dS_{t-1} through the decay */
+            }
+        }
+        memcpy(acc + i0, gq, sizeof gq);
+        memcpy(acc + K + i0, gk, sizeof gk);
+        memcpy(acc + 2 * K + i0, gg, sizeof gg);
+    }
+    for (int64_t j = 0; j < V; j++) {
+        float sum = 0.0f;
+        for (int l = 0; l < LANES; l++) sum += gvp[j * LANES + l];
+        dv[j] = sum;
+    }
 }
 
 /* go (B, H, T, V) contiguous; glast (B, H, K, V) or NULL.
@@ -128,9 +184,9 @@ int da_backward(const int64_t *dims, float scale, const int64_t *st, const float
     const int64_t T = a->T, K = a->K, V = a->V, KV = K * V, nc = (T + Q - 1) / Q, G = a->per_channel ? K : 1;
     float *enter = malloc(nc * KV * sizeof(float)), *hs = malloc(Q * KV * sizeof(float)),
           *dec = malloc(Q * K * sizeof(float)), *dS = malloc(KV * sizeof(float)),
-          *acc = malloc(3 * K * sizeof(float));
+          *acc = malloc(3 * K * sizeof(float)), *gvp = malloc(V * LANES * sizeof(float));
     int status = 0;
-    if (!enter || !hs || !dec || !dS || !acc) { status = 1; goto done; }
+    if (!enter || !hs || !dec || !dS || !acc || !gvp) { status = 1; goto done; }
     for (int64_t r = r0; r < r1; r++) {
         const int64_t b = r / a->H, h = r % a->H;
         load_s0(a, b, h, enter);  /* the state entering each chunk */
@@ -154,6 +210,8 @@ int da_backward(const int64_t *dims, float scale, const int64_t *st, const float
                 float *restrict dv = out[2] + (r * T + t) * V, *restrict dg = out[3] + (r * T + t) * G;
                 if (a->vk) {  /* S[j, i]: vectors over K, one dot product per value row */
                     float *restrict gq = acc, *restrict gk = acc + K, *restrict gg = acc + 2 * K;
+                    if (K % LANES == 0) vk_blocks(a, Scur, Sprev, at, qt, kt, vt, gout, dS, gvp, acc, dv);
+                    else {
                     memset(acc, 0, 3 * K * sizeof(float));
                     for (int64_t j = 0; j < V; j++) {
                         const float oj = gout[j], sj = a->scale * gout[j], vj = vt[j];
@@ -170,6 +228,7 @@ int da_backward(const int64_t *dims, float scale, const int64_t *st, const float
                             ds[i] = d * at[i];  /* dLoss / dS_{t-1} through the decay */
                         }
                         dv[j] = gv;
+                    }
                     }
                     float gsum = 0.0f;
                     for (int64_t i = 0; i < K; i++) {
@@ -207,6 +266,6 @@ int da_backward(const int64_t *dims, float scale, const int64_t *st, const float
         memcpy(out[4] + r * KV, dS, KV * sizeof(float));
     }
 done:
-    free(enter); free(hs); free(dec); free(dS); free(acc);
+    free(enter); free(hs); free(dec); free(dS); free(acc); free(gvp);
     return status;
 }
