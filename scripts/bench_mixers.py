@@ -4,8 +4,8 @@
 
 The mixers are the model families named after a registered mixer other than attention (mamba,
 gated_deltanet, sliding_window, and any family added later), each built with --d-model, --layers and
-the torch path (kernel=torch where the family has the knob). Per length T, against the transformer of
-the same width and depth (the baseline of every record):
+``--kernel`` (auto: what training runs, the fused C kernels on CPU; torch: the PyTorch reference paths). Per
+length T, against the transformer of the same width and depth (the baseline of every record):
 1. train step: tokens/s of fwd + bwd + AdamW step at batch --batch (best of a few steps, after a warm-up);
 2. decode step: tokens/s of one-token steps through the cache after a no-grad prefill of T tokens;
 3. peak bytes of one fwd + bwd and of one no-grad forward (pipeline.train.memory's tensor-allocation tracker:
@@ -260,6 +260,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--lengths", help="comma-separated T (default 512,1024,2048,4096; --quick 512,2048)")
     ap.add_argument("--mixers", help=f"comma-separated families (default: all of {mixer_families()})")
+    ap.add_argument("--kernel", choices=["auto", "torch"], default="auto",
+                    help="model.kernel of the families: auto (fused C on CPU, as training) or torch (PyTorch paths)")
     ap.add_argument("--chunk-size", type=int, default=None, help="model.chunk_size where a family has it")
     ap.add_argument("--hf-mamba", action="store_true", help="also our Mamba scan vs transformers' Mamba (slow)")
     ap.add_argument("--delta-rule", action="store_true", help="only the gated delta rule: token loop vs chunks")
@@ -289,7 +291,7 @@ def main() -> None:
         report(records, args.json)
         return
     transformer = build("transformer", args.d_model, args.layers, None)
-    models = {f: build(f, args.d_model, args.layers, args.chunk_size) for f in families}
+    models = {f: build(f, args.d_model, args.layers, args.chunk_size, kernel=args.kernel) for f in families}
     records = hf_records(args.d_model, args.layers, args.batch, args.quick, args.chunk_size) if args.hf_mamba else []
     for T in lengths:
         x = torch.randint(0, transformer.cfg.vocab_size, (args.batch, T))

@@ -3,7 +3,8 @@
 Query i sees keys j with i - W < j <= i (itself included: HF's ``q_idx - kv_idx < sliding_window``). The
 layer is the attention mixer's (GQA projections with HF Llama/Mistral names, the model's positional rule,
 SwiGLU after it); only what it attends to differs:
-- training / teacher-forced: one SDPA call with the band mask (flash / memory-efficient kernels on GPU);
+- training / teacher-forced: blocks of W queries against their 2W keys, O(T W) (models/patterns/banded.py), or
+  below a few windows, or with ALiBi, one SDPA call with the (T, T) band mask;
 - decode: a ring buffer of W slots per layer (``RingKVCache``): token p is written to slot p mod W, keys
   rotated at their absolute positions, so nothing is ever shifted or re-allocated and the decode state
   is 2 W n_kv_heads head_dim values per layer whatever the length. A multi-token call (prefill) runs in
@@ -25,6 +26,7 @@ from models.layers import Block
 from models.mixers import MIXERS, MixerSpec
 from models.mixers.attention import LLAMA_NAMES, Attention, check_attention_knobs, init_block, shared_positional
 from models.patterns import causal_sdpa
+from models.patterns.banded import banded_sdpa, worth_blocking
 from models.pos.base import PosConfig
 
 
@@ -127,8 +129,11 @@ class SlidingWindowAttention(Attention):
         else:
             pos = torch.arange(T, device=x.device)
             q, k = self.positional.rotate(q, pos, T), self.positional.rotate(k, pos, T)
-            y = causal_sdpa(q, k, v, bias=self.positional.bias(pos, pos),
-                            mask=band_mask(pos, pos, self.cfg.window) if T > self.cfg.window else None)
+            bias, W = self.positional.bias(pos, pos), self.cfg.window
+            if bias is None and worth_blocking(T, W):  # O(T W), not the (T, T) band mask (models/patterns/banded.py)
+                y = banded_sdpa(q, k, v, W)
+            else:
+                y = causal_sdpa(q, k, v, bias=bias, mask=band_mask(pos, pos, W) if T > W else None)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, d_model)
 
     def new_layer_cache(self, batch_size: int, policy: Optional[CacheConfig] = None, layer_idx: int = 0,
