@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(Path(ROOT) / "scripts"))
@@ -77,3 +78,20 @@ def test_only_attention_warms_up_and_only_past_l64(tmp_path):
             warm = model in ("transformer", "sliding_window") and point != "mqar_L64"
             assert (data.curriculum_task, data.curriculum_share) == (("mqar", 0.3) if warm else (None, 0.0)), \
                 (model, point)
+
+
+def test_the_cost_estimate_takes_the_cheapest_arm_at_the_nearest_length():
+    """Older arms ran slower code and loaded machines only slow arms down: the cheapest of the family's arms at
+    the nearest training length and width predicts a run now (scaled by width where none has it)."""
+    def arm(d, L, steps=100, batch=10):
+        return study.Arm([], f"a{d}-{L}", "mamba", d, L, steps, batch)
+
+    def done(*specs):
+        return {f"r{i}": (arm(d, L), [{"train_step_s": us * 1e-6 * 10 * L}]) for i, (d, L, us) in enumerate(specs)}
+
+    finished = done((64, 64, 100.0), (64, 128, 80.0), (64, 128, 40.0))
+    assert study.seconds_per_token(arm(64, 256), finished) == (pytest.approx(40e-6), "measured")
+    assert study.seconds_per_token(arm(64, 64), finished) == (pytest.approx(100e-6), "measured")
+    assert study.seconds_per_token(arm(128, 128), finished) == (pytest.approx(80e-6), "measured, scaled")
+    assert study.cpu_minutes(arm(64, 256), finished)[0] == pytest.approx(100 * 10 * 256 * 40e-6 / 60)
+    assert study.seconds_per_token(arm(64, 64), {})[1] == "table"
