@@ -43,20 +43,25 @@ static Args unpack(const int64_t *dims, float scale, const int64_t *st, const fl
     return a;
 }
 
+/* The K decays exp(g_t) of one token (one per key channel, or the head's one repeated). */
+static void decays(const Args *a, const float *restrict gt, float *restrict out) {
+    if (a->per_channel) {
+#pragma omp simd
+        for (int64_t i = 0; i < a->K; i++) out[i] = exp_fast(gt[i]);
+    } else {
+        const float scalar = exp_fast(gt[0]);
+        for (int64_t i = 0; i < a->K; i++) out[i] = scalar;
+    }
+}
+
 /* S <- diag(exp(g_t)) S + k_t^T v_t (from Sprev into S, which may be the same buffer); the decays to dec
  * (K values) if not NULL. */
 static void advance(const Args *a, int64_t b, int64_t h, int64_t t, const float *Sprev, float *S, float *dec,
                     float *decay) {
     const int64_t K = a->K, V = a->V;
-    const float *restrict kt = ROW(1, b, h, t), *restrict vt = ROW(2, b, h, t), *restrict gt = ROW(3, b, h, t);
+    const float *restrict kt = ROW(1, b, h, t), *restrict vt = ROW(2, b, h, t);
     float *restrict ad = dec ? dec : decay;  /* K decays of this token */
-    if (a->per_channel) {
-#pragma omp simd
-        for (int64_t i = 0; i < K; i++) ad[i] = exp_fast(gt[i]);
-    } else {
-        const float scalar = exp_fast(gt[0]);
-        for (int64_t i = 0; i < K; i++) ad[i] = scalar;
-    }
+    decays(a, ROW(3, b, h, t), ad);
     if (a->vk) {  /* S[j, i], i over K */
         for (int64_t j = 0; j < V; j++) {
             const float vj = vt[j], *sp = Sprev + j * K;
@@ -79,14 +84,7 @@ static void advance_read(const Args *a, int64_t b, int64_t h, int64_t t, float *
                          float *restrict o) {
     const int64_t K = a->K, V = a->V;
     const float *restrict qt = ROW(0, b, h, t), *restrict kt = ROW(1, b, h, t), *restrict vt = ROW(2, b, h, t);
-    const float *restrict gt = ROW(3, b, h, t);
-    if (a->per_channel) {
-#pragma omp simd
-        for (int64_t i = 0; i < K; i++) decay[i] = exp_fast(gt[i]);
-    } else {
-        const float scalar = exp_fast(gt[0]);
-        for (int64_t i = 0; i < K; i++) decay[i] = scalar;
-    }
+    decays(a, ROW(3, b, h, t), decay);
     if (a->vk) {  /* S[j, i]: one dot product over K per value row */
         for (int64_t j = 0; j < V; j++) {
             const float vj = vt[j];
