@@ -144,9 +144,10 @@ def plot_frontier(pts: pd.DataFrame, out: Path, metric: str) -> list[Path]:
         ax.set_xticks(sorted(sub["load"].unique()))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_title(f"d_model={d}")
-        ax.set_xlabel("key-value pairs (L = 16 x pairs up to 256; 512 with 64)")
+        ax.set_xlabel("key-value pairs")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"MQAR {metric.replace('_', ' ')}")
+    fig.suptitle("L = 16 x pairs up to 256; 512 with 64 pairs", fontsize=9)  # one line, not per panel: they overlap
     files.append(finish(fig, axes, out.with_name("recall_vs_pairs" + out.suffix)))
     return files
 

@@ -163,6 +163,10 @@ def commit(arm: Arm, outputs: Path, results: Path) -> bool:
     src = outputs / "runs" / arm.run_id / "results.jsonl"
     if not src.exists() or not src.read_text().strip() or still_running(src.parent):
         return False
+    trained = json.loads(src.read_text().splitlines()[0]).get("train_steps")
+    if trained is not None and trained != arm.steps:  # run before its recipe changed: not this grid's arm
+        print(f"{arm.run_id}: not committed, trained {trained} steps where the grid now trains {arm.steps}: rerun it")
+        return False
     results.mkdir(parents=True, exist_ok=True)
     tmp = results / f".{arm.run_id}.jsonl.tmp"
     shutil.copyfile(src, tmp)

@@ -68,16 +68,21 @@ def test_run_commits_each_finished_arm_and_a_later_sitting_skips_it(tmp_path, ca
 
 def test_only_attention_warms_up_and_only_past_l64(tmp_path):
     """The recall frontier's MQAR warm-up (4 pairs for 30% of the steps) is the attention families' recipe at
-    the points with more than 4 pairs; the recurrent arms and every L=64 arm train on the point's task alone."""
+    the points with more than 4 pairs, and so are 4000 steps at L=256 (2000 left them at train EM 0.8); the
+    recurrent arms and every L=64 arm train on the point's task alone, for their own recipes' steps."""
     from conftest import compose_config
 
+    own_steps = {"mamba": 6000}
     for model in ("transformer", "sliding_window", "mamba", "mamba2", "gla", "gated_deltanet", "retention", "hybrid"):
         for point in ("mqar_L64", "mqar_L128", "mqar_L256", "mqar_L512"):
-            data = compose_config(["experiment=recall_frontier", f"model={model}", f"point={point}"],
-                                  run_dir=str(tmp_path)).data
-            warm = model in ("transformer", "sliding_window") and point != "mqar_L64"
-            assert (data.curriculum_task, data.curriculum_share) == (("mqar", 0.3) if warm else (None, 0.0)), \
+            cfg = compose_config(["experiment=recall_frontier", f"model={model}", f"point={point}"],
+                                 run_dir=str(tmp_path))
+            attention = model in ("transformer", "sliding_window")
+            warm = attention and point != "mqar_L64"
+            assert (cfg.data.curriculum_task, cfg.data.curriculum_share) == (("mqar", 0.3) if warm else (None, 0.0)), \
                 (model, point)
+            steps = 4000 if attention and point == "mqar_L256" else own_steps.get(model, 2000)
+            assert cfg.trainer.max_steps == steps, (model, point)
 
 
 def test_the_cost_estimate_takes_the_cheapest_arm_at_the_nearest_length():
@@ -95,3 +100,15 @@ def test_the_cost_estimate_takes_the_cheapest_arm_at_the_nearest_length():
     assert study.seconds_per_token(arm(128, 128), finished) == (pytest.approx(80e-6), "measured, scaled")
     assert study.cpu_minutes(arm(64, 256), finished)[0] == pytest.approx(100 * 10 * 256 * 40e-6 / 60)
     assert study.seconds_per_token(arm(64, 64), {})[1] == "table"
+
+
+def test_a_run_from_before_a_recipe_change_is_not_committed(tmp_path):
+    """A finished run whose steps differ from the grid's arm (its recipe changed since) stays out of the study."""
+    arm = study.Arm([], "frontier-x", "transformer", 64, 256, 4000, 64)
+    run = tmp_path / "runs" / "frontier-x"
+    run.mkdir(parents=True)
+    results = tmp_path / "results"
+    for trained, committed in ((2000, False), (4000, True)):
+        (run / "results.jsonl").write_text(json.dumps({"run_id": "frontier-x", "train_steps": trained}) + "\n")
+        assert study.commit(arm, tmp_path, results) is committed
+    assert (results / "frontier-x.jsonl").exists()
