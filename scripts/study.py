@@ -161,9 +161,10 @@ def still_running(run_dir: Path) -> bool:
 def commit(arm: Arm, outputs: Path, results: Path) -> bool:
     """Copy a finished arm's rows (its run evaluated, and no process still on it) into the study's results."""
     src = outputs / "runs" / arm.run_id / "results.jsonl"
-    if not src.exists() or not src.read_text().strip() or still_running(src.parent):
+    text = src.read_text().strip() if src.exists() else ""
+    if not text or still_running(src.parent):
         return False
-    trained = json.loads(src.read_text().splitlines()[0]).get("train_steps")
+    trained = json.loads(text.splitlines()[0]).get("train_steps")
     if trained is not None and trained != arm.steps:  # run before its recipe changed: not this grid's arm
         print(f"{arm.run_id}: not committed, trained {trained} steps where the grid now trains {arm.steps}: rerun it")
         return False

@@ -14,7 +14,6 @@ import torch
 
 from models.patterns import PATTERNS, AttentionConfig
 from models.patterns import banded as banded_module
-from models.patterns import sink_window as sink_window_module
 from models.patterns.banded import banded_sdpa, worth_blocking
 from pipeline.train.memory import measure_peak
 
@@ -63,13 +62,13 @@ def test_the_sliding_window_lm_is_the_same_either_way(blocked, monkeypatch):
     ids = torch.randint(0, 64, (2, 300), generator=torch.Generator().manual_seed(0))
     calls = []
     real = banded_module.banded_sdpa
-    monkeypatch.setattr("models.mixers.sliding_window.banded_sdpa", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(banded_module, "banded_sdpa", lambda *a: calls.append(1) or real(*a))
     if not blocked:
-        monkeypatch.setattr("models.mixers.sliding_window.worth_blocking", lambda *a: False)
+        monkeypatch.setattr(banded_module, "worth_blocking", lambda *a: False)
     logits = model(ids)
     grads = torch.autograd.grad(logits.square().mean(), list(model.parameters()))
     assert bool(calls) == blocked
-    monkeypatch.setattr("models.mixers.sliding_window.worth_blocking", lambda *a: False)
+    monkeypatch.setattr(banded_module, "worth_blocking", lambda *a: False)
     ref = model(ids)
     torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(grads, torch.autograd.grad(ref.square().mean(), list(model.parameters()))):
@@ -82,11 +81,11 @@ def test_the_sink_window_pattern_takes_the_blocks_with_the_same_result(monkeypat
     q, k, v = torch.randn(1, 4, 300, 8, generator=gen), torch.randn(1, 2, 300, 8, generator=gen), torch.randn(
         1, 2, 300, 8, generator=gen)
     calls = []
-    real = sink_window_module.banded_sdpa
-    monkeypatch.setattr(sink_window_module, "banded_sdpa", lambda *a: calls.append(1) or real(*a))
+    real = banded_module.banded_sdpa
+    monkeypatch.setattr(banded_module, "banded_sdpa", lambda *a: calls.append(1) or real(*a))
     out = PATTERNS.get("sink_window")(q, k, v, cfg)
     assert calls
-    monkeypatch.setattr(sink_window_module, "worth_blocking", lambda *a: False)
+    monkeypatch.setattr(banded_module, "worth_blocking", lambda *a: False)
     torch.testing.assert_close(out, PATTERNS.get("sink_window")(q, k, v, cfg), rtol=1e-5, atol=1e-6)
 
 
@@ -97,7 +96,7 @@ def test_memory_grows_with_the_window_not_the_square_of_the_length(monkeypatch):
     peaks = []
     for blocked in (True, False):
         if not blocked:
-            monkeypatch.setattr("models.mixers.sliding_window.worth_blocking", lambda *a: False)
+            monkeypatch.setattr(banded_module, "worth_blocking", lambda *a: False)
         with torch.no_grad(), measure_peak() as reading:
             model(ids)
         peaks.append(reading.region_peak_bytes)

@@ -25,8 +25,7 @@ from models.caches import CacheConfig, LayerCache
 from models.layers import Block
 from models.mixers import MIXERS, MixerSpec
 from models.mixers.attention import LLAMA_NAMES, Attention, check_attention_knobs, init_block, shared_positional
-from models.patterns import causal_sdpa
-from models.patterns.banded import banded_sdpa, worth_blocking
+from models.patterns.banded import windowed_sdpa
 from models.pos.base import PosConfig
 
 
@@ -129,11 +128,7 @@ class SlidingWindowAttention(Attention):
         else:
             pos = torch.arange(T, device=x.device)
             q, k = self.positional.rotate(q, pos, T), self.positional.rotate(k, pos, T)
-            bias, W = self.positional.bias(pos, pos), self.cfg.window
-            if bias is None and worth_blocking(T, W):  # O(T W), not the (T, T) band mask (models/patterns/banded.py)
-                y = banded_sdpa(q, k, v, W)
-            else:
-                y = causal_sdpa(q, k, v, bias=bias, mask=band_mask(pos, pos, W) if T > W else None)
+            y = windowed_sdpa(q, k, v, self.cfg.window, bias=self.positional.bias(pos, pos))  # O(T W) past a few W
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, d_model)
 
     def new_layer_cache(self, batch_size: int, policy: Optional[CacheConfig] = None, layer_idx: int = 0,

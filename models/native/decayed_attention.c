@@ -136,9 +136,37 @@ int da_forward(const int64_t *dims, float scale, const int64_t *st, const float 
     return 0;
 }
 
-/* One token of the V x K backward, K a multiple of LANES: the same sums as the plain loop in da_backward, with
+/* One token of the V x K backward (any K): per value row, one pass over the key axis, dv's dot product summed
+ * there. acc: gq, gk, gg (K each); gvp unused (the signature is vk_blocks'). */
+static void vk_rows(const Args *a, const float *restrict Scur, const float *restrict Sprev, const float *restrict at,
+                    const float *restrict qt, const float *restrict kt, const float *restrict vt,
+                    const float *restrict gout, float *restrict dS, float *restrict gvp, float *restrict acc,
+                    float *restrict dv) {
+    const int64_t K = a->K, V = a->V;
+    float *restrict gq = acc, *restrict gk = acc + K, *restrict gg = acc + 2 * K;
+    (void)gvp;
+    memset(acc, 0, 3 * K * sizeof(float));
+    for (int64_t j = 0; j < V; j++) {
+        const float oj = gout[j], sj = a->scale * gout[j], vj = vt[j];
+        const float *restrict s = Scur + j * K, *restrict sp = Sprev + j * K;
+        float *restrict ds = dS + j * K;
+        float gv = 0.0f;
+#pragma omp simd reduction(+ : gv)
+        for (int64_t i = 0; i < K; i++) {
+            gq[i] += s[i] * oj;
+            const float d = ds[i] + sj * qt[i];  /* dLoss / dS_t */
+            gk[i] += d * vj;
+            gv += d * kt[i];
+            gg[i] += d * sp[i];
+            ds[i] = d * at[i];  /* dLoss / dS_{t-1} through the decay */
+        }
+        dv[j] = gv;
+    }
+}
+
+/* One token of the V x K backward, K a multiple of LANES: the same sums as vk_rows, with
  * the key axis cut into blocks of LANES so that the q, k and decay gradients of a block stay in registers over
- * the value rows (the plain loop loads and stores three K-vectors per row) and dv's dot products are summed
+ * the value rows (vk_rows loads and stores three K-vectors per row) and dv's dot products are summed
  * across lanes once per token (gvp: V x LANES partial sums). acc: gq, gk, gg (K each). */
 static void vk_blocks(const Args *a, const float *restrict Scur, const float *restrict Sprev, const float *restrict at,
                       const float *restrict qt, const float *restrict kt, const float *restrict vt,
@@ -208,26 +236,7 @@ int da_backward(const int64_t *dims, float scale, const int64_t *st, const float
                 float *restrict dv = out[2] + (r * T + t) * V, *restrict dg = out[3] + (r * T + t) * G;
                 if (a->vk) {  /* S[j, i]: vectors over K, one dot product per value row */
                     float *restrict gq = acc, *restrict gk = acc + K, *restrict gg = acc + 2 * K;
-                    if (K % LANES == 0) vk_blocks(a, Scur, Sprev, at, qt, kt, vt, gout, dS, gvp, acc, dv);
-                    else {
-                    memset(acc, 0, 3 * K * sizeof(float));
-                    for (int64_t j = 0; j < V; j++) {
-                        const float oj = gout[j], sj = a->scale * gout[j], vj = vt[j];
-                        const float *restrict s = Scur + j * K, *restrict sp = Sprev + j * K;
-                        float *restrict ds = dS + j * K;
-                        float gv = 0.0f;
-#pragma omp simd reduction(+ : gv)
-                        for (int64_t i = 0; i < K; i++) {
-                            gq[i] += s[i] * oj;
-                            const float d = ds[i] + sj * qt[i];  /* dLoss / dS_t */
-                            gk[i] += d * vj;
-                            gv += d * kt[i];
-                            gg[i] += d * sp[i];
-                            ds[i] = d * at[i];  /* dLoss / dS_{t-1} through the decay */
-                        }
-                        dv[j] = gv;
-                    }
-                    }
+                    (K % LANES == 0 ? vk_blocks : vk_rows)(a, Scur, Sprev, at, qt, kt, vt, gout, dS, gvp, acc, dv);
                     float gsum = 0.0f;
                     for (int64_t i = 0; i < K; i++) {
                         dq[i] = a->scale * gq[i];

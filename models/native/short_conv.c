@@ -1,4 +1,4 @@
-/* The short convolution of Mamba, Mamba-2 and Gated DeltaNet on CPU, fused with its SiLU: forward and backward
+/* The short convolution of Mamba, Mamba-2, Gated DeltaNet, GLA and retention on CPU, fused with its SiLU: forward and backward
  * in one pass each over a batch row, where the PyTorch form (models/short_conv.py) is W shifted multiply-adds
  * and a SiLU whose backward, with the slices' gradients, makes ~15 passes over (B, T, D).
  * Built and loaded by models/native_build.py (plain C, no PyTorch headers).

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.patterns import causal_sdpa
+
 
 def worth_blocking(T: int, window: int, sink: int = 0) -> bool:
     """Blocks pay once the band is a small part of the causal triangle (each query scores 2W + sink keys where
@@ -58,3 +60,16 @@ def banded_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, 
                                          torch.cat(vals, dim=3).flatten(0, 1), attn_mask=mask,
                                          enable_gqa=H != k.shape[1])
     return out.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3)[:, :, :T]  # (B, H, T, D)
+
+
+def windowed_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sink: int = 0,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``banded_sdpa``'s attention (q, k, v at the same positions 0..T-1) whatever the length: in blocks from a few
+    windows on, else (or with an additive ``bias``, ALiBi's (H, T, T)) one SDPA call with the (T, T) mask."""
+    T = q.shape[-2]
+    if bias is None and worth_blocking(T, window, sink):
+        return banded_sdpa(q, k, v, window, sink)
+    if T <= window:  # every earlier key is in the window: plain causal attention
+        return causal_sdpa(q, k, v, bias=bias)
+    i, j = torch.arange(T, device=q.device)[:, None], torch.arange(T, device=q.device)[None, :]
+    return causal_sdpa(q, k, v, bias=bias, mask=(i - j < window) | (j < sink))

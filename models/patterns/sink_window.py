@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from models.patterns import PATTERNS, AttentionConfig, causal_sdpa
-from models.patterns.banded import banded_sdpa, worth_blocking
+from models.patterns.banded import windowed_sdpa
 
 
 def sink_window_mask(T: int, S: int, sink: int, window: int,
@@ -23,8 +23,7 @@ def sink_window_mask(T: int, S: int, sink: int, window: int,
 def sink_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: AttentionConfig,
                 bias: torch.Tensor | None = None, **_: object) -> torch.Tensor:
     """StreamingLLM: each query sees the first ``sink`` keys and the last ``window`` (itself included)."""
-    T = q.shape[-2]
-    if bias is None and k.shape[-2] == T and worth_blocking(T, cfg.window, cfg.sink):  # O(T (window + sink))
-        return banded_sdpa(q, k, v, cfg.window, cfg.sink)
+    if k.shape[-2] == q.shape[-2]:  # training / a whole prefill: O(T (window + sink)) past a few windows
+        return windowed_sdpa(q, k, v, cfg.window, cfg.sink, bias=bias)
     mask = sink_window_mask(q.shape[-2], k.shape[-2], cfg.sink, cfg.window, q.device)  # (T, S)
     return causal_sdpa(q, k, v, q_offset=k.shape[-2] - q.shape[-2], bias=bias, mask=mask)
