@@ -119,16 +119,17 @@ def test_matches_naive_block_mask(variant, H, Hkv, bias_heads):
     torch.testing.assert_close(s2(q, k, v, cfg, bias=bias), expected)
 
 
-@pytest.mark.parametrize("path", ["views", "gather"])
+@pytest.mark.parametrize("path", ["views", "masked", "gather"])
 @pytest.mark.parametrize("variant", ["segment", "roll"])
 @pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (4, 1), (6, 3)], ids=lambda x: str(x))
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0])
 def test_gradients_match_naive_block_mask(path, variant, H, Hkv, ratio, monkeypatch):
-    """dq, dk, dv of both code paths (CPU views; the gather path CUDA and ALiBi take) equal the naive
-    reference's, on inputs laid out (B, T, H, D) as the transformer makes them, for a random and for an
-    expanded (stride-0, as from ``.sum()``) output gradient."""
-    if path == "gather":
-        monkeypatch.setattr(attention, "views_path", lambda q, bias: False)
+    """dq, dk, dv of every code path (CPU views; CPU masked, segment at small sizes; the gather path CUDA and
+    ALiBi take) equal the naive reference's, on inputs laid out (B, T, H, D) as the transformer makes them, for
+    a random and for an expanded (stride-0, as from ``.sum()``) output gradient."""
+    if path == "masked" and variant == "roll":
+        pytest.skip("the masked call serves the segment variant only")
+    calls = spy_paths(monkeypatch, force=path)
     B, T, D = 2, 16, 8
     cfg = AttentionConfig(group_ratio=ratio, shift_variant=variant)
     masks = s2_masks(H, T, int(ratio * T), variant)
@@ -141,13 +142,45 @@ def test_gradients_match_naive_block_mask(path, variant, H, Hkv, ratio, monkeypa
         torch.testing.assert_close(y, naive(q, k, v, masks))
         for g, e in zip(got, expected):
             torch.testing.assert_close(g, e)
+    assert calls == {path}
+
+
+def spy_paths(monkeypatch, force: str) -> set:
+    """Force S2-Attn onto ``force`` (views | masked | gather) and record which path each call took."""
+    calls: set = set()
+    views_path, masked_path = attention.views_path, attention.masked_path
+    monkeypatch.setattr(attention, "MASKED_MAX_WORK", 2**40 if force == "masked" else 0)
+
+    def spied_views(q, bias):
+        on = views_path(q, bias) and force != "gather"
+        calls.add("views" if on else "gather")
+        return on
+
+    def spied_masked(q, segment):
+        on = masked_path(q, segment)
+        if on:
+            calls.discard("views")
+            calls.add("masked")
+        return on
+
+    monkeypatch.setattr(attention, "views_path", spied_views)
+    monkeypatch.setattr(attention, "masked_path", spied_masked)
+    return calls
+
+
+def test_the_masked_call_runs_at_small_sizes_only():
+    """Defaults: B=1, T=64, D=64 (B T^2 D = 2^18) takes the masked call; T=512 the views."""
+    assert attention.masked_path(torch.empty(1, 8, 64, 64), segment=True)
+    assert not attention.masked_path(torch.empty(1, 8, 64, 64), segment=False)
+    assert not attention.masked_path(torch.empty(1, 8, 512, 64), segment=True)
 
 
 @pytest.mark.parametrize("variant", ["segment", "roll"])
-def test_compiled_matches_naive_block_mask(variant):
+def test_compiled_matches_naive_block_mask(variant, monkeypatch):
     """Under torch.compile (AOT autograd's functionalization of the writes into views) output and
     gradients still equal the naive reference (writes into a gapped ``unfold`` view come out wrong
     there, pytorch/pytorch#198102)."""
+    monkeypatch.setattr(attention, "MASKED_MAX_WORK", 0)  # the views, whose writes are what is at stake
     B, H, Hkv, T, D = 2, 4, 2, 32, 8
     cfg = AttentionConfig(shift_variant=variant)
     q, k, v = (torch.randn(B, T, h, D, dtype=torch.float64).transpose(1, 2).requires_grad_()

@@ -19,7 +19,7 @@ L64 = ["model=transformer", "point=mqar_L64"]
 def test_arms_are_the_product_of_the_sweep_with_their_run_ids():
     arms = study.arms("recall_frontier", L64, [])
     assert sorted(a.run_id for a in arms) == sorted(
-        f"frontier-transformer-d{d}-n0-mqar_L64-s{s}" for d in (64, 128) for s in (0, 1))
+        f"frontier-transformer-d{d}-n0-mqar_L64-s{s}" for d in (64, 128) for s in (0, 1, 2))
     assert all(a.train_len == 64 and a.family == "transformer" for a in arms)
     long = study.arms("recall_frontier", ["model=mamba", "point=mqar_L256", "model.d_model=64", "seed=0"], [])
     assert len(long) == 1 and long[0].train_len == 256 and long[0].run_id.endswith("mqar_L256-s0")
@@ -33,7 +33,7 @@ def test_missing_lists_uncommitted_arms_with_commands_and_cost(tmp_path, capsys)
                                                        "train_steps": 2000, "threads": 1}) + "\n")
     assert study.main(["recall_frontier", "--missing", "--where", *L64, "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "1 of 4 arms committed" in out and done not in out
+    assert "1 of 6 arms committed" in out and done not in out
     assert "python train.py experiment=recall_frontier model=transformer model.d_model=128 point=mqar_L64" in out
     # the committed arm's step time (0.05 s for 64 x 64 tokens) prices its family: 2000 steps -> 1.7 min at d=64
     assert "1.7 CPU min (measured" in out and "(measured, scaled)" in out

@@ -75,6 +75,28 @@ def views_path(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return bias is None and q.device.type == "cpu"
 
 
+# Below this much work (B T^2 D) the CPU path is one SDPA call with S2's (H, T, T) mask instead of a flash call per
+# head and block: there the calls' fixed cost, not the attention, is the time (B=1, T=64, H=8, D=64: the views
+# took 3x one full-attention call, the masked call 0.9x; from B T^2 D ~ 4M the views' 4x fewer FLOPs win).
+MASKED_MAX_WORK = 2**21
+
+
+def masked_path(q: torch.Tensor, segment: bool) -> bool:
+    B, _, T, D = q.shape
+    return segment and B * T * T * D <= MASKED_MAX_WORK
+
+
+@functools.lru_cache(maxsize=16)
+def _segment_mask(H: int, T: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(H, T, T) additive mask of the ``segment`` variant: 0 where query t may see key j, -inf elsewhere."""
+    t = torch.arange(T, device=device)
+    causal = t[None, :] <= t[:, None]
+    own = (t[:, None] // G) == (t[None, :] // G)  # groups [0, G), [G, 2G), ...
+    shifted = ((t[:, None] + G // 2) // G) == ((t[None, :] + G // 2) // G)  # [0, G/2), [G/2, 3G/2), ...
+    allowed = torch.stack([causal & own] * (H // 2) + [causal & shifted] * (H // 2))
+    return torch.zeros(H, T, T, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
+
+
 _roll_warned = False
 
 
@@ -106,7 +128,8 @@ def shifted_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Atten
     Hkv > 1 gets one copy per q head.
 
     On CPU without a bias the groups are strided views instead (models/patterns/shifted_sparse_views.py):
-    no gathered copies, fwd+bwd memory of full attention. The gather path serves CUDA and ALiBi.
+    no gathered copies, fwd+bwd memory of full attention; for ``segment`` at small sizes (``masked_path``)
+    one SDPA call with the (H, T, T) S2 mask. The gather path serves CUDA and ALiBi.
     """
     B, H, T, D = q.shape
     if H % 2:
@@ -119,6 +142,9 @@ def shifted_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Atten
     if views_path(q, bias):
         if torch.is_autocast_enabled("cpu"):  # as SDPA under autocast: all three in the autocast dtype
             q, k, v = (x.to(torch.get_autocast_dtype("cpu")) for x in (q, k, v))
+        if masked_path(q, segment):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=_segment_mask(H, T, G, q.dtype, q.device),
+                                                  enable_gqa=q.shape[1] != k.shape[1])
         return ShiftedSparseViews.apply(q, k, v, G, segment)
 
     def regroup(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
