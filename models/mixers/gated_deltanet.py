@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import native_gated_norm
 from models.caches import CacheConfig, LayerCache
 from models.delta_rule import gated_delta_rule
 from models.kernels import FLA_PACKAGE, check_kernel_choice, require_kernel, use_kernel
@@ -120,12 +121,16 @@ class GatedDeltaNetLayerCache(LayerCache):
 class GatedRMSNorm(nn.Module):
     """RMSNorm(x) * weight * SiLU(gate) over the last dim (fla's FusedRMSNormGated, swish activation)."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, fused: bool = False) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.fused = eps, fused  # fused: the C pass on float32 CPU (model.kernel)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if gate is not None and self.fused and native_gated_norm.usable(x, gate, self.weight):
+            B, T, H, V = x.shape  # every (token, head) a row of one group: the weight is the heads' shared one
+            rows = (t.reshape(B, T * H, 1, V) for t in (x, gate))
+            return native_gated_norm.fused_gated_rms_norm(*rows, self.weight, self.eps, False).view(B, T, H, V)
         y = F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return y if gate is None else y * F.silu(gate)
 
@@ -164,7 +169,7 @@ class GatedDeltaNet(nn.Module):
             self.v_conv1d = ShortConv(H * V, cfg.d_conv)
         if cfg.use_gate:
             self.g_proj = nn.Linear(d, H * V, bias=False)
-        self.o_norm = GatedRMSNorm(V, cfg.norm_eps)
+        self.o_norm = GatedRMSNorm(V, cfg.norm_eps, fused=cfg.kernel != "torch")
         self.o_proj = nn.Linear(H * V, d, bias=False)
 
     def _qkv(self, x: torch.Tensor, cache: Optional[GatedDeltaNetLayerCache], resume: bool) -> list[torch.Tensor]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import native_linear_attention
+from models import native_gated_norm, native_linear_attention
 from models.caches import CacheConfig
 from models.kernels import require_kernel, use_kernel
 from models.layers import Block
@@ -91,12 +91,15 @@ class Mamba2Config(RecurrentLMConfig):
 class GatedRMSNorm(nn.Module):
     """rmsnorm(y * silu(z)) over each group's channels, times ``weight`` (the reference's norm_before_gate=False)."""
 
-    def __init__(self, dim: int, groups: int, eps: float) -> None:
+    def __init__(self, dim: int, groups: int, eps: float, fused: bool = False) -> None:
         super().__init__()
-        self.groups, self.eps = groups, eps
+        self.groups, self.eps, self.fused = groups, eps, fused  # fused: the C pass on float32 CPU (model.kernel)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.fused and native_gated_norm.usable(y, z, self.weight):
+            rows = (t.unflatten(-1, (self.groups, -1)) for t in (y, z))
+            return native_gated_norm.fused_gated_rms_norm(*rows, self.weight, self.eps, True).flatten(-2)
         y = at_least_fp32(y) * F.silu(at_least_fp32(z))
         y = F.rms_norm(y.unflatten(-1, (self.groups, -1)), (y.shape[-1] // self.groups,), eps=self.eps)
         return y.flatten(-2) * self.weight
@@ -117,7 +120,7 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(H, dtype=torch.float32))
         self.A_log = nn.Parameter(torch.empty(H, dtype=torch.float32))
         self.D = nn.Parameter(torch.ones(H, dtype=torch.float32))
-        self.norm = GatedRMSNorm(d_inner, cfg.ngroups, cfg.norm_eps)
+        self.norm = GatedRMSNorm(d_inner, cfg.ngroups, cfg.norm_eps, fused=cfg.kernel != "torch")
         self.out_proj = nn.Linear(d_inner, cfg.d_model, bias=cfg.bias)
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
