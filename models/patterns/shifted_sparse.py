@@ -88,13 +88,14 @@ def masked_path(q: torch.Tensor, segment: bool) -> bool:
 
 @functools.lru_cache(maxsize=16)
 def _segment_mask(H: int, T: int, G: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(H, T, T) additive mask of the ``segment`` variant: 0 where query t may see key j, -inf elsewhere."""
+    """(1, H, T, T) additive mask of the ``segment`` variant: 0 where query t may see key j, -inf elsewhere
+    (4-D: a 3-D mask makes the CPU kernel expand and copy it per call)."""
     t = torch.arange(T, device=device)
     causal = t[None, :] <= t[:, None]
     own = (t[:, None] // G) == (t[None, :] // G)  # groups [0, G), [G, 2G), ...
     shifted = ((t[:, None] + G // 2) // G) == ((t[None, :] + G // 2) // G)  # [0, G/2), [G/2, 3G/2), ...
     allowed = torch.stack([causal & own] * (H // 2) + [causal & shifted] * (H // 2))
-    return torch.zeros(H, T, T, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
+    return torch.zeros(1, H, T, T, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
 
 
 _roll_warned = False
