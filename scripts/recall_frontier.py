@@ -174,11 +174,12 @@ def finish(fig, axes, out: Path) -> Path:
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
     hollow = plt.Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="0.3")
     legend["unfitted (train EM < threshold)"] = hollow
-    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 5), fontsize=8,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    ncol = min(len(legend), 5 if len(axes[0]) > 1 else 2)  # one panel: a narrow legend, in rows
+    rows = -(-len(legend) // ncol)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 + 0.06 * rows, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
+    fig.savefig(out, dpi=150, bbox_inches="tight")  # nothing of the legend cut at the figure's edge
     plt.close(fig)
     return out
 
