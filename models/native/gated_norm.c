@@ -35,6 +35,18 @@ static Args unpack(const int64_t *dims, const int64_t *st, const float *eps) {
 
 static inline float silu_of(float z) { return z * sigmoid(z); }
 
+/* Row (b, t, g): its y, z and weight and its index in the contiguous (B, T, G) rows. */
+typedef struct {
+    const float *y, *z, *w;
+    int64_t row;
+} Row;
+
+static Row row_at(const Args *a, const float *y, const float *z, const float *w, int64_t b, int64_t t, int64_t g) {
+    Row r = {y + b * a->st[0] + t * a->st[1] + g * a->C, z + b * a->st[2] + t * a->st[3] + g * a->C, w + g * a->C,
+             (b * a->T + t) * a->G + g};
+    return r;
+}
+
 int gn_forward(const int64_t *dims, const int64_t *st, const float *eps, const float *y, const float *z,
                const float *w, float *out, float *rstd, int64_t b0, int64_t b1) {
     const Args a = unpack(dims, st, eps);
@@ -42,10 +54,9 @@ int gn_forward(const int64_t *dims, const int64_t *st, const float *eps, const f
     for (int64_t b = b0; b < b1; b++)
         for (int64_t t = 0; t < a.T; t++)
             for (int64_t g = 0; g < a.G; g++) {
-                const float *restrict yr = y + b * a.st[0] + t * a.st[1] + g * C;
-                const float *restrict zr = z + b * a.st[2] + t * a.st[3] + g * C;
-                const float *restrict wr = w + g * C;
-                const int64_t row = (b * a.T + t) * a.G + g;
+                const Row at = row_at(&a, y, z, w, b, t, g);
+                const float *restrict yr = at.y, *restrict zr = at.z, *restrict wr = at.w;
+                const int64_t row = at.row;
                 float *restrict o = out + row * C;
                 float ss = 0.0f;
                 if (a.gate_first) {
@@ -80,10 +91,9 @@ int gn_backward(const int64_t *dims, const int64_t *st, const float *eps, const 
         memset(dwb, 0, (size_t)(a.G * C) * sizeof(float));
         for (int64_t t = 0; t < a.T; t++)
             for (int64_t g = 0; g < a.G; g++) {
-                const float *restrict yr = y + b * a.st[0] + t * a.st[1] + g * C;
-                const float *restrict zr = z + b * a.st[2] + t * a.st[3] + g * C;
-                const float *restrict wr = w + g * C;
-                const int64_t row = (b * a.T + t) * a.G + g;
+                const Row at = row_at(&a, y, z, w, b, t, g);
+                const float *restrict yr = at.y, *restrict zr = at.z, *restrict wr = at.w;
+                const int64_t row = at.row;
                 const float *restrict go = gout + row * C;
                 float *restrict dyr = dy + row * C, *restrict dzr = dz + row * C, *restrict dwr = dwb + g * C;
                 const float r = rstd[row];
