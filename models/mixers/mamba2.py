@@ -8,9 +8,12 @@ paper. The block is state-spaces/mamba's ``Mamba2`` (and transformers' ``Mamba2M
 parameter names: in_proj -> [z, xBC, dt]; depthwise causal conv1d + SiLU over xBC; the SSD; a gated
 RMSNorm ``norm`` (rmsnorm(y * silu(z)) per group); out_proj. No MLP, as the reference.
 
-Two paths: the chunked pure-PyTorch form (CPU default and reference) and mamba-ssm's
-``mamba_chunk_scan_combined`` with causal-conv1d when they import and the input is on a GPU. The
-decode "cache" holds the last d_conv conv inputs and the (B, H, d_state, headdim) state.
+Paths: mamba-ssm's ``mamba_chunk_scan_combined`` with causal-conv1d when they import and the input is on a GPU;
+otherwise (``model.kernel=auto``) the SSD's own chunked form (models/ssd_chunked.py: C B^T once per group, the
+decay mask a fused C pass on float32 CPU) up to one chunk, and past it on float32 CPU the fused C recurrence
+(models/native_linear_attention.py), whose backward keeps only its inputs; ``model.kernel=torch`` runs the
+generic chunked decayed attention (models/linear_attention.py), the reference. The decode "cache" holds the last
+d_conv conv inputs and the (B, H, d_state, headdim) state.
 """
 
 from __future__ import annotations
@@ -184,7 +187,7 @@ class Mamba2Mixer(nn.Module):
             if cfg.kernel == "torch" or (resume and T == 1) or self._recurrence_pays(T, v):
                 # the generic decayed attention: the reference, the decode step, and past one chunk on CPU the fused
                 # recurrence (saves its inputs only: the chunked form keeps every chunk's state for the backward,
-                # 1.7x a transformer's fwd+bwd memory at T=2048 where the recurrence's is 1.25x, at the same speed)
+                # 1.7x a transformer's fwd+bwd memory at T=2048 where the recurrence's is 1.07x, at the same speed)
                 y = torch_linear_attention(per_head(Cm), per_head(Bm), v.transpose(1, 2), (dt * A).transpose(1, 2),
                                            1.0, layer_cache, resume, cfg.chunk_size,
                                            fused=cfg.kernel != "torch").transpose(1, 2)
