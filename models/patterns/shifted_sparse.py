@@ -75,13 +75,14 @@ def views_path(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return bias is None and q.device.type == "cpu"
 
 
-# Below this much work (B T^2 D) the CPU path is one SDPA call with S2's (H, T, T) mask instead of a flash call per
-# head and block: there the calls' fixed cost, not the attention, is the time (B=1, T=64, H=8, D=64: the views
-# took 3x one full-attention call, the masked call 0.9x; from B T^2 D ~ 4M the views' 4x fewer FLOPs win).
+# Below this much work (B T^2 D) the CPU path is one SDPA call with S2's (1, H, T, T) mask instead of a flash call
+# per head and block: there the calls' fixed cost, not the attention, is the time (B=1, T=64, H=8, D=64: the views
+# took 3x one full-attention call, the masked call 1.0x; from B T^2 D ~ 4M the views' 4x fewer FLOPs win).
 MASKED_MAX_WORK = 2**21
 
 
 def masked_path(q: torch.Tensor, segment: bool) -> bool:
+    """The ``segment`` variant at small sizes (q (B, H, T, D)): one masked SDPA call rather than the views."""
     B, _, T, D = q.shape
     return segment and B * T * T * D <= MASKED_MAX_WORK
 
@@ -130,7 +131,7 @@ def shifted_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Atten
 
     On CPU without a bias the groups are strided views instead (models/patterns/shifted_sparse_views.py):
     no gathered copies, fwd+bwd memory of full attention; for ``segment`` at small sizes (``masked_path``)
-    one SDPA call with the (H, T, T) S2 mask. The gather path serves CUDA and ALiBi.
+    one SDPA call with the (1, H, T, T) S2 mask. The gather path serves CUDA and ALiBi.
     """
     B, H, T, D = q.shape
     if H % 2:
