@@ -129,6 +129,7 @@ def plot_frontier(pts: pd.DataFrame, out: Path, metric: str) -> list[Path]:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1024:g} KB"))
         ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=35)  # the KB labels of a doubling axis collide when level
         ax.set_title(f"L={L}, {load} pairs")
         ax.set_xlabel("decode state per sequence")
         ax.grid(alpha=0.3)
