@@ -55,3 +55,20 @@ def test_figures_are_written(rows, tmp_path):
 
 def test_chance_floor_of_mqar_per_query_follows_the_pairs():
     assert recall_frontier.chance("mqar", 64, 4, "token_accuracy") == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
+def test_frontier_tables_show_every_seed_and_the_paired_difference_from_attention(rows):
+    import frontier_tables
+    from figures.stats import difference
+
+    df = recall_frontier.load_results([rows])
+    text = frontier_tables.main([str(rows)])
+    d64 = next(t for t in text.split("\n\n") if t.startswith("| mixer (d=64) |"))
+    mamba = next(line for line in d64.splitlines() if line.startswith("| Mamba |"))
+    cells = [c.strip() for c in mamba.strip("|").split("|")]
+    assert cells[4] == "0.000 (0.200, unfitted), 0.000 (0.200, unfitted)"  # L=128: acc (1/4)^8, train EM 0.2
+    a = df[(df.model == "mamba") & (df.model_d_model == 64) & (df.eval_len == 128)]
+    b = df[(df.model == "transformer") & (df.model_d_model == 64) & (df.eval_len == 128)]
+    r = difference(a, b, cell=("seed", "task", "eval_len"))
+    assert cells[5].startswith(f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}; seeds")
+    assert "| attention | 16.4 KB / 32.8 KB | 1.000 (1.000), 0.656 (1.000) |" in d64  # 0.9^4 exact at L=64
